@@ -1,0 +1,40 @@
+"""torch-dnr: Dynamic Network Rewiring — compressed and adversarially robust in one run.
+
+Public API::
+
+    from dnr import load_config, train, evaluate_model, create_model, load_model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "load_config",
+    "create_model",
+    "load_model",
+    "train",
+    "evaluate_model",
+    "__version__",
+]
+
+_LAZY = {
+    "Config": "dnr.config",
+    "load_config": "dnr.config",
+    "create_model": "dnr.models",
+    "load_model": "dnr.artifacts",
+    "train": "dnr.train",
+    "evaluate_model": "dnr.evaluate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use so ``dnr --help`` stays fast (torch loads only when needed)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dnr' has no attribute {name!r}")

@@ -1,0 +1,324 @@
+"""Typed run configuration: dataclasses per section, YAML presets, dotted overrides.
+
+Every field a user may set lives here, with its default and its allowed values, so that a
+typo on the command line is a one-line error naming the key instead of a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from dnr.fileio import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A user mistake in a configuration file or override (shown without a traceback)."""
+
+
+DatasetName = Literal["cifar10", "cifar100", "tiny-imagenet", "npz", "digits"]
+ModelName = Literal["vgg16", "resnet18"]
+SparsityMethod = Literal["dense", "dnr", "static"]
+SparsityInit = Literal["uniform", "erk"]
+Schedule = Literal["multistep", "cosine"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how much of it to use."""
+
+    name: DatasetName = "digits"
+    root: str = "data"
+    train: list[str] = field(default_factory=list)  # npz: training files
+    test: list[str] = field(default_factory=list)  # npz: test files
+    download: bool = False  # opt-in: fetch cifar10/cifar100/tiny-imagenet when missing
+    val_size: int = 1000  # held out of train, seeded, for checkpoint selection
+    subset: int | None = None  # seeded cap on train and test sizes for quick runs
+    seed: int = 0  # seeds the validation split and subsets
+    augment: bool = True  # random crop (4-px pad) + horizontal flip
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = "vgg16"
+    width: float = 1.0  # channel multiplier; 1.0 is the paper's size
+
+
+@dataclass
+class AttackConfig:
+    """The PGD attack used to craft training examples (and validation PGD accuracy)."""
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 7
+    random_start: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Schedule = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [100, 150])
+    gamma: float = 0.1
+    beta: float = 0.5  # hybrid loss: beta * CE(clean) + (1 - beta) * CE(adversarial)
+    bf16: bool = False  # bf16 autocast for training forward passes only
+    seed: int = 0
+    device: Device = "auto"
+    eval_batch_size: int = 256
+    val_every: int = 1  # validate every N epochs (and always on the last)
+
+
+@dataclass
+class SparsityConfig:
+    method: SparsityMethod = "dense"
+    density: float = 0.05  # fraction of prunable weights kept (0.05 = 20x)
+    init: SparsityInit = "uniform"
+    prune_rate: float = 0.5  # p0 of the cosine prune-rate schedule
+    prune_rate_min: float = 0.005  # floor the schedule anneals to
+    rewire_every: int = 0  # rewire every N optimizer steps; 0 = at the end of each epoch
+    exclude: list[str] = field(default_factory=list)  # fnmatch patterns of tensors kept dense
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "dnr"
+    subset: int | None = None  # seeded random test subset; None = whole test set
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; convert where the intent is unambiguous."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+            )
+        return value
+    if origin is list:
+        (item_type,) = get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single path/number where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _section_fields(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    sections = _section_fields(Config)
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(
+            f"unknown key {dotted!r}; keys look like SECTION.FIELD with SECTION one of "
+            f"{', '.join(sections)}"
+        )
+    section_name, field_name = parts
+    section = getattr(cfg, section_name)
+    fields = _section_fields(type(section))
+    if field_name not in fields:
+        raise ConfigError(
+            f"unknown key {dotted!r}; {section_name} has {', '.join(sorted(fields))}"
+        )
+    setattr(section, field_name, _coerce(dotted, value, fields[field_name]))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {tree!r}")
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and not prefix:
+            flat.update(_flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Build a validated Config from a nested mapping (missing keys keep their defaults)."""
+    cfg = Config()
+    for dotted, value in _flatten(tree).items():
+        _set(cfg, dotted, value)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.epochs=2'`` -> ``('train.epochs', 2)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.epochs=2)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {err}") from None
+    return key.strip(), value
+
+
+def apply_overrides(
+    cfg: Config, overrides: list[str], sections: tuple[str, ...] | None = None
+) -> Config:
+    """Apply ``key=value`` overrides in place (optionally only to some sections), validate."""
+    for text in overrides:
+        key, value = parse_override(text)
+        if sections is not None and key.split(".")[0] not in sections:
+            allowed = ", ".join(f"{s}.*" for s in sections)
+            raise ConfigError(f"{key}: only {allowed} overrides are accepted here")
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file path, or the name of a bundled preset (``vgg16_cifar10``)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    preset = PRESET_DIR / f"{candidate.name.removesuffix('.yaml')}.yaml"
+    if candidate.parent == Path(".") and preset.is_file():
+        return preset
+    raise ConfigError(
+        f"config file not found: {path} (bundled presets: {', '.join(list_presets())})"
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file or bundled preset (or the defaults), apply ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = resolve_config_path(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    cfg = Config()
+    for dotted, value in _flatten(tree).items():
+        _set(cfg, dotted, value)
+    return apply_overrides(cfg, overrides or [])
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    d, m, a, t, s, e = cfg.data, cfg.model, cfg.attack, cfg.train, cfg.sparsity, cfg.eval
+    if d.name == "npz":
+        _check(bool(d.test), "data.test: the npz dataset needs at least one test file")
+    _check(d.val_size >= 0, f"data.val_size: must be >= 0, got {d.val_size}")
+    _check(d.subset is None or d.subset > 0, f"data.subset: must be > 0 or null, got {d.subset}")
+    _check(0 < m.width <= 4, f"model.width: must be in (0, 4], got {m.width}")
+    _check(0 <= a.eps <= 1, f"attack.eps: must be in [0, 1] (pixel scale), got {a.eps}")
+    _check(a.step_size >= 0, f"attack.step_size: must be >= 0, got {a.step_size}")
+    _check(a.steps >= 0, f"attack.steps: must be >= 0, got {a.steps}")
+    _check(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
+    _check(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
+    _check(t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")
+    _check(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
+    _check(0 <= t.momentum < 1, f"train.momentum: must be in [0, 1), got {t.momentum}")
+    _check(t.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {t.weight_decay}")
+    _check(0 <= t.beta <= 1, f"train.beta: must be in [0, 1], got {t.beta}")
+    _check(0 < t.gamma <= 1, f"train.gamma: must be in (0, 1], got {t.gamma}")
+    _check(all(x > 0 for x in t.milestones), "train.milestones: epochs must be positive")
+    _check(t.val_every >= 1, f"train.val_every: must be >= 1, got {t.val_every}")
+    _check(0 < s.density <= 1, f"sparsity.density: must be in (0, 1], got {s.density}")
+    _check(0 <= s.prune_rate < 1, f"sparsity.prune_rate: must be in [0, 1), got {s.prune_rate}")
+    _check(
+        0 <= s.prune_rate_min <= s.prune_rate,
+        f"sparsity.prune_rate_min: must be in [0, sparsity.prune_rate], got {s.prune_rate_min}",
+    )
+    _check(s.rewire_every >= 0, f"sparsity.rewire_every: must be >= 0, got {s.rewire_every}")
+    _check(e.subset is None or e.subset > 0, f"eval.subset: must be > 0 or null, got {e.subset}")
+    if s.method == "dnr" and t.momentum == 0:
+        raise ConfigError("sparsity.method=dnr grows by momentum: train.momentum must be > 0")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
