@@ -1,0 +1,190 @@
+"""ℓ∞ adversarial attacks (FGSM, PGD) in [0,1] pixel space.
+
+The attacks are used inside training (crafting x̂ for the hybrid loss) and in evaluation,
+so they must leave the model exactly as they found it:
+
+* only the gradient w.r.t. the input is computed (``torch.autograd.grad``, never
+  ``.backward()``), with parameters temporarily frozen, so no weight ``.grad`` is created
+  or accumulated and no weight-gradient work is done;
+* BatchNorm runs in eval mode, so running statistics are never updated;
+* every submodule's ``training`` flag and every parameter's ``requires_grad`` are restored
+  exactly (see :func:`attack_mode`);
+* they run in fp32 even inside an outer (bf16) autocast region, and work under
+  ``torch.no_grad()``.
+
+The step loop has no host synchronisation; with ``restarts > 1`` there is one sync per
+restart (to stop early once every example is already misclassified).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LossName = Literal["ce", "cw"]
+
+__all__ = ["attack_mode", "attack_loss", "fgsm", "pgd"]
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters for the duration of an attack; restored exactly.
+
+    Each submodule's own ``training`` flag is recorded and written back (not
+    ``model.train(flag)``, which would flatten a mixed-mode model), and each parameter's
+    ``requires_grad`` likewise. Restoration happens even if the body raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in grads:
+            p.requires_grad_(requires_grad)
+
+
+def attack_loss(logits: Tensor, y: Tensor, loss: LossName = "ce") -> Tensor:
+    """Per-example loss the attacker maximises.
+
+    ``"ce"``: cross-entropy. ``"cw"``: CW margin, max other logit − true logit (positive
+    iff misclassified); it does not saturate like CE, which matters for strong evaluation.
+    """
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss == "cw":
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        is_true = F.one_hot(y, logits.shape[1]).bool()
+        other = logits.masked_fill(is_true, float("-inf")).amax(dim=1)
+        return other - true
+    raise ValueError(f"loss must be 'ce' or 'cw', got {loss!r}")
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for half/bf16/fp32 inputs (fp64 stays fp64)."""
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point image tensor in [0,1], got {x.dtype}")
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _input_grad(model: nn.Module, x_adv: Tensor, y: Tensor, loss: LossName) -> Tensor:
+    """d(sum of per-example losses)/d(input); no graph kept, no weight gradients."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    per_example = attack_loss(model(x_adv), y, loss)
+    (grad,) = torch.autograd.grad(per_example.sum(), x_adv)
+    return grad
+
+
+def _check_eps(eps: float) -> float:
+    eps = float(eps)
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return eps
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, loss: LossName = "ce") -> Tensor:
+    """Fast gradient sign method: one step of size ``eps``, clamped to [0,1].
+
+    Returns a detached tensor with the dtype of ``x``. ``eps`` may also be positional
+    (architecture contract) or keyword.
+    """
+    eps = _check_eps(eps)
+    if eps == 0:
+        return x.detach().clone()
+    dtype = _work_dtype(x)
+    with (
+        attack_mode(model),
+        torch.enable_grad(),
+        torch.autocast(device_type=x.device.type, enabled=False),
+    ):
+        x0 = x.detach().to(dtype)
+        grad = _input_grad(model, x0, y, loss)
+        x_adv = (x0 + eps * grad.sign()).clamp_(0.0, 1.0)
+    return x_adv.detach().to(x.dtype)
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    restarts: int = 1,
+    loss: LossName = "ce",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Projected gradient descent (ℓ∞, sign steps) within ``eps`` of ``x`` and inside [0,1].
+
+    ``random_start`` draws a uniform start in the ε-ball, sampled on the generator's
+    device (CPU by default, so results don't depend on the accelerator) and moved to
+    ``x.device``. With ``restarts > 1`` each example keeps the first restart that
+    misclassifies it, otherwise the one with the highest final loss; with the same seed
+    the first restart equals the ``restarts=1`` result, so restarts never weaken the
+    attack. Returns a detached tensor with the dtype of ``x``.
+    """
+    eps = _check_eps(eps)
+    step_size = float(step_size)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if loss not in ("ce", "cw"):
+        raise ValueError(f"loss must be 'ce' or 'cw', got {loss!r}")
+    if eps == 0 or (steps == 0 and not random_start):
+        return x.detach().clone()
+
+    dtype = _work_dtype(x)
+    noise_device = generator.device if generator is not None else torch.device("cpu")
+    with (
+        attack_mode(model),
+        torch.enable_grad(),
+        torch.autocast(device_type=x.device.type, enabled=False),
+    ):
+        x0 = x.detach().to(dtype)
+        lo = (x0 - eps).clamp_(min=0.0)  # the ε-ball intersected with [0,1]
+        hi = (x0 + eps).clamp_(max=1.0)
+
+        best: Tensor | None = None
+        best_success = best_loss = None
+        for _ in range(restarts):
+            x_adv = x0.clone()
+            if random_start:
+                noise = torch.rand(x.shape, generator=generator, device=noise_device,
+                                   dtype=torch.float32)
+                x_adv = x_adv + (2 * noise - 1).to(device=x.device, dtype=dtype) * eps
+                x_adv = torch.clamp(x_adv, lo, hi)
+            for _ in range(steps):
+                grad = _input_grad(model, x_adv, y, loss)
+                x_adv = torch.clamp(x_adv + step_size * grad.sign(), lo, hi)
+            if restarts == 1:
+                best = x_adv
+                break
+
+            with torch.no_grad():
+                logits = model(x_adv)
+                success = logits.argmax(dim=1) != y
+                final_loss = attack_loss(logits, y, loss)
+            if best is None:
+                best, best_success, best_loss = x_adv, success, final_loss
+            else:
+                # Keep a success; otherwise take a success or a higher loss.
+                take = ~best_success & (success | (final_loss > best_loss))
+                best = torch.where(take[:, None, None, None], x_adv, best)
+                best_loss = torch.where(take, final_loss, best_loss)
+                best_success = best_success | success
+            if bool(best_success.all()):  # one sync per restart: nothing left to attack
+                break
+    assert best is not None
+    return best.detach().to(x.dtype)

@@ -1,0 +1,54 @@
+"""Layers shared by every model.
+
+Normalization is the model's first module so that everything outside the model (data
+loaders, attacks, ε-balls) works in [0,1] pixel space, as in the released DNR code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: CIFAR per-channel statistics in [0,1] units (the values the released DNR code uses).
+CIFAR_MEAN: tuple[float, float, float] = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR_STD: tuple[float, float, float] = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+
+
+class Normalize(nn.Module):
+    """Map [0,1] images to ``(x - mean) / std`` per channel.
+
+    ``mean`` and ``std`` are persistent buffers, so they travel with the ``state_dict``
+    (a saved model normalizes the same way when reloaded) and follow ``.to(device)``.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor([float(m) for m in mean], dtype=torch.float32)
+        std_t = torch.as_tensor([float(s) for s in std], dtype=torch.float32)
+        if mean_t.ndim != 1 or mean_t.shape != std_t.shape or mean_t.numel() == 0:
+            raise ValueError(
+                f"mean and std must be non-empty sequences of equal length, "
+                f"got {len(mean_t)} and {len(std_t)}"
+            )
+        if not bool(torch.all(std_t > 0)):
+            raise ValueError(f"std must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=True)
+        self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        mean = ", ".join(f"{v:.4f}" for v in self.mean.flatten().tolist())
+        std = ", ".join(f"{v:.4f}" for v in self.std.flatten().tolist())
+        return f"mean=({mean}), std=({std})"
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count after the width multiplier: rounded, never below 1."""
+    return max(1, int(round(channels * width)))

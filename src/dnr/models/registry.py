@@ -1,0 +1,97 @@
+"""Name -> model constructor (timm-style), and the one way to build a model.
+
+Constructors are registered with :func:`register_model` and take keyword arguments
+``num_classes, input_size, width, mean, std``. :func:`create_model` validates those
+arguments once, for every architecture, and records them on the model as
+``model.arch_config`` so that ``create_model(**model.arch_config)`` rebuilds the same
+architecture (artifacts write it to ``model.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
+
+from torch import nn
+
+from dnr.models.layers import CIFAR_MEAN, CIFAR_STD
+
+ModelFn = Callable[..., nn.Module]
+F = TypeVar("F", bound=ModelFn)
+
+_MODELS: dict[str, ModelFn] = {}
+
+#: Input resolutions the architectures are defined for (CIFAR and Tiny-ImageNet).
+INPUT_SIZES: tuple[int, ...] = (32, 64)
+
+
+@overload
+def register_model(fn: F, *, name: str | None = None) -> F: ...
+@overload
+def register_model(fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def register_model(fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Register a model constructor under ``name`` (default: the function's name).
+
+    Usable bare (``@register_model``) or with a name (``@register_model(name="x")``).
+    Registering a name twice is an error rather than a silent override.
+    """
+
+    def decorator(f: F) -> F:
+        key = (name or f.__name__).lower()
+        if key in _MODELS and _MODELS[key] is not f:
+            raise ValueError(f"model {key!r} is already registered")
+        _MODELS[key] = f
+        return f
+
+    return decorator(fn) if fn is not None else decorator
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_size: int = 32,
+    width: float = 1.0,
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+) -> nn.Module:
+    """Build a registered model that takes [0,1] images and returns logits.
+
+    Raises ``ValueError`` for an unknown name (listing the known ones) or an invalid
+    argument. The returned model carries ``arch_config`` (plain JSON-able values).
+    """
+    key = str(name).lower()
+    if key not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if isinstance(input_size, bool) or input_size not in INPUT_SIZES:
+        raise ValueError(
+            f"input_size must be one of {', '.join(map(str, INPUT_SIZES))}, got {input_size!r}"
+        )
+    width = float(width)
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number, got {width!r}")
+    mean_l = [float(v) for v in mean]
+    std_l = [float(v) for v in std]
+    if len(mean_l) != 3 or len(std_l) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {mean_l} and {std_l}")
+
+    model = _MODELS[key](
+        num_classes=int(num_classes), input_size=int(input_size), width=width,
+        mean=mean_l, std=std_l,
+    )
+    arch_config: dict[str, Any] = dict(
+        name=key, num_classes=int(num_classes), input_size=int(input_size), width=width,
+        mean=mean_l, std=std_l,
+    )
+    model.arch_config = arch_config
+    return model
