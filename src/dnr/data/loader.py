@@ -1,0 +1,188 @@
+"""Seeded splits and subsets, and device-resident batches with augmentation as tensor ops.
+
+The whole dataset lives on the device as uint8 and is indexed there, so an epoch costs no
+host-to-device copies and no per-image Python work. Every random choice of an epoch comes
+from a generator seeded with ``(seed, epoch)``: a resumed run replays exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dnr.config import DataConfig
+from dnr.data.sources import DatasetMeta, read_source
+
+
+@dataclass
+class Split:
+    """Images and labels of one split, on the CPU."""
+
+    x: torch.Tensor  # uint8, (N, 3, H, W)
+    y: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class DatasetSplits:
+    train: Split
+    val: Split
+    test: Split
+    meta: DatasetMeta
+    # Source rows each split took ("train"/"val" index the source train set, "test" its
+    # test set), sorted; recorded in eval.json so a result names exactly the images it used.
+    indices: dict[str, list[int]] = field(default_factory=dict)
+
+
+def validation_size(n_train: int, val_size: int) -> int:
+    """Rows to hold out for validation: ``val_size``, unless that leaves under half the set.
+
+    Then the hold-out is capped at 10% of the train rows (``min(val_size, n_train // 10)``),
+    so the defaults (val_size 1000) still work on small sets such as ``digits`` (1,437 train
+    rows -> 143 validation rows) instead of starving training.
+    """
+    if 2 * val_size > n_train:
+        return min(val_size, n_train // 10)
+    return val_size
+
+
+def split_indices(
+    n_train: int, n_test: int, *, val_size: int, subset: int | None, seed: int
+) -> dict[str, np.ndarray]:
+    """Seeded random validation hold-out, then optional subsets of train and test.
+
+    Always drawn through seeded permutations, never the first N rows: test sets are often
+    sorted by class. The validation rows do not depend on ``subset``, and the test subset
+    uses its own stream, so changing one cap never reshuffles another split.
+    """
+    perm = np.random.default_rng([seed, 0]).permutation(n_train)
+    n_val = validation_size(n_train, val_size)
+    val, train = perm[:n_val], perm[n_val:]
+    if subset is not None:
+        train = train[:subset]  # a prefix of a random permutation: a random subset
+    test = np.arange(n_test)
+    if subset is not None and subset < n_test:
+        test = np.random.default_rng([seed, 1]).permutation(n_test)[:subset]
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def load_dataset(cfg: DataConfig) -> DatasetSplits:
+    """Read the dataset named by ``cfg`` and split it (see :func:`split_indices`)."""
+    source = read_source(cfg)
+    idx = split_indices(
+        len(source.y_train),
+        len(source.y_test),
+        val_size=cfg.val_size,
+        subset=cfg.subset,
+        seed=cfg.seed,
+    )
+
+    def take(x: torch.Tensor, y: torch.Tensor, rows: np.ndarray) -> Split:
+        t = torch.from_numpy(rows)
+        return Split(x[t].contiguous(), y[t].contiguous())
+
+    return DatasetSplits(
+        train=take(source.x_train, source.y_train, idx["train"]),
+        val=take(source.x_train, source.y_train, idx["val"]),
+        test=take(source.x_test, source.y_test, idx["test"]),
+        meta=source.meta,
+        indices={name: rows.tolist() for name, rows in idx.items()},
+    )
+
+
+def random_crop_flip(
+    x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int = 4
+) -> torch.Tensor:
+    """Batched ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip`` with given randomness.
+
+    ``x``: (B, C, H, W); ``shifts``: (B, 2) integer (top, left) of each crop in the
+    zero-padded image, in ``[0, 2 * padding]``; ``flips``: (B,) bool. Before the flip, output
+    pixel ``(i, j)`` is input pixel ``(i + top - padding, j + left - padding)``, or 0 outside.
+
+    Pads the batch once, then one ``gather`` with a per-sample flat index (the flip is folded
+    into the column order): about 10x faster than 4-way advanced indexing on a CPU.
+    """
+    b, c, h, w = x.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = F.pad(x, (padding, padding, padding, padding)).reshape(b, c, hp * wp)
+    dev = x.device
+    rows = shifts[:, 0:1] + torch.arange(h, device=dev)  # (B, H) rows in the padded image
+    cols = torch.arange(w, device=dev).expand(b, w)
+    cols = shifts[:, 1:2] + torch.where(flips.view(b, 1), w - 1 - cols, cols)  # (B, W)
+    flat = (rows.view(b, h, 1) * wp + cols.view(b, 1, w)).view(b, 1, h * w)
+    return padded.gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 64-bit seed that depends only on (seed, epoch), well mixed by SeedSequence."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+
+
+class BatchLoader:
+    """Iterates float [0, 1] batches of a split on ``device``.
+
+    The uint8 images move to the device once; each epoch gathers batches there. With
+    ``augment`` every image gets a random crop (4-pixel zero padding) and a horizontal flip
+    with p = 0.5. Shuffle order and augmentation depend only on ``(seed, epoch)``: the random
+    numbers come from a CPU ``torch.Generator`` (identical on every device) and the indices
+    are then moved to the device.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device | str,
+        *,
+        shuffle: bool,
+        augment: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        padding: int = 4,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.x = split.x.to(self.device)
+        self.y = split.y.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.seed = seed
+        self.padding = padding
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def __len__(self) -> int:
+        n, bs = self.num_samples, self.batch_size
+        return n // bs if self.drop_last else -(-n // bs)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)``: x float32 (B, 3, H, W) in [0, 1], y int64 (B,), on the device."""
+        n = self.num_samples
+        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        order = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
+        if self.augment:
+            shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=gen)
+            flips = torch.rand(n, generator=gen) < 0.5
+            shifts, flips = shifts.to(self.device), flips.to(self.device)
+        for batch in range(len(self)):
+            lo, hi = batch * self.batch_size, min((batch + 1) * self.batch_size, n)
+            if order is None:
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
+            else:
+                idx = order[lo:hi]
+                xb, yb = self.x[idx], self.y[idx]
+            if self.augment:
+                xb = random_crop_flip(xb, shifts[lo:hi], flips[lo:hi], self.padding)
+            yield xb.float().div_(255), yb
