@@ -89,6 +89,7 @@ class SparsityConfig:
     prune_rate_min: float = 0.005  # floor the schedule anneals to
     rewire_every: int = 0  # rewire every N optimizer steps; 0 = at the end of each epoch
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns of tensors kept dense
+    regrow_pruned: bool = True  # weights pruned in a rewiring may regrow in the same one
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""Sparsity for DNR: masks, budgets and dynamic network rewiring (irregular mode).
+
+``Masking`` owns the sparsity state of a run; ``rewiring`` holds the pure tensor functions it
+is built from; ``schedules`` the prune-rate schedule. See docs/method.md for the algorithm.
+"""
+
+from dnr.sparsity.masking import Masking, RewireStats, canonical_name, prunable_parameters
+from dnr.sparsity.rewiring import (
+    layer_budgets,
+    magnitude_prune,
+    momentum_regrow,
+    normalized_momentum,
+    prune_counts,
+    random_mask,
+    redistribute,
+)
+from dnr.sparsity.schedules import cosine_prune_rate
+
+__all__ = [
+    "Masking",
+    "RewireStats",
+    "canonical_name",
+    "prunable_parameters",
+    "layer_budgets",
+    "magnitude_prune",
+    "momentum_regrow",
+    "normalized_momentum",
+    "prune_counts",
+    "random_mask",
+    "redistribute",
+    "cosine_prune_rate",
+]

@@ -1,0 +1,405 @@
+"""``Masking``: the one object that owns all sparsity state of a run (irregular mode).
+
+Usage, in the spirit of a torch optimizer::
+
+    masking = Masking(model, optimizer, density=0.05)       # random masks, weights zeroed
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss.backward(); optimizer.step()
+            masking.apply_()                                 # re-zero masked weights
+        if epoch < epochs - 1:
+            stats = masking.rewire(cosine_prune_rate(step, total_steps))
+    torch.save({"masking": masking.state_dict(), ...}, path)
+
+Invariants it maintains (docs/method.md):
+
+* exactly ``round(density · N)`` active weights over the prunable tensors, at every step;
+* masked weights are exactly zero after every ``apply_()`` — weight decay and momentum can
+  move them during ``optimizer.step()``, ``apply_()`` puts them back to zero;
+* the optimizer's momentum buffers are never masked: their values at inactive positions are
+  the growth signal for rewiring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dnr.sparsity.rewiring import (
+    layer_budgets,
+    magnitude_prune,
+    momentum_regrow,
+    normalized_momentum,
+    prune_counts,
+    random_mask,
+    redistribute,
+)
+
+__all__ = ["Masking", "RewireStats", "prunable_parameters", "canonical_name"]
+
+PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+METHODS = ("dnr", "static")
+INITS = ("uniform", "erk")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+_STATE_FORMAT = "dnr.masking/1"
+# Optimizer state keys holding a first-moment (momentum) estimate, in lookup order:
+# SGD's buffer; Adam/AdamW's exp_avg as a fallback so the class works with them too.
+_MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+
+
+def canonical_name(name: str) -> str:
+    """Strip wrapper prefixes (``module.`` from DDP, ``_orig_mod.`` from torch.compile).
+
+    Mask keys must not depend on how the model happens to be wrapped, or a checkpoint
+    written under DDP would not load into a plain model and vice versa.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                changed = True
+    return name
+
+
+def prunable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """Weights of every ``nn.Conv2d`` / ``nn.Linear`` in ``model``, keyed by canonical name.
+
+    Biases, BatchNorm parameters and buffers (e.g. the Normalize layer's mean/std) are never
+    prunable. ``exclude`` holds fnmatch patterns matched against the canonical parameter
+    name (``"features.0.weight"``, ``"classifier.*"``); matching tensors stay dense and are
+    not counted in N. Order follows ``model.named_parameters()``.
+    """
+    patterns = list(exclude)
+    weight_ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, PRUNABLE_MODULES) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    }
+    out: dict[str, nn.Parameter] = {}
+    for name, param in model.named_parameters():
+        if id(param) not in weight_ids:
+            continue
+        key = canonical_name(name)
+        if any(fnmatchcase(key, pat) for pat in patterns):
+            continue
+        out[key] = param
+    return out
+
+
+@dataclass
+class RewireStats:
+    """What one rewiring did, as plain Python numbers (ready for metrics.jsonl).
+
+    ``lost`` / ``regrown`` are per-layer counts of pruned / regrown weights,
+    ``layer_density`` the per-layer density afterwards, ``normalized_momentum`` the ŝ_l that
+    drove redistribution. For ``method="static"`` nothing happens and the dicts are empty.
+    """
+
+    method: str
+    prune_rate: float
+    total_active: int
+    density: float
+    lost: dict[str, int] = field(default_factory=dict)
+    regrown: dict[str, int] = field(default_factory=dict)
+    layer_density: dict[str, float] = field(default_factory=dict)
+    normalized_momentum: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_lost(self) -> int:
+        return sum(self.lost.values())
+
+    @property
+    def total_regrown(self) -> int:
+        return sum(self.regrown.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Masking:
+    """Owns the masks of the prunable tensors and rewires them (DNR, irregular mode).
+
+    Args:
+        model: the network (may be wrapped in DDP; names are stored without ``module.``).
+        optimizer: the optimizer stepping ``model``; rewiring reads its ``momentum_buffer``
+            state (``exp_avg`` for Adam-type optimizers). May be ``None`` for
+            ``method="static"`` or when only loading/applying masks.
+        density: fraction of prunable weights kept active, in (0, 1].
+        init: per-layer budgets at initialisation, ``"uniform"`` or ``"erk"``.
+        exclude: fnmatch patterns of weight names kept dense and out of N.
+        generator: CPU generator for the initial random masks (reproducibility).
+        method: ``"dnr"`` rewires; ``"static"`` keeps the initial random mask forever.
+        regrow_pruned: whether positions pruned in a rewiring may be regrown in the same
+            rewiring (default True, as in sparse momentum: a weight that is small but has
+            the largest momentum comes back, restarting from zero). With False, regrowth
+            only picks positions that were inactive before the rewiring.
+
+    ``method="dense"`` is not a Masking: a dense run simply has none.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        density: float,
+        init: str = "uniform",
+        exclude: Iterable[str] = (),
+        generator: torch.Generator | None = None,
+        method: str = "dnr",
+        regrow_pruned: bool = True,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if not 0.0 < float(density) <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+        self.model = model
+        self.optimizer = optimizer
+        self.density_target = float(density)
+        self.init = init
+        self.exclude: list[str] = list(exclude)
+        self.method = method
+        self.regrow_pruned = bool(regrow_pruned)
+        self._params = prunable_parameters(model, self.exclude)
+        if not self._params:
+            raise ValueError(
+                "the model has no prunable Conv2d/Linear weights"
+                + (f" left after exclude={self.exclude}" if self.exclude else "")
+            )
+        self._numel = {n: p.numel() for n, p in self._params.items()}
+        self.target_active = round(self.density_target * self.num_prunable)
+        budgets = layer_budgets(
+            list(self._numel.values()),
+            self.density_target,
+            init,
+            shapes=[tuple(p.shape) for p in self._params.values()],
+        )
+        self.masks: dict[str, Tensor] = {
+            name: random_mask(tuple(p.shape), k, generator, device=p.device)
+            for (name, p), k in zip(self._params.items(), budgets)
+        }
+        # Host-side copy of the per-layer active counts. Masks only change in rewire() and
+        # load_state_dict(), which refresh it, so density queries never touch the device.
+        self._nnz: dict[str, int] = dict(zip(self._params, budgets))
+        self.apply_()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._params)
+
+    @property
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self._params.items()}
+
+    @property
+    def num_prunable(self) -> int:
+        """N: number of prunable weights (excluded tensors not counted)."""
+        return sum(self._numel.values())
+
+    @property
+    def num_active(self) -> int:
+        return sum(self._nnz.values())
+
+    def density(self) -> float:
+        """Global density over the prunable tensors (no device access)."""
+        return self.num_active / self.num_prunable
+
+    def layer_densities(self) -> dict[str, float]:
+        return {n: self._nnz[n] / self._numel[n] for n in self._params}
+
+    def __repr__(self) -> str:
+        return (
+            f"Masking(method={self.method!r}, density={self.density_target}, init={self.init!r}, "
+            f"layers={len(self._params)}, active={self.num_active}/{self.num_prunable})"
+        )
+
+    # ------------------------------------------------------------------ per-step masking
+
+    def _follow_devices(self) -> None:
+        """Move each mask to its parameter's device if the model was moved (no sync)."""
+        for name, p in self._params.items():
+            if self.masks[name].device != p.device:
+                self.masks[name] = self.masks[name].to(p.device)
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every masked weight. Call after each ``optimizer.step()``.
+
+        One in-place multiply per tensor: no host sync, no branching on tensor values. The
+        optimizer's momentum buffers are deliberately left dense.
+        """
+        self._follow_devices()
+        for name, p in self._params.items():
+            p.mul_(self.masks[name])
+
+    def to(self, device: torch.device | str) -> Masking:
+        """Move the masks to ``device`` (they also follow their weights in apply_/rewire)."""
+        self.masks = {n: m.to(device) for n, m in self.masks.items()}
+        return self
+
+    # ------------------------------------------------------------------ rewiring
+
+    def _momentum(self, param: nn.Parameter) -> Tensor:
+        state = self.optimizer.state.get(param, {}) if self.optimizer is not None else {}
+        for key in _MOMENTUM_KEYS:
+            buf = state.get(key)
+            if isinstance(buf, Tensor) and buf.shape == param.shape:
+                return buf
+        # No buffer yet (before the first step): zero signal; growth then falls back to the
+        # deterministic lowest-index tie-break, and ŝ to uniform.
+        return torch.zeros_like(param)
+
+    @torch.no_grad()
+    def rewire(self, prune_rate: float) -> RewireStats:
+        """One REWIRE(p) of docs/method.md; returns what it did.
+
+        1. ŝ = normalized momentum per layer (mean |momentum| over active entries).
+        2. Prune r_l = ceil(p · nnz_l) smallest-|w| active entries per layer; R = Σ r_l.
+        3. g = redistribute(R, ŝ, capacity_l = numel_l − (nnz_l − r_l)).
+        4. Regrow g_l inactive entries with the largest |momentum| per layer; regrown
+           weights are set to 0, momentum buffers are left as they are. Positions pruned
+           in step 2 are candidates too unless ``regrow_pruned=False`` (then capacity_l =
+           numel_l − nnz_l and only previously inactive positions can grow).
+
+        Host syncs: two per call (ŝ to decide the counts; the final exactness check).
+        """
+        if not 0.0 <= float(prune_rate) <= 1.0:
+            raise ValueError(f"prune_rate must be in [0, 1], got {prune_rate}")
+        if self.method == "static":
+            return RewireStats("static", float(prune_rate), self.num_active, self.density())
+        if self.optimizer is None:
+            raise RuntimeError("method='dnr' rewires by momentum and needs the optimizer")
+        self._follow_devices()
+        names = self.layer_names
+        params = [self._params[n] for n in names]
+        masks = [self.masks[n] for n in names]
+        momenta = [self._momentum(p) for p in params]
+
+        s_hat = normalized_momentum(momenta, masks).cpu()  # sync 1 of 2
+        nnz = torch.tensor([self._nnz[n] for n in names], dtype=torch.long)
+        numel = torch.tensor([self._numel[n] for n in names], dtype=torch.long)
+        r = prune_counts(nnz, float(prune_rate))
+        capacity = numel - nnz + r if self.regrow_pruned else numel - nnz
+        g = redistribute(int(r.sum()), s_hat, capacity)
+        r_list, g_list = r.tolist(), g.tolist()
+
+        kept_masks: list[Tensor] = []
+        new_masks: list[Tensor] = []
+        for name, p, mask, mom, r_l, g_l in zip(names, params, masks, momenta, r_list, g_list):
+            kept = magnitude_prune(p, mask, r_l, num_active=self._nnz[name])
+            if self.regrow_pruned:
+                new = momentum_regrow(mom, kept, g_l)
+            else:  # only positions inactive before this rewiring may grow
+                new = kept | (momentum_regrow(mom, mask, g_l) & ~mask)
+            kept_masks.append(kept)
+            new_masks.append(new)
+
+        # sync 2 of 2: the budget is exact, checked before anything is modified.
+        counts = torch.stack([torch.count_nonzero(m) for m in new_masks]).cpu().tolist()
+        expected = [n - a + b for n, a, b in zip(nnz.tolist(), r_list, g_list)]
+        if counts != expected or sum(counts) != self.target_active:
+            raise RuntimeError(
+                f"rewiring broke the budget: {sum(counts)} active, expected "
+                f"{self.target_active} (per layer {counts} vs {expected})"
+            )
+        for p, kept in zip(params, kept_masks):
+            # Zero the pruned weights and start every regrown weight (including a pruned one
+            # that came straight back) at 0: exactly the entries outside `kept`.
+            p.mul_(kept)
+        self.masks = dict(zip(names, new_masks))
+        self._nnz = dict(zip(names, counts))
+        return RewireStats(
+            method="dnr",
+            prune_rate=float(prune_rate),
+            total_active=self.num_active,
+            density=self.density(),
+            lost=dict(zip(names, r_list)),
+            regrown=dict(zip(names, g_list)),
+            layer_density=self.layer_densities(),
+            normalized_momentum=dict(zip(names, s_hat.tolist())),
+        )
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly; tensors (CPU bool masks) + plain types only,
+        so it loads with ``torch.load(..., weights_only=True)`` on any machine."""
+        return {
+            "format": _STATE_FORMAT,
+            "method": self.method,
+            "density": self.density_target,
+            "init": self.init,
+            "exclude": list(self.exclude),
+            "regrow_pruned": self.regrow_pruned,
+            "target_active": self.target_active,
+            "layer_names": self.layer_names,
+            "layer_shapes": [list(s) for s in self.layer_shapes.values()],
+            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.masks.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore masks and settings from :meth:`state_dict`; masks go to each weight's device.
+
+        Raises ValueError (with the offending names) if the layers or shapes do not match this
+        model, or if the masks do not hold exactly the saved budget. Re-applies the masks to
+        the weights so the zero invariant holds immediately.
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"masking state must be a mapping, got {type(state).__name__}")
+        required = ("method", "density", "init", "exclude", "layer_names", "masks")
+        missing_keys = [k for k in required if k not in state]
+        if missing_keys:
+            raise ValueError(f"masking state is missing {', '.join(missing_keys)}")
+        if state["method"] not in METHODS:
+            raise ValueError(f"masking state has unknown method {state['method']!r}")
+        mine = self.layer_names
+        theirs = [canonical_name(n) for n in state["layer_names"]]
+        masks_in = {canonical_name(n): m for n, m in state["masks"].items()}
+        missing = [n for n in mine if n not in masks_in]
+        unexpected = [n for n in theirs if n not in self._params]
+        if missing or unexpected:
+            raise ValueError(
+                "masking state does not match the model's prunable layers: "
+                f"missing {missing or 'none'}, unexpected {unexpected or 'none'}"
+            )
+        bad = [
+            f"{n}: saved {tuple(masks_in[n].shape)} vs model {tuple(self._params[n].shape)}"
+            for n in mine
+            if tuple(masks_in[n].shape) != tuple(self._params[n].shape)
+        ]
+        if bad:
+            raise ValueError("masking state has mismatched shapes: " + "; ".join(bad))
+        new_masks = {
+            n: torch.as_tensor(masks_in[n]).to(device=self._params[n].device, dtype=torch.bool,
+                                                copy=True)
+            for n in mine
+        }
+        counts = torch.stack([torch.count_nonzero(new_masks[n]) for n in mine]).cpu().tolist()
+        density = float(state["density"])
+        target = round(density * self.num_prunable)
+        if sum(counts) != target:
+            raise ValueError(
+                f"masking state holds {sum(counts)} active weights but density {density} "
+                f"of {self.num_prunable} needs {target}"
+            )
+        self.method = str(state["method"])
+        self.density_target = density
+        self.target_active = target
+        self.init = str(state["init"])
+        self.exclude = list(state["exclude"])
+        self.regrow_pruned = bool(state.get("regrow_pruned", True))
+        self.masks = new_masks
+        self._nnz = dict(zip(mine, counts))
+        self.apply_()
