@@ -1,0 +1,243 @@
+"""The run directory and everything written into it.
+
+Layout (one directory per run, nothing written elsewhere)::
+
+    RUN_DIR/config.yaml            resolved configuration
+    RUN_DIR/metrics.jsonl          one JSON line per epoch
+    RUN_DIR/checkpoints/last.pt    resume state (model, optimizer, masks, epoch, RNG)
+    RUN_DIR/checkpoints/best.pt    best epoch by validation PGD accuracy
+    RUN_DIR/model.safetensors      the final model's weights (no pickle)
+    RUN_DIR/model.json             how to rebuild it: architecture, classes, width, ...
+    RUN_DIR/eval.json, eval.md     evaluation results with exact attack settings
+    RUN_DIR/layer_density.png      per-layer density over epochs (sparse runs)
+
+Checkpoints hold tensors and plain Python values only, so they load with
+``torch.load(weights_only=True)``; every write is atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dnr.fileio import atomic_write, atomic_write_json
+from dnr.models import create_model
+
+MODEL_FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A missing or malformed artifact (shown to the user without a traceback)."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Names of every artifact in a run directory."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def model_weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def model_meta(self) -> Path:
+        return self.path / "model.json"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def eval_md(self) -> Path:
+        return self.path / "eval.md"
+
+    @property
+    def layer_density_plot(self) -> Path:
+        return self.path / "layer_density.png"
+
+    @property
+    def report_md(self) -> Path:
+        return self.path / "report.md"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save to a temp file, then rename: an interrupted write never corrupts ``path``."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a corrupt or foreign file: say which and why
+        raise ArtifactError(f"{path}: cannot load checkpoint safely: {err}") from None
+
+
+# --------------------------------------------------------------------------- final model
+
+
+def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (architecture + ``meta``)."""
+    run = RunDir(Path(run_dir))
+    arch = getattr(model, "arch_config", None)
+    if arch is None:
+        raise ArtifactError("model has no arch_config; build it with dnr.create_model")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(run.model_weights, lambda tmp: save_file(tensors, str(tmp)))
+    document = {"format_version": MODEL_FORMAT_VERSION, "architecture": dict(arch), **meta}
+    atomic_write_json(run.model_meta, document)
+
+
+def _resolve_model_paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path)
+        return run.model_meta, run.model_weights
+    if path.suffix == ".json":
+        return path, path.with_suffix(".safetensors")
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json"), path
+    raise ArtifactError(
+        f"{path}: expected a run directory, a model.json or a model.safetensors file"
+    )
+
+
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+    """The ``model.json`` document of a run directory or model file."""
+    meta_path, _ = _resolve_model_paths(path)
+    if not meta_path.is_file():
+        raise ArtifactError(f"model description not found: {meta_path}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{meta_path}: not valid JSON: {err}") from None
+    if "architecture" not in meta:
+        raise ArtifactError(f"{meta_path}: missing the 'architecture' section")
+    return meta
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Construct an (untrained) model from an ``architecture`` description."""
+    stats = {key: tuple(arch[key]) for key in ("mean", "std") if key in arch}
+    try:
+        return create_model(
+            arch["name"],
+            num_classes=int(arch["num_classes"]),
+            input_size=int(arch.get("input_size", 32)),
+            width=float(arch.get("width", 1.0)),
+            **stats,
+        )
+    except KeyError as err:
+        raise ArtifactError(f"architecture description lacks {err}") from None
+    except ValueError as err:
+        raise ArtifactError(str(err)) from None
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from ``model.json`` + ``model.safetensors`` alone (eval mode)."""
+    meta = read_model_meta(path)
+    _, weights_path = _resolve_model_paths(path)
+    if not weights_path.is_file():
+        raise ArtifactError(f"model weights not found: {weights_path}")
+    model = build_model(meta["architecture"])
+    state = load_file(str(weights_path), device=str(map_location))
+    _load_state(model, state, weights_path)
+    return model.to(map_location).eval()
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ArtifactError(
+            f"{source}: weights do not match the architecture "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+
+
+def _unwrap_state_dict(obj: Any, source: Path) -> dict[str, torch.Tensor]:
+    """Find the tensor mapping inside common checkpoint layouts and strip wrapper prefixes."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict", "net"):
+            if key in obj and isinstance(obj[key], dict):
+                return _unwrap_state_dict(obj[key], source)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            prefixes = ("module.", "_orig_mod.", "model.")
+            cleaned = {}
+            for key, value in tensors.items():
+                for prefix in prefixes:
+                    if key.startswith(prefix):
+                        key = key[len(prefix) :]
+                cleaned[key] = value
+            return cleaned
+    raise ArtifactError(f"{source}: no state dict of tensors found")
+
+
+def load_plain_weights(
+    arch: str,
+    weights: str | Path,
+    *,
+    num_classes: int,
+    input_size: int = 32,
+    width: float = 1.0,
+    map_location: str | torch.device = "cpu",
+) -> nn.Module:
+    """A registry architecture with weights from a plain state dict (.pt/.pth/.safetensors).
+
+    For models trained elsewhere. A checkpoint without the ``normalize.*`` buffers is
+    assumed to expect [0,1] inputs normalized with the registry default (CIFAR statistics).
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ArtifactError(f"weights file not found: {weights}")
+    if weights.suffix == ".safetensors":
+        state = load_file(str(weights))
+    else:
+        state = _unwrap_state_dict(load_checkpoint(weights), weights)
+    model = build_model(
+        {"name": arch, "num_classes": num_classes, "input_size": input_size, "width": width}
+    )
+    expected = model.state_dict()
+    for key in ("normalize.mean", "normalize.std"):
+        state.setdefault(key, expected[key])
+    _load_state(model, state, weights)
+    return model.to(map_location).eval()
+
+
+def write_eval(run_dir: str | Path, document: dict[str, Any], markdown: str) -> None:
+    run = RunDir(Path(run_dir))
+    atomic_write_json(run.eval_json, document)
+    atomic_write(run.eval_md, lambda tmp: tmp.write_text(markdown))

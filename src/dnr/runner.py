@@ -1,0 +1,217 @@
+"""End-to-end jobs behind the CLI: train-and-evaluate, evaluate a model, the demo.
+
+Each job is a plain function a library user can call; the CLI only parses arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dnr.artifacts import (
+    ArtifactError,
+    RunDir,
+    load_model,
+    load_plain_weights,
+    read_model_meta,
+    write_eval,
+)
+from dnr.config import Config, ConfigError, DataConfig, apply_overrides, load_config
+from dnr.data import DatasetSplits, load_dataset
+from dnr.evaluate import EvalReport, evaluate_model
+from dnr.fileio import atomic_write_json
+from dnr.report import plot_layer_density, write_report
+from dnr.train import TrainResult, resolve_device, train
+
+
+def run_train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    evaluate: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[TrainResult, EvalReport | None]:
+    """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report."""
+    data = load_dataset(cfg.data)
+    result = train(cfg, out_dir, resume=resume, progress=progress, log=log, data=data)
+    report = None
+    if evaluate:
+        report = evaluate_loaded(
+            result.model,
+            data,
+            protocol=cfg.eval.protocol,
+            subset=cfg.eval.subset,
+            seed=cfg.eval.seed,
+            out_dir=result.run_dir,
+            progress=progress,
+        )
+    plot_layer_density(result.run_dir)
+    write_report(result.run_dir)
+    return result, report
+
+
+def evaluate_loaded(
+    model: nn.Module,
+    data: DatasetSplits,
+    *,
+    protocol: str = "dnr",
+    subset: int | None = None,
+    seed: int = 0,
+    eps: float | None = None,
+    norm: str = "Linf",
+    batch_size: int | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> EvalReport:
+    """Evaluate ``model`` on the test split; write eval.json/eval.md into ``out_dir``."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    target_device = resolve_device(device)
+    model = model.to(target_device).eval()
+    report = evaluate_model(
+        model,
+        data.test.x,
+        data.test.y,
+        protocol=protocol,
+        eps=eps,
+        norm=norm,
+        subset=subset,
+        seed=seed,
+        batch_size=batch_size,
+        device=target_device,
+        progress=progress,
+        num_classes=data.meta.num_classes,
+    )
+    if out_dir is not None:
+        write_eval(out_dir, report.to_dict(), report.to_markdown())
+    return report
+
+
+def data_config_from_meta(meta: dict[str, Any], overrides: list[str]) -> DataConfig:
+    """The test data a saved model was trained for, with ``data.*`` overrides applied."""
+    dataset = {k: v for k, v in meta.get("dataset", {}).items() if v not in (None, [])}
+    cfg = Config()
+    apply_overrides(cfg, [f"data.{k}={json.dumps(v)}" for k, v in dataset.items()])
+    return apply_overrides(cfg, overrides, sections=("data",)).data
+
+
+@dataclass
+class EvalTarget:
+    """What to evaluate: a run directory / model file, or a plain state dict + architecture."""
+
+    path: str | None = None
+    arch: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+    width: float = 1.0
+    input_size: int = 32
+
+
+def run_eval(
+    target: EvalTarget,
+    *,
+    data_overrides: list[str] | None = None,
+    protocol: str = "dnr",
+    subset: int | None = None,
+    seed: int = 0,
+    eps: float | None = None,
+    norm: str = "Linf",
+    batch_size: int | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> EvalReport:
+    """``dnr eval``: load the model, its test data, run the protocol, write the results."""
+    overrides = list(data_overrides or [])
+    if target.weights is not None:
+        if target.arch is None or target.num_classes is None:
+            raise ConfigError("--weights needs --arch and --num-classes")
+        model = load_plain_weights(
+            target.arch,
+            target.weights,
+            num_classes=target.num_classes,
+            input_size=target.input_size,
+            width=target.width,
+        )
+        data_cfg = data_config_from_meta({}, overrides)
+    elif target.path is not None:
+        model = load_model(target.path)
+        data_cfg = data_config_from_meta(read_model_meta(target.path), overrides)
+        if out_dir is None and Path(target.path).is_dir():
+            out_dir = target.path
+    else:
+        raise ConfigError("nothing to evaluate: give a run directory, a model file or --weights")
+    data = load_dataset(replace(data_cfg, subset=None))
+    if data.meta.num_classes != model.arch_config["num_classes"]:
+        raise ConfigError(
+            f"the model has {model.arch_config['num_classes']} outputs but dataset "
+            f"{data_cfg.name} has {data.meta.num_classes} classes"
+        )
+    report = evaluate_loaded(
+        model,
+        data,
+        protocol=protocol,
+        subset=subset,
+        seed=seed,
+        eps=eps,
+        norm=norm,
+        batch_size=batch_size,
+        device=device,
+        out_dir=out_dir,
+        progress=progress,
+    )
+    if out_dir is not None and RunDir(Path(out_dir)).model_meta.exists():
+        write_report(out_dir)
+    return report
+
+
+def run_demo(
+    out_dir: str | Path,
+    *,
+    progress: bool | None = None,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Dense vs. DNR at 20x on the embedded digits data; returns the comparison."""
+    out = Path(out_dir)
+    marker = out / "demo.json"
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            raise ConfigError(f"{out} exists and is not a demo directory; choose another --out")
+        shutil.rmtree(out)  # a previous demo: replace it
+    summary: dict[str, Any] = {"runs": {}}
+    for method in ("dense", "dnr"):
+        cfg = load_config("demo", [*(overrides or []), f"sparsity.method={method}"])
+        log(f"== {method}: {cfg.model.name} width {cfg.model.width} on {cfg.data.name} ==")
+        result, report = run_train(cfg, out / method, progress=progress, log=log)
+        assert report is not None
+        accuracies = {r.name: r.accuracy for r in report.results}
+        density = result.masking.density() if result.masking is not None else 1.0
+        summary["runs"][method] = {"accuracy": accuracies, "density": density}
+    atomic_write_json(marker, summary)
+    return summary
+
+
+def format_demo(summary: dict[str, Any], out_dir: str | Path) -> str:
+    runs = summary["runs"]
+    names = list(next(iter(runs.values()))["accuracy"])
+    header = f"{'method':<8}" + "".join(f"{n:>10}" for n in names) + f"{'density':>10}{'compression':>13}"
+    lines = [header]
+    for method, info in runs.items():
+        cells = "".join(f"{100 * info['accuracy'][n]:>9.1f}%" for n in names)
+        lines.append(
+            f"{method:<8}{cells}{info['density']:>10.4f}{1 / info['density']:>12.1f}x"
+        )
+    lines.append(f"artifacts: {Path(out_dir) / 'dense'}  and  {Path(out_dir) / 'dnr'}")
+    lines.append(f"summary:   dnr report {Path(out_dir) / 'dnr'}")
+    return "\n".join(lines)

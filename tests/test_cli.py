@@ -1,0 +1,126 @@
+"""The `dnr` command end to end: train, eval, report, and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dnr.artifacts import RunDir, load_model
+from dnr.cli import main
+
+from conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", "--config", "demo", "--out", str(out), "--quiet",
+                 *tiny_overrides(train__epochs=2, sparsity__method="dnr")])
+    assert code == 0
+    return out
+
+
+def test_train_writes_run_directory_with_eval(trained_run, capsys) -> None:
+    run = RunDir(trained_run)
+    for path in (run.config, run.metrics, run.model_weights, run.model_meta, run.eval_json,
+                 run.eval_md, run.report_md, run.layer_density_plot, run.last_checkpoint):
+        assert path.is_file(), path
+    document = json.loads(run.eval_json.read_text())
+    names = [r["name"] for r in document["results"]]
+    assert names[:3] == ["clean", "fgsm", "pgd7"] or {"clean", "fgsm"} <= set(names)
+    for result in document["results"]:
+        assert 0.0 <= result["accuracy"] <= 1.0
+        assert "settings" in result
+
+
+def test_eval_json_reports_ordered_accuracies_and_settings(trained_run, capsys) -> None:
+    code = main(["eval", str(trained_run), "--protocol", "dnr", "--subset", "48", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in document["results"]}
+    clean = by_name["clean"]["accuracy"]
+    fgsm = next(r for n, r in by_name.items() if n.startswith("fgsm"))
+    pgd = next(r for n, r in by_name.items() if n.startswith("pgd"))
+    assert pgd["accuracy"] <= fgsm["accuracy"] + 1 / 48 and fgsm["accuracy"] <= clean + 1e-9
+    assert pgd["settings"]["eps"] == pytest.approx(0.031)
+    assert pgd["settings"]["steps"] == 7 and pgd["settings"]["step_size"] == pytest.approx(0.01)
+    assert document["num_examples"] == 48 and len(document["subset_indices"]) == 48
+
+
+def test_report_prints_compression(trained_run, capsys) -> None:
+    assert main(["report", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "Compression" in out and "features" in out and "x**" in out
+    assert "biases, BatchNorm and the input normalization are not prunable" in out
+
+
+def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys) -> None:
+    model = load_model(trained_run)
+    arch = model.arch_config
+    state = {f"module.{k}": v for k, v in model.state_dict().items() if "normalize" not in k}
+    torch.save({"state_dict": state}, tmp_path / "weights.pt")
+    code = main(["eval", "--arch", "vgg16", "--num-classes", "10", "--width", str(arch["width"]),
+                 "--weights", str(tmp_path / "weights.pt"), "data.name=digits",
+                 "--subset", "32", "--json", "--out", str(tmp_path / "ev")])
+    assert code == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "ev" / "eval.json").is_file()
+    main(["eval", str(trained_run), "--subset", "32", "--json", "--out", str(tmp_path / "ev2")])
+    ours = json.loads(capsys.readouterr().out)
+    assert plain["results"][0]["accuracy"] == ours["results"][0]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--out", "{tmp}/r", "train.epochz=1"], "unknown key 'train.epochz'"),
+        (["train", "--out", "{tmp}/r", "model.name=alexnet"], "choose one of vgg16, resnet18"),
+        (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "config file not found"),
+        (["train", "--out", "{tmp}/r", "data.name=npz", "data.train={tmp}/nope.npz",
+          "data.test={tmp}/nope.npz"], "nope.npz"),
+        (["eval", "{tmp}/no-run"], "no-run"),
+        (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --arch and --num-classes"),
+        (["report", "{tmp}/no-run"], "no-run"),
+        (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(argv, fragment, tmp_path, capsys) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_is_never_overwritten(trained_run, capsys) -> None:
+    before = RunDir(trained_run).model_weights.read_bytes()
+    assert main(["train", "--out", str(trained_run), *tiny_overrides(train__epochs=1)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert RunDir(trained_run).model_weights.read_bytes() == before
+
+
+def test_npz_training_from_the_command_line(npz_files, tmp_path, capsys) -> None:
+    train0, train1, test = npz_files
+    out = tmp_path / "npz-run"
+    code = main(["train", "--config", "vgg16_cifar10", "--out", str(out), "--quiet",
+                 "data.name=npz", f"data.train=[{train0},{train1}]", f"data.test={test}",
+                 "data.val_size=32", "model.width=0.0625", "train.epochs=1",
+                 "train.batch_size=32", "attack.steps=1", "train.device=cpu"])
+    assert code == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["architecture"]["num_classes"] == 4
+    assert meta["sparsity"]["method"] == "dnr"
+
+
+def test_help_lists_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "dnr.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("train", "eval", "report", "demo"):
+        assert command in out
+    out = subprocess.run([sys.executable, "-m", "dnr.cli", "train", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--resume" in out and "KEY=VALUE" in out

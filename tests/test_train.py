@@ -1,0 +1,178 @@
+"""The training loop: loss goes down, exact sparsity, artifacts, and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dnr.train as train_module
+from dnr.artifacts import RunDir, load_checkpoint, load_model
+from dnr.config import ConfigError, load_config
+from dnr.data import load_dataset
+from dnr.train import RunExistsError, learning_rate, train
+
+from conftest import tiny_overrides
+
+TIMING_KEYS = {"images_per_sec", "train_seconds", "wall_seconds"}
+
+
+def _strip_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
+
+
+def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(train__epochs=4, train__lr=0.05))
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    run = RunDir(tmp_path / "run")
+    for path in (run.config, run.metrics, run.last_checkpoint, run.best_checkpoint,
+                 run.model_weights, run.model_meta):
+        assert path.is_file(), path
+    records = _metrics(run.path)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    for r in records:
+        assert {"lr", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
+                "val_pgd_acc", "images_per_sec", "wall_seconds"} <= set(r)
+        assert 0 <= r["val_pgd_acc"] <= r["val_clean_acc"] + 1e-9 <= 1 + 1e-9
+    # The deployed model is the best epoch by validation PGD accuracy.
+    best_epoch = max(records, key=lambda r: r["val_pgd_acc"])["epoch"]
+    meta = json.loads(run.model_meta.read_text())
+    assert meta["selection"]["epoch"] == best_epoch == result.best_epoch
+    assert meta["architecture"]["name"] == "vgg16" and meta["architecture"]["num_classes"] == 10
+    # Checkpoints load without unpickling arbitrary objects and carry resume state.
+    state = torch.load(run.last_checkpoint, weights_only=True)
+    assert state["epoch"] == 3 and "momentum_buffer" in str(state["optimizer"]["state"][0].keys())
+
+
+def test_load_model_round_trip_identical_logits(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(train__epochs=1))
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    rebuilt = load_model(tmp_path / "run")
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(result.model.eval()(x), rebuilt(x))
+    same = load_model(tmp_path / "run" / "model.json")
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), same(x))
+
+
+def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
+    cfg = load_config(
+        None, tiny_overrides(sparsity__method="dnr", sparsity__density=0.1, train__epochs=3)
+    )
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    masking = result.masking
+    assert masking is not None
+    weights = load_file(str(RunDir(tmp_path / "run").model_weights))
+    total = sum(weights[name].numel() for name in masking.masks)
+    nonzero = sum(int((weights[name] != 0).sum()) for name in masking.masks)
+    assert total == masking.num_prunable
+    assert nonzero <= round(0.1 * total)
+    # Masked weights are exactly zero; active ones are the mask (a few may be exactly 0
+    # only if they were just regrown, which does not happen in the best, pre-rewire model).
+    for name, mask in masking.masks.items():
+        assert int(mask.sum()) > 0
+        assert torch.count_nonzero(weights[name][~mask.cpu()]) == 0
+    assert sum(int(m.sum()) for m in masking.masks.values()) == round(0.1 * total)
+    records = _metrics(tmp_path / "run")
+    assert all("layer_density" in r and "density" in r for r in records)
+    assert all(r["density"] == pytest.approx(round(0.1 * total) / total, abs=0) for r in records)
+    assert "rewire" in records[0] and "rewire" not in records[-1]  # no rewiring after the last
+    densities = list(records[0]["layer_density"].values())
+    assert max(densities) - min(densities) > 0.01  # budgets moved between layers
+    meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())
+    assert meta["sparsity"]["achieved_density"] == round(0.1 * total) / total
+
+
+def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(sparsity__method="static", train__epochs=2))
+    result = train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
+    model = train_module.build_model(cfg, load_dataset(cfg.data))
+    initial = train_module.build_masking(cfg, model, train_module.build_optimizer(cfg, model))
+    assert result.masking is not None and initial is not None
+    for name, mask in initial.masks.items():
+        assert torch.equal(mask, result.masking.masks[name].cpu()), name
+    records = _metrics(tmp_path / "a")
+    assert "rewire" not in records[0]
+    assert records[0]["layer_density"] == records[-1]["layer_density"]
+
+
+def _interrupt_after(monkeypatch, calls: int) -> None:
+    """Make the training attack raise KeyboardInterrupt on its ``calls``-th use."""
+    real_pgd = train_module.pgd
+    counter = {"n": 0}
+
+    def flaky_pgd(*args, **kwargs):
+        counter["n"] += 1
+        if counter["n"] == calls:
+            raise KeyboardInterrupt
+        return real_pgd(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "pgd", flaky_pgd)
+
+
+@pytest.mark.parametrize("method", ["dense", "dnr"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, method) -> None:
+    overrides = tiny_overrides(sparsity__method=method, train__epochs=3, data__subset=128)
+    cfg = load_config(None, overrides)
+    train(cfg, tmp_path / "straight", progress=False, log=lambda _: None)
+
+    batches_per_epoch = math.ceil(128 / 32)
+    _interrupt_after(monkeypatch, batches_per_epoch + 2)  # in the middle of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False, log=lambda _: None)
+    assert len(_metrics(tmp_path / "resumed")) == 1
+    monkeypatch.undo()
+    with pytest.raises(RunExistsError):
+        train(cfg, tmp_path / "resumed", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "resumed", resume=True, progress=False, log=lambda _: None)
+
+    a = load_file(str(RunDir(tmp_path / "straight").model_weights))
+    b = load_file(str(RunDir(tmp_path / "resumed").model_weights))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _strip_timing(_metrics(tmp_path / "straight")) == _strip_timing(
+        _metrics(tmp_path / "resumed")
+    )
+    last_a = load_checkpoint(RunDir(tmp_path / "straight").last_checkpoint)
+    last_b = load_checkpoint(RunDir(tmp_path / "resumed").last_checkpoint)
+    for key, value in last_a["model"].items():
+        assert torch.equal(value, last_b["model"][key])
+
+
+def test_resume_refuses_a_different_config(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(train__epochs=1))
+    train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    other = load_config(None, tiny_overrides(train__epochs=1, train__lr=0.2))
+    with pytest.raises(ConfigError, match="configuration differs"):
+        train(other, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
+    with pytest.raises(ConfigError, match="no checkpoint to resume"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False, log=lambda _: None)
+
+
+def test_bf16_training_runs_and_model_stays_fp32(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(train__epochs=1, train__bf16=True))
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert math.isfinite(_metrics(tmp_path / "run")[0]["train_loss"])
+
+
+def test_learning_rate_schedules() -> None:
+    cfg = load_config(None, ["train.epochs=200"])
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 99.9) == pytest.approx(0.1)
+    assert learning_rate(cfg, 100) == pytest.approx(0.01)
+    assert learning_rate(cfg, 150.5) == pytest.approx(0.001)
+    cos = load_config(None, ["train.epochs=10", "train.schedule=cosine"])
+    assert learning_rate(cos, 0) == pytest.approx(0.1)
+    assert learning_rate(cos, 5) == pytest.approx(0.05)
+    assert learning_rate(cos, 10) == pytest.approx(0.0, abs=1e-12)
