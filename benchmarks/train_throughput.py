@@ -1,6 +1,6 @@
 """Training throughput (images/s) of one DNR hybrid PGD-k step, dense and masked.
 
-Measures the real training step of ``dnr.train`` (PGD on the current model, hybrid loss,
+Measures the real training step of ``dnr.trainer`` (PGD on the current model, hybrid loss,
 SGD step, mask re-application) on random CIFAR-shaped data, after warm-up.
 
     python benchmarks/train_throughput.py --model vgg16 --width 0.25 --steps 7
@@ -20,7 +20,7 @@ import torch
 from dnr.attacks import pgd
 from dnr.config import load_config
 from dnr.models import create_model
-from dnr.train import _hybrid_loss, build_masking, build_optimizer, resolve_device
+from dnr.trainer import _hybrid_loss, build_masking, build_optimizer, resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -19,7 +19,8 @@ from conftest import tiny_overrides
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     code = main(["train", "--config", "demo", "--out", str(out), "--quiet",
-                 *tiny_overrides(train__epochs=2, sparsity__method="dnr")])
+                 *tiny_overrides(train__epochs=3, sparsity__method="dnr",
+                                 sparsity__density=0.5, model__width=0.125)])
     assert code == 0
     return out
 
@@ -31,7 +32,7 @@ def test_train_writes_run_directory_with_eval(trained_run, capsys) -> None:
         assert path.is_file(), path
     document = json.loads(run.eval_json.read_text())
     names = [r["name"] for r in document["results"]]
-    assert names[:3] == ["clean", "fgsm", "pgd7"] or {"clean", "fgsm"} <= set(names)
+    assert names == ["clean", "fgsm", "pgd7", "worst_case"]
     for result in document["results"]:
         assert 0.0 <= result["accuracy"] <= 1.0
         assert "settings" in result
@@ -86,6 +87,9 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
         (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --arch and --num-classes"),
         (["report", "{tmp}/no-run"], "no-run"),
         (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
+        (["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.8"],
+         "sparsity.regrow_pruned=false needs room"),
+        (["train", "--out", "{tmp}/r", "eval.protocol=pgd7"], "choose one of dnr, pgd20"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(argv, fragment, tmp_path, capsys) -> None:
@@ -124,3 +128,53 @@ def test_help_lists_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "dnr.cli", "train", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--resume" in out and "KEY=VALUE" in out
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [(["--protocol", "bogus"], "invalid choice: 'bogus'"),
+     (["--subset", "0"], "must be > 0"),
+     (["--batch-size", "-1"], "must be > 0"),
+     (["--eps", "abc"], "expected a number")],
+)
+def test_eval_option_errors_exit_2(trained_run, option, fragment, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(trained_run), *option])
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_eval_request_errors_are_one_line(trained_run, capsys) -> None:
+    assert main(["eval", str(trained_run), "--norm", "L2", "--protocol", "dnr"]) == 2
+    err = capsys.readouterr().err
+    assert "only supported by protocol 'autoattack'" in err and "Traceback" not in err
+
+
+def test_eval_records_source_rows_when_data_subset_capped_the_test_set(trained_run) -> None:
+    from dataclasses import replace
+
+    from dnr.config import load_config
+    from dnr.data import load_dataset
+    from dnr.evaluate import select_subset
+    from dnr.runner import evaluate_loaded
+
+    cfg = load_config(None, tiny_overrides())  # data.subset caps the 360 digits test images
+    capped = load_dataset(cfg.data)
+    full = load_dataset(replace(cfg.data, subset=None))
+    assert len(capped.test.y) < len(full.test.y)
+    report = evaluate_loaded(load_model(trained_run), capped, subset=16, seed=3, sanity=False,
+                             progress=False)
+    positions = select_subset(len(capped.test.y), 16, 3)
+    assert report.subset_indices is not None and len(report.subset_indices) == 16
+    assert torch.equal(full.test.x[report.subset_indices], capped.test.x[positions])
+    assert report.subset_indices != positions  # rows of the file, not positions in the split
+
+
+def test_artifacts_have_normal_permissions(trained_run) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(RunDir(trained_run).model_weights.stat().st_mode)
+    assert mode == 0o666 & ~umask

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dnr.evaluate import (
+    EvaluationError,
     PROTOCOLS,
     EvalReport,
     clean_accuracy,
@@ -177,7 +178,7 @@ def test_bad_options_are_refused(trained, test_data):
 def test_missing_pyautoattack_says_how_to_install(trained, test_data, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyautoattack", None)  # makes the import fail
     x, y = test_data
-    with pytest.raises(ImportError, match=r'pip install "torch-dnr\[eval\]"'):
+    with pytest.raises(EvaluationError, match=r'pip install "torch-dnr\[eval\]"'):
         evaluate_model(trained, x, y, protocol="autoattack", progress=False)
 
 

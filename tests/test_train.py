@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dnr.train as train_module
+import dnr.trainer as train_module
 from dnr.artifacts import RunDir, load_checkpoint, load_model
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
-from dnr.train import RunExistsError, learning_rate, train
+from dnr.trainer import RunExistsError, learning_rate, train
 
 from conftest import tiny_overrides
 
@@ -75,7 +75,9 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
     total = sum(weights[name].numel() for name in masking.masks)
     nonzero = sum(int((weights[name] != 0).sum()) for name in masking.masks)
     assert total == masking.num_prunable
-    assert nonzero <= round(0.1 * total)
+    # Active weights are exactly the budget; a few may be exactly 0 (regrown at 0 where the
+    # gradient is 0, e.g. behind a dead channel), never more than the budget.
+    assert round(0.1 * total) * 0.9 < nonzero <= round(0.1 * total)
     # Masked weights are exactly zero; active ones are the mask (a few may be exactly 0
     # only if they were just regrown, which does not happen in the best, pre-rewire model).
     for name, mask in masking.masks.items():
@@ -95,7 +97,7 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
 def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(sparsity__method="static", train__epochs=2))
     result = train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
-    model = train_module.build_model(cfg, load_dataset(cfg.data))
+    model = train_module.model_for(cfg, load_dataset(cfg.data))
     initial = train_module.build_masking(cfg, model, train_module.build_optimizer(cfg, model))
     assert result.masking is not None and initial is not None
     for name, mask in initial.masks.items():
@@ -176,3 +178,29 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(cos, 0) == pytest.approx(0.1)
     assert learning_rate(cos, 5) == pytest.approx(0.05)
     assert learning_rate(cos, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_without_attack_the_loss_is_plain_cross_entropy() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    expected = torch.nn.functional.cross_entropy(model(x), y)
+    for beta in (0.0, 0.5, 1.0):
+        loss, logits_clean, logits_adv = train_module._hybrid_loss(model, x, None, y, beta)
+        assert torch.allclose(loss, expected) and logits_adv is None
+    x_adv = x.flip(0)
+    loss, _, _ = train_module._hybrid_loss(model, x, x_adv, y, 0.25)
+    mixed = 0.25 * expected + 0.75 * torch.nn.functional.cross_entropy(model(x_adv), y)
+    assert torch.allclose(loss, mixed)
+
+
+def test_public_train_stays_callable(tmp_path) -> None:
+    import dnr
+
+    first = dnr.train
+    import dnr.trainer  # noqa: F401  (importing the module must not shadow the function)
+
+    assert callable(dnr.train) and dnr.train is first
+    cfg = dnr.load_config(None, tiny_overrides(train__epochs=1, data__subset=64))
+    dnr.train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
+    dnr.train(cfg, tmp_path / "b", progress=False, log=lambda _: None)
+    assert dnr.load_model(tmp_path / "b").arch_config["name"] == "vgg16"

@@ -26,7 +26,7 @@ _LAZY = {
     "load_config": "dnr.config",
     "create_model": "dnr.models",
     "load_model": "dnr.artifacts",
-    "train": "dnr.train",
+    "train": "dnr.trainer",
     "evaluate_model": "dnr.evaluate",
 }
 
@@ -36,5 +36,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'dnr' has no attribute {name!r}")

@@ -149,7 +149,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def build_model(arch: dict[str, Any]) -> nn.Module:
+def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
     """Construct an (untrained) model from an ``architecture`` description."""
     stats = {key: tuple(arch[key]) for key in ("mean", "std") if key in arch}
     try:
@@ -172,7 +172,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     _, weights_path = _resolve_model_paths(path)
     if not weights_path.is_file():
         raise ArtifactError(f"model weights not found: {weights_path}")
-    model = build_model(meta["architecture"])
+    model = model_from_architecture(meta["architecture"])
     state = load_file(str(weights_path), device=str(map_location))
     _load_state(model, state, weights_path)
     return model.to(map_location).eval()
@@ -227,7 +227,7 @@ def load_plain_weights(
         state = load_file(str(weights))
     else:
         state = _unwrap_state_dict(load_checkpoint(weights), weights)
-    model = build_model(
+    model = model_from_architecture(
         {"name": arch, "num_classes": num_classes, "input_size": input_size, "width": width}
     )
     expected = model.state_dict()

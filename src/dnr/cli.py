@@ -10,15 +10,41 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
-from dnr.config import ConfigError, load_config
+from dnr.config import ConfigError, Protocol, load_config
 
 EPILOG_TRAIN = """\
 overrides are dotted KEY=VALUE pairs parsed as YAML, applied after --config:
   train.epochs=2  model.width=0.25  data.name=npz  data.train=[a.npz,b.npz]
   sparsity.method=dnr  sparsity.density=0.05  attack.steps=7  train.device=cuda
-sections: data, model, attack, train, sparsity, eval (see configs/*.yaml for every key)
+sections: data, model, attack, train, sparsity, eval; every key with its default is in
+the bundled presets (vgg16_cifar10, resnet18_cifar10, vgg16_cifar100, resnet18_cifar100,
+vgg16_tiny-imagenet, demo), e.g. configs/vgg16_cifar10.yaml in the repository
 """
+
+
+PROTOCOL_NAMES = list(get_args(Protocol))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +56,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml); default: built-in defaults")
+    p.add_argument("--config", type=Path, help="YAML file or bundled preset name (e.g. vgg16_cifar10); default: built-in defaults")
     p.add_argument("--out", type=Path, required=True, help="run directory for every artifact")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
@@ -50,20 +76,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", nargs="?", help="run directory, model.json or model.safetensors")
-    p.add_argument("--protocol", default="dnr", help="evaluation protocol (default: dnr)")
-    p.add_argument("--subset", type=int, help="seeded random test subset of N examples")
+    p.add_argument("--protocol", default="dnr", choices=PROTOCOL_NAMES,
+                   help="evaluation protocol (default: dnr)")
+    p.add_argument("--subset", type=_positive_int, help="seeded random test subset of N examples")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and random starts")
-    p.add_argument("--eps", type=float, help="attack radius in [0,1] pixel units (default: the protocol's)")
+    p.add_argument("--eps", type=_positive_float, help="attack radius in [0,1] pixel units (default: the protocol's)")
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model (L2: AutoAttack only)")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: chosen to fit)")
+    p.add_argument("--batch-size", type=_positive_int, help="evaluation batch size (default: chosen to fit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--out", type=Path, help="write eval.json/eval.md here (default: the run directory)")
     p.add_argument("--json", action="store_true", help="print the machine-readable result")
+    p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking sanity checks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--arch", help="registry architecture of --weights (vgg16, resnet18)")
     p.add_argument("--weights", help="plain state dict (.pt/.pth/.safetensors) to evaluate")
-    p.add_argument("--num-classes", type=int, help="output classes of --weights")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier of --weights")
+    p.add_argument("--num-classes", type=_positive_int, help="output classes of --weights")
+    p.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier of --weights")
     p.add_argument("--input-size", type=int, default=32, choices=[32, 64])
     p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE")
 
@@ -163,6 +191,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         norm=args.norm,
         batch_size=args.batch_size,
         device=args.device,
+        sanity=not args.no_sanity,
         out_dir=args.out,
         progress=False if (args.quiet or args.json) else None,
     )

@@ -28,6 +28,7 @@ SparsityMethod = Literal["dense", "dnr", "static"]
 SparsityInit = Literal["uniform", "erk"]
 Schedule = Literal["multistep", "cosine"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Protocol = Literal["dnr", "pgd20", "pgd50", "cw", "autoattack", "full"]
 
 
 @dataclass
@@ -94,9 +95,10 @@ class SparsityConfig:
 
 @dataclass
 class EvalConfig:
-    protocol: str = "dnr"
+    protocol: Protocol = "dnr"  # see `dnr eval --help`
     subset: int | None = None  # seeded random test subset; None = whole test set
     seed: int = 0
+    sanity: bool = True  # gradient-masking sanity checks next to the robust numbers
 
 
 @dataclass
@@ -314,10 +316,30 @@ def validate(cfg: Config) -> None:
         0 <= s.prune_rate_min <= s.prune_rate,
         f"sparsity.prune_rate_min: must be in [0, sparsity.prune_rate], got {s.prune_rate_min}",
     )
+    _check(
+        s.regrow_pruned or s.prune_rate * s.density <= 1 - s.density,
+        "sparsity.regrow_pruned=false needs room to regrow outside the kept weights: "
+        f"prune_rate * density ({s.prune_rate * s.density:.3f}) must be <= 1 - density",
+    )
     _check(s.rewire_every >= 0, f"sparsity.rewire_every: must be >= 0, got {s.rewire_every}")
     _check(e.subset is None or e.subset > 0, f"eval.subset: must be > 0 or null, got {e.subset}")
     if s.method == "dnr" and t.momentum == 0:
         raise ConfigError("sparsity.method=dnr grows by momentum: train.momentum must be > 0")
+
+
+def resolve_device(name: str) -> "torch.device":
+    """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda requested but no CUDA device is available")
+    if name == "mps" and not mps_ok:
+        raise ConfigError("device: mps requested but MPS is not available")
+    return torch.device(name)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

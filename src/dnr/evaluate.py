@@ -79,7 +79,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dnr.attacks import attack_loss, fgsm, pgd
+from dnr.attacks import attack_loss, attack_mode, fgsm, pgd
+
+
+class EvaluationError(ValueError):
+    """A request that cannot be evaluated as asked (bad option, missing extra, no data)."""
 
 __all__ = [
     "PROTOCOLS",
@@ -267,7 +271,7 @@ def select_subset(num_items: int, subset: int | None, seed: int) -> list[int] | 
     if subset is None or subset >= num_items:
         return None
     if subset <= 0:
-        raise ValueError(f"subset must be a positive number of examples, got {subset}")
+        raise EvaluationError(f"subset must be a positive number of examples, got {subset}")
     g = torch.Generator().manual_seed(int(seed))
     return sorted(torch.randperm(num_items, generator=g)[:subset].tolist())
 
@@ -328,11 +332,11 @@ def _to_float(x: Tensor) -> Tensor:
 
 def _check_images(x: Tensor, y: Tensor) -> None:
     if x.dim() != 4:
-        raise ValueError(f"images must be NCHW, got shape {tuple(x.shape)}")
+        raise EvaluationError(f"images must be NCHW, got shape {tuple(x.shape)}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels must be ({x.shape[0]},), got shape {tuple(y.shape)}")
+        raise EvaluationError(f"labels must be ({x.shape[0]},), got shape {tuple(y.shape)}")
     if x.is_floating_point() and x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError("float images must lie in [0,1] (models normalize internally); "
+        raise EvaluationError("float images must lie in [0,1] (models normalize internally); "
                          f"got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
 
 
@@ -368,30 +372,38 @@ def _fp32_eval(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         for t in tensors
     )
     m = copy.deepcopy(model).to(device=device, dtype=torch.float32) if needs_copy else model
-    modes = [(mod, mod.training) for mod in m.modules()]
-    grads = [(p, p.requires_grad) for p in m.parameters()]
-    tf32: list[tuple[Any, str]] = []
-    if device.type == "cuda":  # new-style precision API only; mixing styles raises
-        for backend in (getattr(torch.backends.cudnn, "conv", None),
-                        getattr(torch.backends.cuda, "matmul", None)):
-            if backend is not None and hasattr(backend, "fp32_precision"):
-                tf32.append((backend, backend.fp32_precision))
-                backend.fp32_precision = "ieee"
+    with _ieee_fp32(device), attack_mode(m), contextlib.ExitStack() as stack:
+        for device_type in sorted({"cpu", device.type}):
+            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        yield m
+
+
+@contextlib.contextmanager
+def _ieee_fp32(device: torch.device) -> Iterator[None]:
+    """TF32 off for CUDA convolutions and matmuls (restored afterwards).
+
+    Uses the ``fp32_precision`` API where torch has it (mixing it with the legacy
+    ``allow_tf32`` flags raises), and the legacy flags on older torch.
+    """
+    saved: list[tuple[Any, str, Any]] = []
+    if device.type == "cuda":
+        backends = [getattr(torch.backends.cudnn, "conv", None),
+                    getattr(torch.backends.cuda, "matmul", None)]
+        if all(b is not None and hasattr(b, "fp32_precision") for b in backends):
+            saved = [(b, "fp32_precision", b.fp32_precision) for b in backends]
+            value: Any = "ieee"
+        else:
+            saved = [(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32),
+                     (torch.backends.cuda.matmul, "allow_tf32",
+                      torch.backends.cuda.matmul.allow_tf32)]
+            value = False
+        for obj, attr, _ in saved:
+            setattr(obj, attr, value)
     try:
-        m.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        with contextlib.ExitStack() as stack:
-            for device_type in sorted({"cpu", device.type}):
-                stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-            yield m
+        yield
     finally:
-        for mod, training in modes:
-            mod.training = training
-        for p, requires_grad in grads:
-            p.requires_grad_(requires_grad)
-        for backend, value in tf32:
-            backend.fp32_precision = value
+        for obj, attr, old in saved:
+            setattr(obj, attr, old)
 
 
 def default_batch_size(model: nn.Module, example_shape: Sequence[int],
@@ -562,7 +574,7 @@ def _import_autoattack() -> Any:
     try:
         from pyautoattack import AutoAttack
     except ImportError as err:
-        raise ImportError(_INSTALL_HINT) from err
+        raise EvaluationError(_INSTALL_HINT) from err
     return AutoAttack
 
 
@@ -629,7 +641,7 @@ def _run_autoattack(model: nn.Module, x: Tensor, y: Tensor, spec: _Spec, *, clea
     }
     if num_classes < 10:  # the standard 9 target classes need 10 classes
         if num_classes < 4:
-            raise ValueError(f"standard AutoAttack needs >= 4 classes (targeted DLR loss); "
+            raise EvaluationError(f"standard AutoAttack needs >= 4 classes (targeted DLR loss); "
                              f"the model has {num_classes}")
         adversary.apgd_targeted.n_target_classes = num_classes - 1
         adversary.fab.n_target_classes = num_classes - 1
@@ -881,7 +893,7 @@ def _normalize_norm(norm: str) -> str:
         return "Linf"
     if key == "l2":
         return "L2"
-    raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+    raise EvaluationError(f"norm must be 'Linf' or 'L2', got {norm!r}")
 
 
 def evaluate_model(
@@ -912,16 +924,16 @@ def evaluate_model(
     """
     started = time.perf_counter()
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+        raise EvaluationError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     norm = _normalize_norm(norm)
     if norm == "L2" and protocol != "autoattack":
-        raise ValueError(f"norm 'L2' is only supported by protocol 'autoattack' (the reference "
+        raise EvaluationError(f"norm 'L2' is only supported by protocol 'autoattack' (the reference "
                          f"implementation); protocol {protocol!r} uses our FGSM/PGD, which "
                          "are l-inf only")
     if eps is not None and not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+        raise EvaluationError(f"eps must be a positive number, got {eps!r}")
     if restarts is not None and restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+        raise EvaluationError(f"restarts must be >= 1, got {restarts}")
     specs = _protocol_specs(protocol, eps, norm, restarts)
     if any(s.kind == "autoattack" for s in specs):
         _import_autoattack()  # fail before any work if the package is missing
@@ -936,7 +948,7 @@ def evaluate_model(
     y = y.long()
     n = len(y)
     if n == 0:
-        raise ValueError("no examples to evaluate")
+        raise EvaluationError("no examples to evaluate")
 
     with _fp32_eval(model, device) as m:
         if batch_size is None:
@@ -985,15 +997,16 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256
 
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step_size: float,
-                 steps: int, batch_size: int = 256,
+                 steps: int, batch_size: int = 256, random_start: bool = True,
                  generator: torch.Generator | None = None) -> float:
-    """PGD (CE, random start, 1 restart) robust accuracy in fp32, counted as in
-    :func:`evaluate_model` (clean and adversarial correct)."""
+    """PGD (CE, 1 restart) robust accuracy in fp32, counted as in :func:`evaluate_model`
+    (clean and adversarial correct)."""
     if len(y) == 0:
         return 0.0
     device = _model_device(model)
     y = y.long()
-    spec = _Spec("pgd", "pgd", eps=eps, step_size=step_size, steps=steps)
+    spec = _Spec("pgd", "pgd", eps=eps, step_size=step_size, steps=steps,
+                 random_start=random_start)
     with _fp32_eval(model, device) as m:
         clean = _predict_correct(m, x, y, batch_size, device)
         correct = _attack_correct(m, x, y, spec, batch_size=batch_size, device=device,

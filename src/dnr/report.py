@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dnr.artifacts import ArtifactError, RunDir, read_model_meta
-from dnr.fileio import atomic_write, atomic_write_text
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Epoch records of ``metrics.jsonl`` (a line cut by an interruption is skipped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+from dnr.fileio import atomic_write, atomic_write_text, read_jsonl
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -41,7 +26,7 @@ def compression_table(meta: dict[str, Any]) -> str:
         numel = 1
         for dim in info["shape"]:
             numel *= dim
-        kept = round(info["density"] * numel)
+        kept = int(info.get("active", round(info["density"] * numel)))
         kept_total += kept
         all_total += numel
         shape = "x".join(str(d) for d in info["shape"])
@@ -57,24 +42,6 @@ def compression_table(meta: dict[str, Any]) -> str:
         "biases, BatchNorm and the input normalization are not prunable and not counted.",
     ]
     return "\n".join(lines)
-
-
-def evaluation_table(document: dict[str, Any]) -> str:
-    rows = []
-    for result in document.get("results", []):
-        settings = ", ".join(f"{k}={v}" for k, v in result.get("settings", {}).items())
-        rows.append([result["name"], f"{100 * result['accuracy']:.2f}%", settings])
-    text = _table(["attack", "accuracy", "settings"], rows)
-    sanity = document.get("sanity") or []
-    if sanity:
-        text += "\n\n" + _table(
-            ["sanity check", "status", "detail"],
-            [[c["name"], c["status"], c.get("explanation", "")] for c in sanity],
-        )
-    subset = document.get("num_examples")
-    if subset is not None:
-        text += f"\n\nExamples: {subset} (seed {document.get('seed')}), protocol {document.get('protocol')}."
-    return text
 
 
 def summarize_run(run_dir: str | Path) -> str:
@@ -97,9 +64,9 @@ def summarize_run(run_dir: str | Path) -> str:
             f"Selected epoch {selection['epoch']} by {selection['by']} = {selection['value']:.4f}."
         )
     parts += ["", "## Compression", "", compression_table(meta)]
-    if run.eval_json.exists():
-        parts += ["", "## Evaluation (test set)", "", evaluation_table(json.loads(run.eval_json.read_text()))]
-    history = read_metrics(run.metrics)
+    if run.eval_md.exists():
+        parts += ["", "## Evaluation (test set)", "", run.eval_md.read_text().strip()]
+    history = read_jsonl(run.metrics)
     if history:
         last = history[-1]
         parts += [
@@ -121,7 +88,7 @@ def write_report(run_dir: str | Path) -> Path:
 def plot_layer_density(run_dir: str | Path) -> Path | None:
     """Per-layer density over epochs (the paper's figure); None for dense runs."""
     run = RunDir(Path(run_dir))
-    history = [r for r in read_metrics(run.metrics) if "layer_density" in r]
+    history = [r for r in read_jsonl(run.metrics) if "layer_density" in r]
     if not history:
         return None
     import matplotlib

@@ -23,12 +23,19 @@ from dnr.artifacts import (
     read_model_meta,
     write_eval,
 )
-from dnr.config import Config, ConfigError, DataConfig, apply_overrides, load_config
+from dnr.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    apply_overrides,
+    load_config,
+    resolve_device,
+)
 from dnr.data import DatasetSplits, load_dataset
-from dnr.evaluate import EvalReport, evaluate_model
+from dnr.evaluate import EvalReport, EvaluationError, evaluate_model
 from dnr.fileio import atomic_write_json
 from dnr.report import plot_layer_density, write_report
-from dnr.train import TrainResult, resolve_device, train
+from dnr.trainer import TrainResult, train
 
 
 def run_train(
@@ -51,6 +58,7 @@ def run_train(
             protocol=cfg.eval.protocol,
             subset=cfg.eval.subset,
             seed=cfg.eval.seed,
+            sanity=cfg.eval.sanity,
             out_dir=result.run_dir,
             progress=progress,
         )
@@ -70,6 +78,7 @@ def evaluate_loaded(
     norm: str = "Linf",
     batch_size: int | None = None,
     device: str = "auto",
+    sanity: bool = True,
     out_dir: str | Path | None = None,
     progress: bool | None = None,
 ) -> EvalReport:
@@ -78,20 +87,30 @@ def evaluate_loaded(
         progress = sys.stderr.isatty()
     target_device = resolve_device(device)
     model = model.to(target_device).eval()
-    report = evaluate_model(
-        model,
-        data.test.x,
-        data.test.y,
-        protocol=protocol,
-        eps=eps,
-        norm=norm,
-        subset=subset,
-        seed=seed,
-        batch_size=batch_size,
-        device=target_device,
-        progress=progress,
-        num_classes=data.meta.num_classes,
-    )
+    try:
+        report = evaluate_model(
+            model,
+            data.test.x,
+            data.test.y,
+            protocol=protocol,
+            eps=eps,
+            norm=norm,
+            subset=subset,
+            seed=seed,
+            batch_size=batch_size,
+            device=target_device,
+            progress=progress,
+            sanity=sanity,
+            num_classes=data.meta.num_classes,
+        )
+    except EvaluationError as err:
+        raise ConfigError(str(err)) from None
+    # Record rows of the dataset's test file, not positions in a test split that
+    # data.subset may have capped.
+    source_rows = data.indices.get("test")
+    if source_rows is not None and list(source_rows) != list(range(len(source_rows))):
+        positions = report.subset_indices or range(len(data.test.y))
+        report.subset_indices = [int(source_rows[i]) for i in positions]
     if out_dir is not None:
         write_eval(out_dir, report.to_dict(), report.to_markdown())
     return report
@@ -128,6 +147,7 @@ def run_eval(
     norm: str = "Linf",
     batch_size: int | None = None,
     device: str = "auto",
+    sanity: bool = True,
     out_dir: str | Path | None = None,
     progress: bool | None = None,
 ) -> EvalReport:
@@ -167,6 +187,7 @@ def run_eval(
         norm=norm,
         batch_size=batch_size,
         device=device,
+        sanity=sanity,
         out_dir=out_dir,
         progress=progress,
     )
@@ -188,7 +209,9 @@ def run_demo(
     if out.exists() and any(out.iterdir()):
         if not marker.exists():
             raise ConfigError(f"{out} exists and is not a demo directory; choose another --out")
-        shutil.rmtree(out)  # a previous demo: replace it
+        shutil.rmtree(out)  # a previous (possibly interrupted) demo: replace it
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"runs": {}})  # first, so an interrupted demo is replaced too
     summary: dict[str, Any] = {"runs": {}}
     for method in ("dense", "dnr"):
         cfg = load_config("demo", [*(overrides or []), f"sparsity.method={method}"])

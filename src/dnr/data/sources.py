@@ -34,15 +34,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dnr.config import DataConfig
+from dnr.constants import CIFAR_MEAN, CIFAR_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 from dnr.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
-# Per-channel statistics in [0, 1] units (the models normalize with them).
-CIFAR_MEAN: tuple[float, float, float] = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-CIFAR_STD: tuple[float, float, float] = (63.0 / 255, 62.1 / 255, 66.7 / 255)
-TINY_IMAGENET_MEAN: tuple[float, float, float] = (0.4802, 0.4481, 0.3975)
-TINY_IMAGENET_STD: tuple[float, float, float] = (0.2302, 0.2265, 0.2262)
 
 
 class DataError(ValueError):

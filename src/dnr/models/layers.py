@@ -11,9 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-#: CIFAR per-channel statistics in [0,1] units (the values the released DNR code uses).
-CIFAR_MEAN: tuple[float, float, float] = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-CIFAR_STD: tuple[float, float, float] = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+from dnr.constants import CIFAR_MEAN, CIFAR_STD
+
 
 
 class Normalize(nn.Module):

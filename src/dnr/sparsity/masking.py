@@ -219,6 +219,10 @@ class Masking:
     def layer_densities(self) -> dict[str, float]:
         return {n: self._nnz[n] / self._numel[n] for n in self._params}
 
+    def layer_counts(self) -> dict[str, int]:
+        """Active weights per layer (kept on the host: no device sync)."""
+        return {n: self._nnz[n] for n in self._params}
+
     def __repr__(self) -> str:
         return (
             f"Masking(method={self.method!r}, density={self.density_target}, init={self.init!r}, "

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from dnr.artifacts import RunDir, load_checkpoint, save_checkpoint, save_model
 from dnr.attacks import pgd
-from dnr.config import Config, ConfigError, save_config
+from dnr.config import Config, ConfigError, resolve_device, save_config
 from dnr.data import BatchLoader, DatasetSplits, load_dataset
 from dnr.evaluate import clean_accuracy, pgd_accuracy
-from dnr.fileio import append_jsonl, atomic_write_text
+from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl
 from dnr.models import create_model
 from dnr.sparsity import Masking, cosine_prune_rate
 
@@ -44,23 +44,6 @@ CHECKPOINT_VERSION = 1
 
 class RunExistsError(ConfigError):
     """The output directory already holds a run and --resume was not given."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ConfigError("train.device: mps requested but MPS is not available")
-    return torch.device(name)
 
 
 def learning_rate(cfg: Config, epoch_progress: float) -> float:
@@ -86,16 +69,20 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_model(cfg: Config, data: DatasetSplits) -> nn.Module:
+def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
+    """The configured architecture sized for the dataset (classes, image size, statistics)."""
     meta = data.meta
-    return create_model(
-        cfg.model.name,
-        num_classes=meta.num_classes,
-        input_size=meta.image_size,
-        width=cfg.model.width,
-        mean=meta.mean,
-        std=meta.std,
-    )
+    try:
+        return create_model(
+            cfg.model.name,
+            num_classes=meta.num_classes,
+            input_size=meta.image_size,
+            width=cfg.model.width,
+            mean=meta.mean,
+            std=meta.std,
+        )
+    except ValueError as err:  # e.g. images of a size the architectures are not defined for
+        raise ConfigError(f"model.name={cfg.model.name} on data.name={cfg.data.name}: {err}") from None
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
@@ -116,25 +103,34 @@ def build_masking(
     if s.method == "dense":
         return None
     generator = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, -1))
-    return Masking(
-        model,
-        optimizer,
-        density=s.density,
-        init=s.init,
-        exclude=tuple(s.exclude),
-        generator=generator,
-        method=s.method,
-        regrow_pruned=s.regrow_pruned,
-    )
+    try:
+        return Masking(
+            model,
+            optimizer,
+            density=s.density,
+            init=s.init,
+            exclude=tuple(s.exclude),
+            generator=generator,
+            method=s.method,
+            regrow_pruned=s.regrow_pruned,
+        )
+    except ValueError as err:  # e.g. exclude patterns that leave nothing to prune
+        raise ConfigError(f"sparsity: {err}") from None
 
 
 def _hybrid_loss(
     model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor | None, y: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """beta * CE(clean) + (1 - beta) * CE(adv); skips a forward pass whose weight is 0."""
+    """beta * CE(clean) + (1 - beta) * CE(adv); plain CE(clean) when there is no attack.
+
+    A forward pass whose weight is 0 is skipped.
+    """
     loss = torch.zeros((), device=x.device)
     logits_clean = logits_adv = None
-    if beta > 0 or x_adv is None:
+    if x_adv is None:
+        logits_clean = model(x)
+        return F.cross_entropy(logits_clean, y), logits_clean, None
+    if beta > 0:
         logits_clean = model(x)
         loss = loss + beta * F.cross_entropy(logits_clean, y)
     if x_adv is not None:
@@ -156,7 +152,11 @@ def _model_meta(cfg: Config, data: DatasetSplits, masking: Masking | None, extra
             prunable="weights of Conv2d and Linear layers"
             + (f", except {cfg.sparsity.exclude}" if cfg.sparsity.exclude else ""),
             layers={
-                name: {"shape": list(masking.layer_shapes[name]), "density": dens}
+                name: {
+                    "shape": list(masking.layer_shapes[name]),
+                    "density": dens,
+                    "active": masking.layer_counts()[name],
+                }
                 for name, dens in masking.layer_densities().items()
             },
         )
@@ -223,7 +223,7 @@ def train(
 
     torch.manual_seed(epoch_seed(t.seed, -2))
     data = data if data is not None else load_dataset(cfg.data)
-    model = build_model(cfg, data).to(device)
+    model = model_for(cfg, data).to(device)
     optimizer = build_optimizer(cfg, model)
     masking = build_masking(cfg, model, optimizer)
 
@@ -262,7 +262,8 @@ def train(
 
     for epoch in range(start_epoch, t.epochs):
         torch.manual_seed(epoch_seed(t.seed, epoch))
-        attack_gen = torch.Generator().manual_seed(epoch_seed(t.seed, epoch) + 1)
+        # On the training device: random starts need no host-to-device copy per step.
+        attack_gen = torch.Generator(device=device).manual_seed(epoch_seed(t.seed, epoch) + 1)
         model.train()
         sums = torch.zeros(4, device=device)  # loss*n, clean correct, adv correct, n
         started = time.perf_counter()
@@ -299,14 +300,13 @@ def train(
                 masking.apply_()
             step += 1
 
-            with torch.no_grad():
-                n = y.numel()
-                clean_ok = (logits_clean.argmax(1) == y).sum() if logits_clean is not None else 0
-                adv_ok = (logits_adv.argmax(1) == y).sum() if logits_adv is not None else 0
-                sums += torch.stack(
-                    [loss.detach().float() * n, torch.as_tensor(clean_ok, device=device),
-                     torch.as_tensor(adv_ok, device=device), torch.tensor(n, device=device)]
-                ).float()
+            with torch.no_grad():  # accumulate on the device: no host sync per step
+                sums[0] += loss.detach().float() * y.numel()
+                sums[3] += y.numel()
+                if logits_clean is not None:
+                    sums[1] += (logits_clean.argmax(1) == y).sum()
+                if logits_adv is not None:
+                    sums[2] += (logits_adv.argmax(1) == y).sum()
             if (
                 masking is not None
                 and cfg.sparsity.method == "dnr"
@@ -320,10 +320,11 @@ def train(
                 rewire_stats.append(_rewire_record(masking.rewire(rate)))
             bar.update(1)
             if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+                rate = (i + 1) * t.batch_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
         bar.close()
+        loss_sum, clean_sum, adv_sum, count = sums.tolist()  # syncs: the timing is honest
         train_seconds = time.perf_counter() - started
-        loss_sum, clean_sum, adv_sum, count = sums.tolist()
 
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -423,16 +424,7 @@ def _rewire_record(stats: Any) -> dict[str, Any]:
 
 def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     """Metrics of the epochs already done; lines of epochs to be replayed are dropped."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by an interruption
-        if record.get("epoch", 0) <= upto_epoch:
-            kept.append(record)
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= upto_epoch]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
