@@ -153,7 +153,7 @@ def test_eval_request_errors_are_one_line(trained_run, capsys) -> None:
 def test_eval_records_source_rows_when_data_subset_capped_the_test_set(trained_run) -> None:
     from dataclasses import replace
 
-    from dnr.config import load_config
+    from dnr.config import EvalConfig, load_config
     from dnr.data import load_dataset
     from dnr.evaluate import select_subset
     from dnr.runner import evaluate_loaded
@@ -162,8 +162,8 @@ def test_eval_records_source_rows_when_data_subset_capped_the_test_set(trained_r
     capped = load_dataset(cfg.data)
     full = load_dataset(replace(cfg.data, subset=None))
     assert len(capped.test.y) < len(full.test.y)
-    report = evaluate_loaded(load_model(trained_run), capped, subset=16, seed=3, sanity=False,
-                             progress=False)
+    options = EvalConfig(subset=16, seed=3, sanity=False)
+    report = evaluate_loaded(load_model(trained_run), capped, options, progress=False)
     positions = select_subset(len(capped.test.y), 16, 3)
     assert report.subset_indices is not None and len(report.subset_indices) == 16
     assert torch.equal(full.test.x[report.subset_indices], capped.test.x[positions])

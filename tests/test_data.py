@@ -27,7 +27,6 @@ from dnr.data import (
     Split,
     load_dataset,
 )
-from dnr.data import loader as loader_mod
 from dnr.data import sources
 from dnr.data.loader import random_crop_flip, split_indices, validation_size
 

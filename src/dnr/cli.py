@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from dnr.config import ConfigError, Protocol, load_config
+from dnr.config import ConfigError, EvalConfig, Norm, Protocol, load_config
 
 EPILOG_TRAIN = """\
 overrides are dotted KEY=VALUE pairs parsed as YAML, applied after --config:
@@ -81,7 +81,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=_positive_int, help="seeded random test subset of N examples")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and random starts")
     p.add_argument("--eps", type=_positive_float, help="attack radius in [0,1] pixel units (default: the protocol's)")
-    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"], help="threat model (L2: AutoAttack only)")
+    p.add_argument("--norm", default="Linf", choices=list(get_args(Norm)),
+                   help="threat model (L2: AutoAttack only)")
     p.add_argument("--batch-size", type=_positive_int, help="evaluation batch size (default: chosen to fit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--out", type=Path, help="write eval.json/eval.md here (default: the run directory)")
@@ -181,17 +182,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     if args.target and args.weights:
         raise ConfigError("give either a run directory/model file or --weights, not both")
-    report = run_eval(
-        target,
-        data_overrides=args.overrides,
+    options = EvalConfig(
         protocol=args.protocol,
         subset=args.subset,
         seed=args.seed,
+        sanity=not args.no_sanity,
         eps=args.eps,
         norm=args.norm,
         batch_size=args.batch_size,
+    )
+    report = run_eval(
+        target,
+        options,
+        data_overrides=args.overrides,
         device=args.device,
-        sanity=not args.no_sanity,
         out_dir=args.out,
         progress=False if (args.quiet or args.json) else None,
     )

@@ -11,11 +11,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import yaml
 
 from dnr.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ConfigError(ValueError):
@@ -28,6 +31,7 @@ SparsityMethod = Literal["dense", "dnr", "static"]
 SparsityInit = Literal["uniform", "erk"]
 Schedule = Literal["multistep", "cosine"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Norm = Literal["Linf", "L2"]
 Protocol = Literal["dnr", "pgd20", "pgd50", "cw", "autoattack", "full"]
 
 
@@ -99,6 +103,9 @@ class EvalConfig:
     subset: int | None = None  # seeded random test subset; None = whole test set
     seed: int = 0
     sanity: bool = True  # gradient-masking sanity checks next to the robust numbers
+    eps: float | None = None  # None: each attack's protocol default
+    norm: Norm = "Linf"  # L2: AutoAttack only
+    batch_size: int | None = None  # None: chosen to fit memory
 
 
 @dataclass
@@ -323,11 +330,16 @@ def validate(cfg: Config) -> None:
     )
     _check(s.rewire_every >= 0, f"sparsity.rewire_every: must be >= 0, got {s.rewire_every}")
     _check(e.subset is None or e.subset > 0, f"eval.subset: must be > 0 or null, got {e.subset}")
+    _check(e.eps is None or 0 < e.eps <= 1, f"eval.eps: must be in (0, 1] or null, got {e.eps}")
+    _check(
+        e.batch_size is None or e.batch_size > 0,
+        f"eval.batch_size: must be > 0 or null, got {e.batch_size}",
+    )
     if s.method == "dnr" and t.momentum == 0:
         raise ConfigError("sparsity.method=dnr grows by momentum: train.momentum must be > 0")
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
     import torch
 

@@ -12,11 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from dnr.artifacts import (
-    ArtifactError,
     RunDir,
     load_model,
     load_plain_weights,
@@ -27,6 +25,7 @@ from dnr.config import (
     Config,
     ConfigError,
     DataConfig,
+    EvalConfig,
     apply_overrides,
     load_config,
     resolve_device,
@@ -55,10 +54,8 @@ def run_train(
         report = evaluate_loaded(
             result.model,
             data,
-            protocol=cfg.eval.protocol,
-            subset=cfg.eval.subset,
-            seed=cfg.eval.seed,
-            sanity=cfg.eval.sanity,
+            cfg.eval,
+            device=cfg.train.device,
             out_dir=result.run_dir,
             progress=progress,
         )
@@ -70,19 +67,14 @@ def run_train(
 def evaluate_loaded(
     model: nn.Module,
     data: DatasetSplits,
+    options: EvalConfig | None = None,
     *,
-    protocol: str = "dnr",
-    subset: int | None = None,
-    seed: int = 0,
-    eps: float | None = None,
-    norm: str = "Linf",
-    batch_size: int | None = None,
     device: str = "auto",
-    sanity: bool = True,
     out_dir: str | Path | None = None,
     progress: bool | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on the test split; write eval.json/eval.md into ``out_dir``."""
+    options = options or EvalConfig()
     if progress is None:
         progress = sys.stderr.isatty()
     target_device = resolve_device(device)
@@ -92,15 +84,15 @@ def evaluate_loaded(
             model,
             data.test.x,
             data.test.y,
-            protocol=protocol,
-            eps=eps,
-            norm=norm,
-            subset=subset,
-            seed=seed,
-            batch_size=batch_size,
+            protocol=options.protocol,
+            eps=options.eps,
+            norm=options.norm,
+            subset=options.subset,
+            seed=options.seed,
+            batch_size=options.batch_size,
             device=target_device,
             progress=progress,
-            sanity=sanity,
+            sanity=options.sanity,
             num_classes=data.meta.num_classes,
         )
     except EvaluationError as err:
@@ -138,16 +130,10 @@ class EvalTarget:
 
 def run_eval(
     target: EvalTarget,
+    options: EvalConfig | None = None,
     *,
     data_overrides: list[str] | None = None,
-    protocol: str = "dnr",
-    subset: int | None = None,
-    seed: int = 0,
-    eps: float | None = None,
-    norm: str = "Linf",
-    batch_size: int | None = None,
     device: str = "auto",
-    sanity: bool = True,
     out_dir: str | Path | None = None,
     progress: bool | None = None,
 ) -> EvalReport:
@@ -178,18 +164,7 @@ def run_eval(
             f"{data_cfg.name} has {data.meta.num_classes} classes"
         )
     report = evaluate_loaded(
-        model,
-        data,
-        protocol=protocol,
-        subset=subset,
-        seed=seed,
-        eps=eps,
-        norm=norm,
-        batch_size=batch_size,
-        device=device,
-        sanity=sanity,
-        out_dir=out_dir,
-        progress=progress,
+        model, data, options, device=device, out_dir=out_dir, progress=progress
     )
     if out_dir is not None and RunDir(Path(out_dir)).model_meta.exists():
         write_report(out_dir)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from dnr.constants import CIFAR_MEAN, CIFAR_STD
+from dnr.constants import CIFAR_MEAN, CIFAR_STD  # noqa: F401  (re-exported)
 
 
 
