@@ -223,6 +223,8 @@ def train(
 
     torch.manual_seed(epoch_seed(t.seed, -2))
     data = data if data is not None else load_dataset(cfg.data)
+    if len(data.train.y) == 0:
+        raise ConfigError(f"data: no training images in {cfg.data.name} (data.train is empty?)")
     model = model_for(cfg, data).to(device)
     optimizer = build_optimizer(cfg, model)
     masking = build_masking(cfg, model, optimizer)
@@ -240,7 +242,10 @@ def train(
         step = int(resume_state["step"])
         torch.set_rng_state(resume_state["rng_cpu"])
         history = _read_history(run.metrics, start_epoch)
-        log(f"resuming {run.path} at epoch {start_epoch + 1}/{t.epochs}")
+        if start_epoch < t.epochs:
+            log(f"resuming {run.path} at epoch {start_epoch + 1}/{t.epochs}")
+        else:
+            log(f"{run.path}: all {t.epochs} epochs were done; writing the final artifacts")
     else:
         save_config(cfg, run.config)
         run.metrics.unlink(missing_ok=True)
