@@ -88,6 +88,9 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
     assert all("layer_density" in r and "density" in r for r in records)
     assert all(r["density"] == pytest.approx(round(0.1 * total) / total, abs=0) for r in records)
     assert "rewire" in records[0] and "rewire" not in records[-1]  # no rewiring after the last
+    initial = records[0]["layer_density_init"]  # uniform initial masks
+    assert all(abs(v - 0.1) < 0.01 for v in initial.values())
+    assert "layer_density_init" not in records[1]
     densities = list(records[0]["layer_density"].values())
     assert max(densities) - min(densities) > 0.01  # budgets moved between layers
     meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())

@@ -97,12 +97,15 @@ def plot_layer_density(run_dir: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     names = list(history[0]["layer_density"])
+    if "layer_density_init" in history[0]:  # the initial masks, before any rewiring
+        history = [{"epoch": 0, "layer_density": history[0]["layer_density_init"]}, *history]
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     cmap = plt.get_cmap("viridis", max(len(names), 2))
     for i, name in enumerate(names):
         ax.plot(epochs, [r["layer_density"][name] for r in history], color=cmap(i), label=name)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (0 = initial masks)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("layer density (after rewiring)")
     ax.set_title("Per-layer density over training")
     ax.grid(alpha=0.3)

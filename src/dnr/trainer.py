@@ -228,6 +228,7 @@ def train(
     model = model_for(cfg, data).to(device)
     optimizer = build_optimizer(cfg, model)
     masking = build_masking(cfg, model, optimizer)
+    initial_layer_density = masking.layer_densities() if masking is not None else None
 
     run.path.mkdir(parents=True, exist_ok=True)
     start_epoch, best_val, best_epoch, step = 0, -1.0, -1, 0
@@ -360,6 +361,8 @@ def train(
             save_checkpoint(run.best_checkpoint, _best_state(model, masking, epoch, record))
 
         if masking is not None:
+            if epoch == 0:
+                record["layer_density_init"] = initial_layer_density
             record["density"] = masking.density()
             if cfg.sparsity.method == "dnr" and cfg.sparsity.rewire_every == 0 and not last_epoch:
                 rate = cosine_prune_rate(
