@@ -71,6 +71,13 @@ class SourceData:
     y_test: torch.Tensor
     meta: DatasetMeta
 
+    @classmethod
+    def from_numpy(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray, meta: DatasetMeta) -> SourceData:
+        """Wrap decoded arrays without copying them."""
+        arrays = (x_train, y_train, x_test, y_test)
+        return cls(*(torch.from_numpy(a) for a in arrays), meta)
+
 
 def read_source(cfg: DataConfig) -> SourceData:
     """Read the dataset named by ``cfg.name`` (downloading only if ``cfg.download``)."""
@@ -358,13 +365,7 @@ def _read_cifar(spec: _CifarSpec, root: Path, *, download: bool) -> SourceData:
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
     )
-    return SourceData(
-        torch.from_numpy(x_train),
-        torch.from_numpy(y_train),
-        torch.from_numpy(x_test),
-        torch.from_numpy(y_test),
-        meta,
-    )
+    return SourceData.from_numpy(x_train, y_train, x_test, y_test, meta)
 
 
 # --------------------------------------------------------------------------- Tiny-ImageNet
@@ -587,13 +588,7 @@ def _read_tiny_imagenet(root: Path, *, download: bool) -> SourceData:
         mean=TINY_IMAGENET_MEAN,
         std=TINY_IMAGENET_STD,
     )
-    return SourceData(
-        torch.from_numpy(x_train),
-        torch.from_numpy(y_train),
-        torch.from_numpy(x_test),
-        torch.from_numpy(y_test),
-        meta,
-    )
+    return SourceData.from_numpy(x_train, y_train, x_test, y_test, meta)
 
 
 # --------------------------------------------------------------------------- npz
