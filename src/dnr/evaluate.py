@@ -280,7 +280,8 @@ def select_subset(num_items: int, subset: int | None, seed: int) -> list[int] | 
 
 
 def _mean(flags: Tensor) -> float:
-    return float(flags.float().mean()) if flags.numel() else 0.0
+    """Fraction of True flags, as an exact ratio of counts (no float32 rounding)."""
+    return int(flags.sum()) / flags.numel() if flags.numel() else 0.0
 
 
 def _slack(n: int) -> int:
