@@ -178,3 +178,21 @@ def test_artifacts_have_normal_permissions(trained_run) -> None:
     os.umask(umask)
     mode = stat.S_IMODE(RunDir(trained_run).model_weights.stat().st_mode)
     assert mode == 0o666 & ~umask
+
+
+def test_demo_compares_dense_and_dnr_and_can_be_rerun(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--quiet",
+            *tiny_overrides(train__epochs=1, data__subset=96, eval__subset=32)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in printed.splitlines() if line[:5] in ("dense", "dnr  ")}
+    assert rows["dense"].rstrip().endswith("1.0x") and rows["dnr"].rstrip().endswith("20.0x")
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["runs"]["dnr"]["density"] == pytest.approx(0.05, abs=1e-4)
+    assert set(summary["runs"]["dense"]["accuracy"]) >= {"clean", "fgsm", "pgd7"}
+    assert main(argv) == 0  # a previous demo is replaced, not refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2
+    assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
