@@ -169,7 +169,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], tuple[str, ...]] = {
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler for data-only files: refuses every global except numpy array rebuilding.
 
-    A plain ``pickle.load`` runs whatever callable the file names (``os.system``, ...); the
+    The default unpickler runs whatever callable the file names (``os.system``, ...); the
     CIFAR files only hold dicts, lists, bytes, str, ints and numpy arrays.
     """
 
