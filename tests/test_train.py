@@ -37,6 +37,7 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
         assert path.is_file(), path
     records = _metrics(run.path)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert result.history == records  # the returned history is what metrics.jsonl holds
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     for r in records:
         assert {"lr", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",

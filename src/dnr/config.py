@@ -219,13 +219,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def from_dict(tree: dict[str, Any]) -> Config:
-    """Build a validated Config from a nested mapping (missing keys keep their defaults)."""
+def from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """A validated Config from a nested mapping (missing keys keep their defaults), with
+    ``key=value`` overrides applied on top."""
     cfg = Config()
     for dotted, value in _flatten(tree).items():
         _set(cfg, dotted, value)
-    validate(cfg)
-    return cfg
+    return apply_overrides(cfg, overrides or [])
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -285,10 +285,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    cfg = Config()
-    for dotted, value in _flatten(tree).items():
-        _set(cfg, dotted, value)
-    return apply_overrides(cfg, overrides or [])
+    return from_dict(tree, overrides)
 
 
 def _check(ok: bool, message: str) -> None:

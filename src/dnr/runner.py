@@ -5,7 +5,6 @@ Each job is a plain function a library user can call; the CLI only parses argume
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from dnr.config import (
     DataConfig,
     EvalConfig,
     apply_overrides,
+    from_dict,
     load_config,
     resolve_device,
 )
@@ -111,8 +111,7 @@ def evaluate_loaded(
 def data_config_from_meta(meta: dict[str, Any], overrides: list[str]) -> DataConfig:
     """The test data a saved model was trained for, with ``data.*`` overrides applied."""
     dataset = {k: v for k, v in meta.get("dataset", {}).items() if v not in (None, [])}
-    cfg = Config()
-    apply_overrides(cfg, [f"data.{k}={json.dumps(v)}" for k, v in dataset.items()])
+    cfg = from_dict({"data": dataset})
     return apply_overrides(cfg, overrides, sections=("data",)).data
 
 
