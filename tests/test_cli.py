@@ -87,7 +87,7 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
         (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --arch and --num-classes"),
         (["report", "{tmp}/no-run"], "no-run"),
         (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
-        (["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.8"],
+        (["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.9"],
          "sparsity.regrow_pruned=false needs room"),
         (["train", "--out", "{tmp}/r", "eval.protocol=pgd7"], "choose one of dnr, pgd20"),
     ],
@@ -180,16 +180,20 @@ def test_artifacts_have_normal_permissions(trained_run) -> None:
     assert mode == 0o666 & ~umask
 
 
-def test_demo_compares_dense_and_dnr_and_can_be_rerun(tmp_path, capsys) -> None:
+def test_demo_compares_dense_static_and_dnr_and_can_be_rerun(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--quiet",
             *tiny_overrides(train__epochs=1, data__subset=96, eval__subset=32)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in printed.splitlines() if line[:5] in ("dense", "dnr  ")}
+    rows = {line.split()[0]: line for line in printed.splitlines()
+            if line.split() and line.split()[0] in ("dense", "static", "dnr")}
+    assert list(rows) == ["dense", "static", "dnr"]
     assert rows["dense"].rstrip().endswith("1.0x") and rows["dnr"].rstrip().endswith("20.0x")
+    assert rows["static"].rstrip().endswith("20.0x")
     summary = json.loads((out / "demo.json").read_text())
     assert summary["runs"]["dnr"]["density"] == pytest.approx(0.05, abs=1e-4)
+    assert summary["runs"]["static"]["density"] == summary["runs"]["dnr"]["density"]
     assert set(summary["runs"]["dense"]["accuracy"]) >= {"clean", "fgsm", "pgd7"}
     assert main(argv) == 0  # a previous demo is replaced, not refused
     (tmp_path / "other").mkdir()

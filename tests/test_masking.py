@@ -225,7 +225,9 @@ def test_redistribution_respects_capacity() -> None:
 def test_rewire_prunes_smallest_and_regrows_largest_momentum() -> None:
     model = nn.Sequential(nn.Linear(10, 10, bias=False))
     opt = sgd(model)
-    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0))
+    # The paper's rule exactly: no channel protection, regrown weights restart at 0.
+    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0),
+                      protect_channels=False, keep_regrown_values=False)
     w = model[0].weight
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -260,7 +262,8 @@ def test_rewire_prunes_smallest_and_regrows_largest_momentum() -> None:
 def test_just_pruned_positions_are_eligible_for_regrowth() -> None:
     model = nn.Sequential(nn.Linear(10, 10, bias=False))
     opt = sgd(model)
-    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0))
+    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0),
+                      protect_channels=False, keep_regrown_values=False)
     w = model[0].weight
     old = masking.masks["0.weight"].clone()
     with torch.no_grad():
@@ -273,7 +276,7 @@ def test_just_pruned_positions_are_eligible_for_regrowth() -> None:
     masking.rewire(0.5)
     assert torch.equal(masking.masks["0.weight"], old)  # pruned and regrown in place
     pruned_smallest = old & (weights_before <= weights_before[old].sort().values[14])
-    assert torch.all(w[pruned_smallest] == 0)  # ... restarting from zero
+    assert torch.all(w[pruned_smallest] == 0)  # ... restarting from zero (the paper's rule)
 
     # With regrow_pruned=False the same situation must grow elsewhere.
     model2 = nn.Sequential(nn.Linear(10, 10, bias=False))
@@ -464,3 +467,117 @@ def test_vgg16_small_width_budget() -> None:
         randomize_momenta(model, opt, g)
         masking.rewire(cosine_prune_rate(t, 5))
         assert_invariants(model, masking)
+
+
+# --------------------------------------------------------------------------- stable rewiring
+
+
+def _dead_rows(masking: Masking) -> dict[str, int]:
+    return {n: int((~m.reshape(m.shape[0], -1).any(1)).sum()) for n, m in masking.masks.items()}
+
+
+@pytest.mark.parametrize("init", ["uniform", "erk"])
+def test_no_output_channel_starts_dead(init: str) -> None:
+    from dnr.models import create_model
+
+    for seed in range(3):
+        vgg = create_model("vgg16", num_classes=10, width=0.25, mean=(0.5,) * 3, std=(0.2,) * 3)
+        masking = Masking(vgg, sgd(vgg), density=0.05, init=init,
+                          generator=torch.Generator().manual_seed(seed))
+        assert sum(_dead_rows(masking).values()) == 0
+        assert masking.num_active == round(0.05 * masking.num_prunable)
+    # The unprotected (paper) init leaves first-layer filters empty at this budget.
+    vgg = create_model("vgg16", num_classes=10, width=0.25, mean=(0.5,) * 3, std=(0.2,) * 3)
+    paper = Masking(vgg, sgd(vgg), density=0.05, init="uniform", protect_channels=False,
+                    generator=torch.Generator().manual_seed(0))
+    assert _dead_rows(paper)["features.0.weight"] > 0
+
+
+def _starve_first_layer(protect: bool) -> Masking:
+    """Tiny first-layer weights and all momentum elsewhere: pruning strips that layer."""
+    model, opt, masking = make(0.05, protect_channels=protect, redistribution=1.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        with torch.no_grad():
+            model[1].weight.mul_(1e-3)
+        randomize_momenta(model, opt, g, {"1.weight": 0.0, "4.weight": 1.0, "9.weight": 1.0})
+        masking.rewire(0.5)
+        assert_invariants(model, masking)
+    return masking
+
+
+def test_no_channel_or_layer_loses_its_last_weight() -> None:
+    protected = _starve_first_layer(True)
+    assert sum(_dead_rows(protected).values()) == 0
+    assert protected.layer_counts()["1.weight"] >= 8  # one per output channel at least
+    unprotected = _starve_first_layer(False)
+    assert _dead_rows(unprotected)["1.weight"] > 0  # the failure the protection prevents
+
+
+def test_pruned_then_regrown_weights_keep_their_value() -> None:
+    model = nn.Sequential(nn.Linear(10, 10, bias=False))
+    opt = sgd(model)
+    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0))
+    w = model[0].weight
+    old = masking.masks["0.weight"].clone()
+    with torch.no_grad():
+        w.copy_(torch.arange(1.0, 101.0).view(10, 10))
+    masking.apply_()
+    opt.state[w]["momentum_buffer"] = old.float() * 5.0  # growth returns to the pruned places
+    weights_before = w.detach().clone()
+    stats = masking.rewire(0.5)
+    assert stats.total_lost > 0
+    assert torch.equal(masking.masks["0.weight"], old)
+    assert torch.equal(w.detach(), weights_before)  # nothing restarted at 0
+    assert_invariants(model, masking)
+
+
+@pytest.mark.parametrize("grow_momentum", ["keep", "zero"])
+def test_momentum_of_newly_grown_weights(grow_momentum: str) -> None:
+    model, opt, masking = make(0.1, grow_momentum=grow_momentum)
+    train_steps(model, opt, masking, 2)
+    randomize_momenta(model, opt, torch.Generator().manual_seed(1))
+    before = {n: m.clone() for n, m in masking.masks.items()}
+    params = dict(model.named_parameters())
+    moms = {n: opt.state[params[n]]["momentum_buffer"].clone() for n in PRUNABLE}
+    masking.rewire(0.5)
+    grown_any = False
+    for n in PRUNABLE:
+        grown = masking.masks[n] & ~before[n]
+        grown_any |= bool(grown.any())
+        now = opt.state[params[n]]["momentum_buffer"]
+        assert torch.equal(now[~grown], moms[n][~grown])  # everything else untouched
+        if grow_momentum == "zero":
+            assert torch.all(now[grown] == 0)
+        else:
+            assert torch.equal(now[grown], moms[n][grown])
+    assert grown_any
+
+
+def test_redistribution_zero_keeps_per_layer_counts() -> None:
+    g = torch.Generator().manual_seed(0)
+    model, opt, frozen = make(0.1, redistribution=0.0)
+    counts = frozen.layer_counts()
+    for _ in range(3):
+        randomize_momenta(model, opt, g, {"1.weight": 100.0, "4.weight": 1.0, "9.weight": 0.01})
+        stats = frozen.rewire(0.5)
+        assert stats.total_lost > 0 and stats.lost == stats.regrown
+        assert frozen.layer_counts() == counts
+        assert_invariants(model, frozen)
+    model, opt, moving = make(0.1, redistribution=1.0)
+    randomize_momenta(model, opt, g, {"1.weight": 100.0, "4.weight": 1.0, "9.weight": 0.01})
+    moving.rewire(0.5)
+    assert moving.layer_counts()["1.weight"] > counts["1.weight"]
+
+
+def test_rewiring_options_travel_with_the_state_dict() -> None:
+    _, _, masking = make(0.1, redistribution=0.4, grow_momentum="zero", protect_channels=False,
+                         keep_regrown_values=False)
+    restored = make(0.1)[2]
+    restored.load_state_dict(_roundtrip(masking.state_dict()))
+    assert (restored.redistribution, restored.grow_momentum, restored.protect_channels,
+            restored.keep_regrown_values) == (0.4, "zero", False, False)
+    with pytest.raises(ValueError):
+        make(0.1, redistribution=1.5)
+    with pytest.raises(ValueError):
+        make(0.1, grow_momentum="reset")

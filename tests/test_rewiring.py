@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dnr.sparsity import (
+    channel_keepers,
     cosine_prune_rate,
     layer_budgets,
     magnitude_prune,
@@ -17,6 +18,7 @@ from dnr.sparsity import (
     prune_counts,
     random_mask,
     redistribute,
+    regrowth_shares,
 )
 
 DENSITIES = [0.001, 0.0371, 0.05, 0.1, 0.3333, 0.5, 0.9, 1.0]
@@ -277,3 +279,74 @@ def test_cosine_prune_rate_endpoints_and_monotone() -> None:
     assert cosine_prune_rate(0, 10, p0=0.3, p_min=0.01) == pytest.approx(0.3)
     with pytest.raises(ValueError):
         cosine_prune_rate(0, 0)
+
+
+# --------------------------------------------------------------------------- no dead channel
+
+
+def test_random_mask_cover_rows_gives_every_row_an_entry() -> None:
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        m = random_mask((16, 3, 3, 3), 22, g, cover_rows=True)  # VGG16 w0.25 first conv at 5 %
+        assert int(m.sum()) == 22
+        assert bool(m.reshape(16, -1).any(1).all())
+    # Without covering, the same budget leaves rows empty (the failure this option prevents).
+    empty = [int((~random_mask((16, 3, 3, 3), 22, torch.Generator().manual_seed(s))
+                   .reshape(16, -1).any(1)).sum()) for s in range(5)]
+    assert max(empty) > 0
+    # Fewer entries than rows: k distinct rows, one entry each.
+    m = random_mask((10, 20), 4, torch.Generator().manual_seed(0), cover_rows=True)
+    assert int(m.sum()) == 4 and int(m.any(1).sum()) == 4
+    a = random_mask((10, 20), 30, torch.Generator().manual_seed(3), cover_rows=True)
+    b = random_mask((10, 20), 30, torch.Generator().manual_seed(3), cover_rows=True)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("init", ["uniform", "erk"])
+def test_layer_budgets_respect_per_layer_minimums(init: str) -> None:
+    shapes = [(16, 3, 3, 3), (16, 16, 3, 3), (64, 16, 3, 3), (10, 64)]
+    numels = [math.prod(s) for s in shapes]
+    floors = [s[0] for s in shapes]
+    density = 0.02
+    plain = layer_budgets(numels, density, init, shapes)
+    assert plain[0] < floors[0] or init == "erk"  # uniform at 2 % starves the first conv
+    got = layer_budgets(numels, density, init, shapes, min_counts=floors)
+    assert sum(got) == round(density * sum(numels)) == sum(plain)
+    assert all(g >= f for g, f in zip(got, floors))
+    assert all(0 <= g <= n for g, n in zip(got, numels))
+    with pytest.raises(ValueError, match="output channel"):
+        layer_budgets(numels, 0.002, init, shapes, min_counts=floors)
+
+
+def test_channel_keepers_pick_each_rows_largest_active_weight() -> None:
+    w = torch.tensor([[0.1, -0.9, 0.5], [0.3, 0.2, 0.0], [0.7, 0.7, 0.1], [1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, True, True], [False, True, False], [True, True, False],
+                         [False, False, False]])
+    keep = channel_keepers(w, mask)
+    expected = torch.tensor([[False, True, False], [False, True, False], [True, False, False],
+                             [False, False, False]])  # tie -> lower index; empty row: none
+    assert torch.equal(keep, expected)
+
+
+def test_magnitude_prune_never_takes_protected_entries() -> None:
+    w = torch.tensor([0.05, 0.01, 0.3, 0.02, 0.4, 0.03])
+    mask = torch.ones(6, dtype=torch.bool)
+    protect = torch.tensor([False, True, False, False, False, False])
+    out = magnitude_prune(w, mask, 3, protect=protect)
+    assert out.tolist() == [False, True, True, False, True, False]  # 0.01 survives
+
+
+def test_regrowth_shares_interpolate_between_frozen_and_paper() -> None:
+    s_hat = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    r = torch.tensor([10, 30, 60])
+    assert torch.allclose(regrowth_shares(s_hat, r, 0.0), torch.tensor([0.1, 0.3, 0.6],
+                                                                        dtype=torch.float64))
+    assert torch.allclose(regrowth_shares(s_hat, r, 1.0), s_hat)
+    half = regrowth_shares(s_hat, r, 0.5)
+    assert torch.allclose(half, torch.tensor([0.4, 0.25, 0.35], dtype=torch.float64))
+    assert float(half.sum()) == pytest.approx(1.0)
+    # Frozen shares put back exactly what each layer lost.
+    assert redistribute(100, regrowth_shares(s_hat, r, 0.0), torch.tensor([50, 50, 80])).tolist() \
+        == [10, 30, 60]
+    with pytest.raises(ValueError):
+        regrowth_shares(s_hat, r, 1.5)

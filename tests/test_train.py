@@ -82,7 +82,7 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
     # Masked weights are exactly zero; active ones are the mask (a few may be exactly 0
     # only if they were just regrown, which does not happen in the best, pre-rewire model).
     for name, mask in masking.masks.items():
-        assert int(mask.sum()) > 0
+        assert bool(mask.reshape(mask.shape[0], -1).any(1).all()), name  # no dead channel
         assert torch.count_nonzero(weights[name][~mask.cpu()]) == 0
     assert sum(int(m.sum()) for m in masking.masks.values()) == round(0.1 * total)
     records = _metrics(tmp_path / "run")
@@ -96,6 +96,45 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
     assert max(densities) - min(densities) > 0.01  # budgets moved between layers
     meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())
     assert meta["sparsity"]["achieved_density"] == round(0.1 * total) / total
+
+
+@pytest.mark.parametrize(("until", "every", "expected"), [
+    (1.0, 0, [1, 1, 1, 0]),   # the paper: every epoch but the last
+    (0.5, 0, [1, 0, 0, 0]),   # 24 steps, masks fixed from step 12: only epoch 1's end (step 6)
+    (0.5, 2, [3, 2, 0, 0]),   # every 2 steps: steps 2, 4, 6, 8, 10
+])
+def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -> None:
+    cfg = load_config(None, tiny_overrides(
+        sparsity__method="dnr", train__epochs=4, sparsity__rewire_until=until,
+        sparsity__rewire_every=every, sparsity__bn_refresh_batches=1))
+    train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    records = _metrics(tmp_path / "run")
+    assert [len(r.get("rewire", [])) for r in records] == expected
+    rates = [w["prune_rate"] for r in records for w in r.get("rewire", [])]
+    assert rates == sorted(rates, reverse=True)  # annealed over the rewiring window
+    assert records[-1]["layer_density"] == records[-2]["layer_density"]
+
+
+def test_bn_refresh_after_rewiring_changes_only_the_statistics(tmp_path, monkeypatch) -> None:
+    calls: list[int] = []
+    real = train_module.refresh_batchnorm_stats
+
+    def spy(model, batches):
+        used = real(model, batches)
+        calls.append(used)
+        return used
+
+    monkeypatch.setattr(train_module, "refresh_batchnorm_stats", spy)
+    cfg = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=3,
+                                           sparsity__rewire_until=1.0,
+                                           sparsity__bn_refresh_batches=3))
+    train(cfg, tmp_path / "on", progress=False, log=lambda _: None)
+    assert calls == [3, 3]  # after each of the two rewirings, three batches each
+    calls.clear()
+    off = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=3,
+                                           sparsity__bn_refresh_batches=0))
+    train(off, tmp_path / "off", progress=False, log=lambda _: None)
+    assert calls == []
 
 
 def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
@@ -173,15 +212,58 @@ def test_bf16_training_runs_and_model_stays_fp32(tmp_path) -> None:
 
 
 def test_learning_rate_schedules() -> None:
-    cfg = load_config(None, ["train.epochs=200"])
+    cfg = load_config(None, ["train.epochs=200", "train.warmup_epochs=0"])
     assert learning_rate(cfg, 0) == pytest.approx(0.1)
     assert learning_rate(cfg, 99.9) == pytest.approx(0.1)
     assert learning_rate(cfg, 100) == pytest.approx(0.01)
     assert learning_rate(cfg, 150.5) == pytest.approx(0.001)
-    cos = load_config(None, ["train.epochs=10", "train.schedule=cosine"])
+    cos = load_config(None, ["train.epochs=10", "train.schedule=cosine", "train.warmup_epochs=0"])
     assert learning_rate(cos, 0) == pytest.approx(0.1)
     assert learning_rate(cos, 5) == pytest.approx(0.05)
     assert learning_rate(cos, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("epochs", [3, 8, 200])
+def test_fractional_milestones_decay_at_the_same_point_of_any_run(epochs: int) -> None:
+    cfg = load_config(None, [f"train.epochs={epochs}", "train.warmup_epochs=0"])
+    assert cfg.train.milestones == [0.5, 0.75]
+    assert learning_rate(cfg, 0.5 * epochs - 0.01) == pytest.approx(0.1)
+    assert learning_rate(cfg, 0.5 * epochs) == pytest.approx(0.01)
+    assert learning_rate(cfg, 0.75 * epochs) == pytest.approx(0.001)
+    assert train_module.schedule_warning(cfg) is None
+
+
+def test_absolute_milestones_still_work_inside_the_run_and_are_rejected_outside() -> None:
+    cfg = load_config(None, ["train.epochs=10", "train.milestones=[4, 8]", "train.warmup_epochs=0"])
+    assert learning_rate(cfg, 3.9) == pytest.approx(0.1)
+    assert learning_rate(cfg, 4) == pytest.approx(0.01)
+    assert learning_rate(cfg, 8) == pytest.approx(0.001)
+    with pytest.raises(ConfigError, match="train.milestones: 100 .*3-epoch run"):
+        load_config(None, ["train.milestones=[100, 150]", "train.epochs=3"])
+    # Overrides in any order: the check runs once all of them are applied.
+    assert load_config(None, ["train.epochs=300", "train.milestones=[100, 150]"])
+
+
+def test_linear_warmup_counts_the_current_step() -> None:
+    cfg = load_config(None, ["train.epochs=10", "train.schedule=cosine", "train.warmup_epochs=0.5"])
+    step = 1 / 20  # 20 steps per epoch
+    assert learning_rate(cfg, 0, step) == pytest.approx(0.1 * 0.1, rel=1e-3)  # 1st of 10 steps
+    assert learning_rate(cfg, 0.2, step) == pytest.approx(0.1 * 0.5, rel=1e-2)
+    assert learning_rate(cfg, 0.45, step) == pytest.approx(learning_rate(cfg, 0.45) / 0.9)
+    no_warmup = load_config(None, ["train.epochs=10", "train.schedule=cosine",
+                                   "train.warmup_epochs=0"])
+    assert learning_rate(cfg, 0.5, step) == pytest.approx(learning_rate(no_warmup, 0.5))
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        load_config(None, ["train.epochs=2", "train.warmup_epochs=3"])
+
+
+def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(train__schedule="multistep", train__gamma=1.0,
+                                           train__epochs=1))
+    assert "never decays" in train_module.schedule_warning(cfg)
+    lines: list[str] = []
+    train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    assert any(line.startswith("warning: the learning rate never decays") for line in lines)
 
 
 def test_without_attack_the_loss_is_plain_cross_entropy() -> None:

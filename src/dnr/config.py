@@ -29,6 +29,8 @@ DatasetName = Literal["cifar10", "cifar100", "tiny-imagenet", "npz", "digits"]
 ModelName = Literal["vgg16", "resnet18"]
 SparsityMethod = Literal["dense", "dnr", "static"]
 SparsityInit = Literal["uniform", "erk"]
+GrowMomentum = Literal["keep", "zero"]
+WeightInit = Literal["pytorch", "xavier"]
 Schedule = Literal["multistep", "cosine"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Norm = Literal["Linf", "L2"]
@@ -54,6 +56,7 @@ class DataConfig:
 class ModelConfig:
     name: ModelName = "vgg16"
     width: float = 1.0  # channel multiplier; 1.0 is the paper's size
+    init: WeightInit = "pytorch"  # weight initialisation (docs/method.md: why pytorch)
 
 
 @dataclass
@@ -75,8 +78,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: Schedule = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [100, 150])
+    # LR x gamma at each milestone: a fraction of the run (< 1) or an absolute epoch (>= 1).
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
+    warmup_epochs: float = 1.0  # linear LR warm-up from ~0 (fractional epochs allowed)
     beta: float = 0.5  # hybrid loss: beta * CE(clean) + (1 - beta) * CE(adversarial)
     bf16: bool = False  # bf16 autocast for training forward passes only
     seed: int = 0
@@ -90,11 +95,17 @@ class SparsityConfig:
     method: SparsityMethod = "dense"
     density: float = 0.05  # fraction of prunable weights kept (0.05 = 20x)
     init: SparsityInit = "uniform"
-    prune_rate: float = 0.5  # p0 of the cosine prune-rate schedule
+    prune_rate: float = 0.2  # p0 of the cosine prune-rate schedule (paper: 0.5)
     prune_rate_min: float = 0.005  # floor the schedule anneals to
     rewire_every: int = 0  # rewire every N optimizer steps; 0 = at the end of each epoch
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns of tensors kept dense
     regrow_pruned: bool = True  # weights pruned in a rewiring may regrow in the same one
+    keep_regrown_values: bool = True  # ... and then keep their value (else restart at 0)
+    protect_channels: bool = True  # no output channel starts or becomes all-zero
+    redistribution: float = 0.3  # share of the pruned budget moved between layers (1 = paper)
+    grow_momentum: GrowMomentum = "zero"  # momentum of newly grown weights (paper: keep)
+    rewire_until: float = 0.75  # fraction of the run after which the masks stay fixed (paper: 1)
+    bn_refresh_batches: int = 8  # re-estimate BN statistics on N batches after a rewiring
 
 
 @dataclass
@@ -312,7 +323,17 @@ def validate(cfg: Config) -> None:
     _check(t.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {t.weight_decay}")
     _check(0 <= t.beta <= 1, f"train.beta: must be in [0, 1], got {t.beta}")
     _check(0 < t.gamma <= 1, f"train.gamma: must be in (0, 1], got {t.gamma}")
-    _check(all(x > 0 for x in t.milestones), "train.milestones: epochs must be positive")
+    _check(all(x > 0 for x in t.milestones), "train.milestones: must be positive")
+    for x in t.milestones:
+        _check(
+            x < 1 or (float(x).is_integer() and x < t.epochs),
+            f"train.milestones: {x:g} is not a fraction of the run (< 1) nor an epoch inside "
+            f"this {t.epochs}-epoch run; write fractions such as [0.5, 0.75]",
+        )
+    _check(
+        0 <= t.warmup_epochs <= t.epochs,
+        f"train.warmup_epochs: must be in [0, train.epochs={t.epochs}], got {t.warmup_epochs}",
+    )
     _check(t.val_every >= 1, f"train.val_every: must be >= 1, got {t.val_every}")
     _check(0 < s.density <= 1, f"sparsity.density: must be in (0, 1], got {s.density}")
     _check(0 <= s.prune_rate < 1, f"sparsity.prune_rate: must be in [0, 1), got {s.prune_rate}")
@@ -326,6 +347,18 @@ def validate(cfg: Config) -> None:
         f"prune_rate * density ({s.prune_rate * s.density:.3f}) must be <= 1 - density",
     )
     _check(s.rewire_every >= 0, f"sparsity.rewire_every: must be >= 0, got {s.rewire_every}")
+    _check(
+        0 <= s.redistribution <= 1,
+        f"sparsity.redistribution: must be in [0, 1], got {s.redistribution}",
+    )
+    _check(
+        0 < s.rewire_until <= 1,
+        f"sparsity.rewire_until: must be in (0, 1] (a fraction of the run), got {s.rewire_until}",
+    )
+    _check(
+        s.bn_refresh_batches >= 0,
+        f"sparsity.bn_refresh_batches: must be >= 0, got {s.bn_refresh_batches}",
+    )
     _check(e.subset is None or e.subset > 0, f"eval.subset: must be > 0 or null, got {e.subset}")
     _check(e.eps is None or 0 < e.eps <= 1, f"eval.eps: must be in (0, 1] or null, got {e.eps}")
     _check(

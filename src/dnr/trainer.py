@@ -17,6 +17,7 @@ Reproducibility: every epoch reseeds the global RNG and the batch order from
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import sys
@@ -36,7 +37,7 @@ from dnr.config import Config, ConfigError, resolve_device, save_config
 from dnr.data import BatchLoader, DatasetSplits, load_dataset
 from dnr.evaluate import clean_accuracy, pgd_accuracy
 from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl
-from dnr.models import create_model
+from dnr.models import create_model, init_weights, refresh_batchnorm_stats
 from dnr.sparsity import Masking, cosine_prune_rate
 
 CHECKPOINT_VERSION = 1
@@ -46,13 +47,42 @@ class RunExistsError(ConfigError):
     """The output directory already holds a run and --resume was not given."""
 
 
-def learning_rate(cfg: Config, epoch_progress: float) -> float:
-    """LR at a fractional epoch; a pure function, so resume needs no scheduler state."""
+def milestone_epochs(cfg: Config) -> list[float]:
+    """The multistep milestones in epochs: fractions (< 1) scale with the run's length."""
+    t = cfg.train
+    return [m * t.epochs if m < 1 else float(m) for m in t.milestones]
+
+
+def learning_rate(cfg: Config, epoch_progress: float, step_epochs: float = 0.0) -> float:
+    """LR at a fractional epoch; a pure function, so resume needs no scheduler state.
+
+    The cosine or multistep value is scaled by a linear warm-up over ``train.warmup_epochs``
+    that counts the step being taken (``step_epochs`` = one step's length in epochs), so the
+    first step already moves the weights.
+    """
     t = cfg.train
     if t.schedule == "cosine":
-        return 0.5 * t.lr * (1.0 + math.cos(math.pi * min(epoch_progress / t.epochs, 1.0)))
-    passed = sum(1 for m in t.milestones if int(epoch_progress) >= m)
-    return t.lr * (t.gamma**passed)
+        lr = 0.5 * t.lr * (1.0 + math.cos(math.pi * min(epoch_progress / t.epochs, 1.0)))
+    else:
+        passed = sum(1 for m in milestone_epochs(cfg) if epoch_progress >= m - 1e-9)
+        lr = t.lr * (t.gamma**passed)
+    if t.warmup_epochs > 0:
+        lr *= min(1.0, (epoch_progress + step_epochs) / t.warmup_epochs)
+    return lr
+
+
+def schedule_warning(cfg: Config) -> str | None:
+    """A message if the learning rate never decays within the run (a silent recipe bug)."""
+    t = cfg.train
+    if t.schedule == "multistep" and (
+        t.gamma == 1 or not any(m < t.epochs for m in milestone_epochs(cfg))
+    ):
+        return (
+            f"warning: the learning rate never decays in this {t.epochs}-epoch run "
+            f"(train.milestones={t.milestones}, train.gamma={t.gamma}); "
+            "fractions such as [0.5, 0.75] or train.schedule=cosine scale with the run"
+        )
+    return None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -73,7 +103,7 @@ def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
     """The configured architecture sized for the dataset (classes, image size, statistics)."""
     meta = data.meta
     try:
-        return create_model(
+        model = create_model(
             cfg.model.name,
             num_classes=meta.num_classes,
             input_size=meta.image_size,
@@ -81,6 +111,7 @@ def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
             mean=meta.mean,
             std=meta.std,
         )
+        return init_weights(model, cfg.model.init)
     except ValueError as err:  # e.g. images of a size the architectures are not defined for
         raise ConfigError(f"model.name={cfg.model.name} on data.name={cfg.data.name}: {err}") from None
 
@@ -113,6 +144,10 @@ def build_masking(
             generator=generator,
             method=s.method,
             regrow_pruned=s.regrow_pruned,
+            keep_regrown_values=s.keep_regrown_values,
+            protect_channels=s.protect_channels,
+            redistribution=s.redistribution,
+            grow_momentum=s.grow_momentum,
         )
     except ValueError as err:  # e.g. exclude patterns that leave nothing to prune
         raise ConfigError(f"sparsity: {err}") from None
@@ -250,6 +285,9 @@ def train(
     else:
         save_config(cfg, run.config)
         run.metrics.unlink(missing_ok=True)
+        warning = schedule_warning(cfg)
+        if warning:
+            log(warning)
         if t.val_every > 0 and len(data.val.y) == 0:
             log("note: no validation split (data.val_size=0); the last epoch is kept as best")
 
@@ -258,6 +296,20 @@ def train(
     )
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * t.epochs
+    s = cfg.sparsity
+    # Masks move only before rewire_until; the prune rate anneals over that window.
+    rewire_steps = max(1, int(round(s.rewire_until * total_steps)))
+    rewiring = masking is not None and s.method == "dnr"
+
+    def rewire(step: int, epoch: int) -> dict[str, Any]:
+        assert masking is not None
+        rate = cosine_prune_rate(step, rewire_steps, s.prune_rate, s.prune_rate_min)
+        record = _rewire_record(masking.rewire(rate))
+        if s.bn_refresh_batches > 0:  # clean batches of the next epoch: seeded, no RNG drawn
+            batches = (x for x, _ in train_loader.epoch(epoch + 1))
+            refresh_batchnorm_stats(model, itertools.islice(batches, s.bn_refresh_batches))
+        return record
+
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if t.bf16
@@ -282,7 +334,7 @@ def train(
         )
         rewire_stats: list[dict[str, Any]] = []
         for i, (x, y) in enumerate(train_loader.epoch(epoch)):
-            lr = learning_rate(cfg, epoch + i / steps_per_epoch)
+            lr = learning_rate(cfg, epoch + i / steps_per_epoch, 1 / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x_adv = None
@@ -314,16 +366,12 @@ def train(
                 if logits_adv is not None:
                     sums[2] += (logits_adv.argmax(1) == y).sum()
             if (
-                masking is not None
-                and cfg.sparsity.method == "dnr"
-                and cfg.sparsity.rewire_every > 0
-                and step % cfg.sparsity.rewire_every == 0
-                and step < total_steps
+                rewiring
+                and s.rewire_every > 0
+                and step % s.rewire_every == 0
+                and step < min(rewire_steps, total_steps)
             ):
-                rate = cosine_prune_rate(
-                    step, total_steps, cfg.sparsity.prune_rate, cfg.sparsity.prune_rate_min
-                )
-                rewire_stats.append(_rewire_record(masking.rewire(rate)))
+                rewire_stats.append(rewire(step, epoch))
             bar.update(1)
             if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
                 rate = (i + 1) * t.batch_size / (time.perf_counter() - started)
@@ -364,11 +412,8 @@ def train(
             if epoch == 0:
                 record["layer_density_init"] = initial_layer_density
             record["density"] = masking.density()
-            if cfg.sparsity.method == "dnr" and cfg.sparsity.rewire_every == 0 and not last_epoch:
-                rate = cosine_prune_rate(
-                    step, total_steps, cfg.sparsity.prune_rate, cfg.sparsity.prune_rate_min
-                )
-                rewire_stats.append(_rewire_record(masking.rewire(rate)))
+            if rewiring and s.rewire_every == 0 and step < min(rewire_steps, total_steps):
+                rewire_stats.append(rewire(step, epoch))
             record["layer_density"] = masking.layer_densities()
             record["density_after_rewire"] = masking.density()
             if rewire_stats:

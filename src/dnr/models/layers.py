@@ -51,3 +51,28 @@ class Normalize(nn.Module):
 def scaled(channels: int, width: float) -> int:
     """Channel count after the width multiplier: rounded, never below 1."""
     return max(1, int(round(channels * width)))
+
+
+WEIGHT_INITS = ("pytorch", "xavier")
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, scheme: str = "pytorch") -> nn.Module:
+    """Re-initialise ``model`` in place.
+
+    ``"pytorch"`` keeps each layer's own default (Kaiming-uniform, a = √5, for conv and
+    linear). ``"xavier"`` is the scheme common in the robust-pruning code bases the paper
+    builds on: Xavier-uniform conv/linear weights, zero biases, BatchNorm γ = 1, β = 0.
+    """
+    if scheme not in WEIGHT_INITS:
+        raise ValueError(f"weight init must be one of {WEIGHT_INITS}, got {scheme!r}")
+    if scheme == "xavier":
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    return model

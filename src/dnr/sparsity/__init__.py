@@ -6,6 +6,7 @@ is built from; ``schedules`` the prune-rate schedule. See docs/method.md for the
 
 from dnr.sparsity.masking import Masking, RewireStats, canonical_name, prunable_parameters
 from dnr.sparsity.rewiring import (
+    channel_keepers,
     layer_budgets,
     magnitude_prune,
     momentum_regrow,
@@ -13,6 +14,7 @@ from dnr.sparsity.rewiring import (
     prune_counts,
     random_mask,
     redistribute,
+    regrowth_shares,
 )
 from dnr.sparsity.schedules import cosine_prune_rate
 
@@ -21,6 +23,7 @@ __all__ = [
     "RewireStats",
     "canonical_name",
     "prunable_parameters",
+    "channel_keepers",
     "layer_budgets",
     "magnitude_prune",
     "momentum_regrow",
@@ -28,5 +31,6 @@ __all__ = [
     "prune_counts",
     "random_mask",
     "redistribute",
+    "regrowth_shares",
     "cosine_prune_rate",
 ]

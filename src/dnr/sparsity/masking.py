@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from dnr.sparsity.rewiring import (
+    channel_keepers,
     layer_budgets,
     magnitude_prune,
     momentum_regrow,
@@ -39,6 +40,7 @@ from dnr.sparsity.rewiring import (
     prune_counts,
     random_mask,
     redistribute,
+    regrowth_shares,
 )
 
 __all__ = ["Masking", "RewireStats", "prunable_parameters", "canonical_name"]
@@ -46,6 +48,7 @@ __all__ = ["Masking", "RewireStats", "prunable_parameters", "canonical_name"]
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 METHODS = ("dnr", "static")
 INITS = ("uniform", "erk")
+GROW_MOMENTUM = ("keep", "zero")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 _STATE_FORMAT = "dnr.masking/1"
 # Optimizer state keys holding a first-moment (momentum) estimate, in lookup order:
@@ -139,8 +142,18 @@ class Masking:
         method: ``"dnr"`` rewires; ``"static"`` keeps the initial random mask forever.
         regrow_pruned: whether positions pruned in a rewiring may be regrown in the same
             rewiring (default True, as in sparse momentum: a weight that is small but has
-            the largest momentum comes back, restarting from zero). With False, regrowth
-            only picks positions that were inactive before the rewiring.
+            the largest momentum comes back). With False, regrowth only picks positions
+            that were inactive before the rewiring.
+        keep_regrown_values: a weight pruned and regrown in the same rewiring keeps its
+            value (sparse_learning's behaviour) instead of restarting at 0.
+        protect_channels: every output channel keeps at least one active weight — at
+            init (no channel starts dead) and through every rewiring (its largest-|w|
+            active weight is never pruned), so no layer ever empties either.
+        redistribution: λ in [0, 1], how much of the pruned budget moves between layers
+            by normalized momentum (see :func:`regrowth_shares`); 1 = the paper.
+        grow_momentum: ``"keep"`` the optimizer momentum of newly grown weights (the
+            paper / sparse momentum) or ``"zero"`` it, so a grown weight's first steps
+            follow its fresh gradient rather than a stale accumulation.
 
     ``method="dense"`` is not a Masking: a dense run simply has none.
     """
@@ -156,6 +169,10 @@ class Masking:
         generator: torch.Generator | None = None,
         method: str = "dnr",
         regrow_pruned: bool = True,
+        keep_regrown_values: bool = True,
+        protect_channels: bool = True,
+        redistribution: float = 1.0,
+        grow_momentum: str = "keep",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -163,6 +180,10 @@ class Masking:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not 0.0 < float(density) <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
+        if not 0.0 <= float(redistribution) <= 1.0:
+            raise ValueError(f"redistribution must be in [0, 1], got {redistribution}")
+        if grow_momentum not in GROW_MOMENTUM:
+            raise ValueError(f"grow_momentum must be one of {GROW_MOMENTUM}, got {grow_momentum!r}")
         self.model = model
         self.optimizer = optimizer
         self.density_target = float(density)
@@ -170,6 +191,10 @@ class Masking:
         self.exclude: list[str] = list(exclude)
         self.method = method
         self.regrow_pruned = bool(regrow_pruned)
+        self.keep_regrown_values = bool(keep_regrown_values)
+        self.protect_channels = bool(protect_channels)
+        self.redistribution = float(redistribution)
+        self.grow_momentum = grow_momentum
         self._params = prunable_parameters(model, self.exclude)
         if not self._params:
             raise ValueError(
@@ -183,9 +208,11 @@ class Masking:
             self.density_target,
             init,
             shapes=[tuple(p.shape) for p in self._params.values()],
+            min_counts=[p.shape[0] for p in self._params.values()] if protect_channels else None,
         )
         self.masks: dict[str, Tensor] = {
-            name: random_mask(tuple(p.shape), k, generator, device=p.device)
+            name: random_mask(tuple(p.shape), k, generator, device=p.device,
+                              cover_rows=protect_channels)
             for (name, p), k in zip(self._params.items(), budgets)
         }
         # Host-side copy of the per-layer active counts. Masks only change in rewire() and
@@ -271,13 +298,18 @@ class Masking:
 
         1. ŝ = normalized momentum per layer (mean |momentum| over active entries).
         2. Prune r_l = ceil(p · nnz_l) smallest-|w| active entries per layer; R = Σ r_l.
-        3. g = redistribute(R, ŝ, capacity_l = numel_l − (nnz_l − r_l)).
-        4. Regrow g_l inactive entries with the largest |momentum| per layer; regrown
-           weights are set to 0, momentum buffers are left as they are. Positions pruned
-           in step 2 are candidates too unless ``regrow_pruned=False`` (then capacity_l =
-           numel_l − nnz_l and only previously inactive positions can grow).
+           With ``protect_channels`` each output channel's largest-|w| active weight is
+           exempt (r_l is capped accordingly).
+        3. g = redistribute(R, shares, capacity_l = numel_l − (nnz_l − r_l)) with shares
+           (1 − λ)·r_l/R + λ·ŝ_l (λ = ``redistribution``).
+        4. Regrow g_l inactive entries with the largest |momentum| per layer. A newly
+           grown weight starts at 0; a pruned-and-regrown one keeps its value when
+           ``keep_regrown_values``. Positions pruned in step 2 are candidates too unless
+           ``regrow_pruned=False`` (then capacity_l = numel_l − nnz_l). With
+           ``grow_momentum="zero"`` the momentum of newly grown weights is reset.
 
-        Host syncs: two per call (ŝ to decide the counts; the final exactness check).
+        Host syncs: two per call (ŝ and the protected counts to decide the counts; the
+        final exactness check).
         """
         if not 0.0 <= float(prune_rate) <= 1.0:
             raise ValueError(f"prune_rate must be in [0, 1], got {prune_rate}")
@@ -291,18 +323,30 @@ class Masking:
         masks = [self.masks[n] for n in names]
         momenta = [self._momentum(p) for p in params]
 
-        s_hat = normalized_momentum(momenta, masks).cpu()  # sync 1 of 2
+        s_hat = normalized_momentum(momenta, masks)
+        keepers: list[Tensor | None] = [None] * len(names)
+        if self.protect_channels:
+            keepers = [channel_keepers(p, m) for p, m in zip(params, masks)]
+            n_kept = torch.stack([torch.count_nonzero(k) for k in keepers]).to(s_hat)
+            s_hat, n_protected = torch.cat([s_hat, n_kept]).cpu().split(len(names))  # sync 1
+            n_protected = n_protected.to(torch.long)
+        else:
+            s_hat = s_hat.cpu()  # sync 1 of 2
+            n_protected = torch.zeros(len(names), dtype=torch.long)
         nnz = torch.tensor([self._nnz[n] for n in names], dtype=torch.long)
         numel = torch.tensor([self._numel[n] for n in names], dtype=torch.long)
-        r = prune_counts(nnz, float(prune_rate))
+        r = torch.minimum(prune_counts(nnz, float(prune_rate)), nnz - n_protected)
         capacity = numel - nnz + r if self.regrow_pruned else numel - nnz
-        g = redistribute(int(r.sum()), s_hat, capacity)
+        shares = regrowth_shares(s_hat.to(torch.float64), r, self.redistribution)
+        g = redistribute(int(r.sum()), shares, capacity)
         r_list, g_list = r.tolist(), g.tolist()
 
         kept_masks: list[Tensor] = []
         new_masks: list[Tensor] = []
-        for name, p, mask, mom, r_l, g_l in zip(names, params, masks, momenta, r_list, g_list):
-            kept = magnitude_prune(p, mask, r_l, num_active=self._nnz[name])
+        for name, p, mask, mom, keep, r_l, g_l in zip(
+            names, params, masks, momenta, keepers, r_list, g_list
+        ):
+            kept = magnitude_prune(p, mask, r_l, num_active=self._nnz[name], protect=keep)
             if self.regrow_pruned:
                 new = momentum_regrow(mom, kept, g_l)
             else:  # only positions inactive before this rewiring may grow
@@ -318,10 +362,12 @@ class Masking:
                 f"rewiring broke the budget: {sum(counts)} active, expected "
                 f"{self.target_active} (per layer {counts} vs {expected})"
             )
-        for p, kept in zip(params, kept_masks):
-            # Zero the pruned weights and start every regrown weight (including a pruned one
-            # that came straight back) at 0: exactly the entries outside `kept`.
-            p.mul_(kept)
+        for p, mask, mom, kept, new in zip(params, masks, momenta, kept_masks, new_masks):
+            # Weights outside the new mask go to 0; newly grown ones are 0 already (the
+            # zero invariant), so multiplying by `new` keeps pruned-and-regrown values.
+            p.mul_(new if self.keep_regrown_values else kept)
+            if self.grow_momentum == "zero":
+                mom.masked_fill_(new & ~mask, 0.0)  # a zeros_like stand-in is harmless
         self.masks = dict(zip(names, new_masks))
         self._nnz = dict(zip(names, counts))
         return RewireStats(
@@ -347,6 +393,10 @@ class Masking:
             "init": self.init,
             "exclude": list(self.exclude),
             "regrow_pruned": self.regrow_pruned,
+            "keep_regrown_values": self.keep_regrown_values,
+            "protect_channels": self.protect_channels,
+            "redistribution": self.redistribution,
+            "grow_momentum": self.grow_momentum,
             "target_active": self.target_active,
             "layer_names": self.layer_names,
             "layer_shapes": [list(s) for s in self.layer_shapes.values()],
@@ -404,6 +454,14 @@ class Masking:
         self.init = str(state["init"])
         self.exclude = list(state["exclude"])
         self.regrow_pruned = bool(state.get("regrow_pruned", True))
+        # Masks saved before these options existed came from the paper's behaviour.
+        self.keep_regrown_values = bool(state.get("keep_regrown_values", False))
+        self.protect_channels = bool(state.get("protect_channels", False))
+        self.redistribution = float(state.get("redistribution", 1.0))
+        grow = state.get("grow_momentum", "keep")
+        if grow not in GROW_MOMENTUM:
+            raise ValueError(f"masking state has unknown grow_momentum {grow!r}")
+        self.grow_momentum = str(grow)
         self.masks = new_masks
         self._nnz = dict(zip(mine, counts))
         self.apply_()

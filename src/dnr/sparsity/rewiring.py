@@ -28,10 +28,12 @@ from torch import Tensor
 __all__ = [
     "layer_budgets",
     "random_mask",
+    "channel_keepers",
     "normalized_momentum",
     "prune_counts",
     "magnitude_prune",
     "redistribute",
+    "regrowth_shares",
     "momentum_regrow",
 ]
 
@@ -105,6 +107,7 @@ def layer_budgets(
     density: float,
     init: str = "uniform",
     shapes: Sequence[Sequence[int]] | None = None,
+    min_counts: Sequence[int] | None = None,
 ) -> list[int]:
     """Per-layer active counts summing to exactly ``round(density · Σ numels)``.
 
@@ -113,6 +116,11 @@ def layer_budgets(
     ``shapes``). Both round with largest remainders, so each count lies in [0, numel_l] and
     the total is exact. ``round`` is Python's (half to even); it is applied once to the
     total, never per layer, so the global budget is the same for both inits.
+
+    ``min_counts`` (e.g. each layer's number of output channels, so that none starts dead)
+    raises a layer's count to at least ``min(min_counts_l, numel_l)``; the other layers give
+    up the difference in proportion to their targets. ValueError if the floors alone exceed
+    the budget.
     """
     numels = [int(n) for n in numels]
     if any(n < 0 for n in numels):
@@ -137,7 +145,31 @@ def layer_budgets(
     # (deficit ∈ [0, #fractional entries]), so every count stays within 1 of its target.
     targets = torch.tensor([d * n for d, n in zip(per_layer, numels)], dtype=torch.float64)
     caps = torch.tensor(numels, dtype=torch.long)
-    return _largest_remainder(targets, total, caps).tolist()
+    if min_counts is None:
+        return _largest_remainder(targets, total, caps).tolist()
+    if len(min_counts) != len(numels):
+        raise ValueError(f"{len(min_counts)} minimum counts for {len(numels)} layers")
+    floors = torch.minimum(torch.tensor([int(m) for m in min_counts], dtype=torch.long), caps)
+    if int(floors.sum()) > total:
+        raise ValueError(
+            f"density {density} keeps {total} weights, fewer than the {int(floors.sum())} "
+            "needed to give every output channel one active weight"
+        )
+    # Water-fill: layers whose target is below their floor are pinned there; the rest share
+    # what is left in proportion to their targets, until no target falls below its floor.
+    pinned = targets < floors.to(targets.dtype)
+    for _ in range(len(numels) + 1):
+        free_total = total - float(floors[pinned].sum())
+        free_sum = float(targets[~pinned].sum())
+        scale = free_total / free_sum if free_sum > 0 else 0.0
+        scaled_t = torch.where(pinned, floors.to(targets.dtype), targets * scale)
+        newly = ~pinned & (scaled_t < floors.to(targets.dtype))
+        if not bool(newly.any()):
+            break
+        pinned |= newly
+    extra = _largest_remainder(scaled_t - floors.to(targets.dtype), total - int(floors.sum()),
+                               caps - floors)
+    return (floors + extra).tolist()
 
 
 def random_mask(
@@ -145,9 +177,14 @@ def random_mask(
     k: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    *,
+    cover_rows: bool = False,
 ) -> Tensor:
     """A boolean mask with exactly ``k`` ``True`` entries chosen uniformly at random.
 
+    With ``cover_rows`` every row (output channel: index 0 of the shape) gets one entry
+    first, at a random position, and the remaining ``k - rows`` are uniform over the rest,
+    so no channel starts dead (if ``k < rows``, ``k`` distinct rows get one entry each).
     Drawn on the generator's device (CPU by default) so a CPU generator gives the same mask
     whatever ``device`` the result is moved to.
     """
@@ -156,11 +193,42 @@ def random_mask(
     if not 0 <= k <= numel:
         raise ValueError(f"k={k} must be in [0, {numel}]")
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    idx = torch.randperm(numel, generator=generator, device=gen_device)[:k]
     flat = torch.zeros(numel, dtype=torch.bool, device=gen_device)
+    rows = shape[0] if len(shape) > 1 and numel > 0 else 1
+    if cover_rows and rows > 1:
+        per_row = numel // rows
+        chosen_rows = torch.randperm(rows, generator=generator, device=gen_device)[:k]
+        cols = torch.randint(0, per_row, (len(chosen_rows),), generator=generator,
+                             device=gen_device)
+        flat[chosen_rows * per_row + cols] = True
+        k -= len(chosen_rows)
+        perm = torch.randperm(numel, generator=generator, device=gen_device)
+        idx = perm[~flat[perm]][:k]
+    else:
+        idx = torch.randperm(numel, generator=generator, device=gen_device)[:k]
     flat[idx] = True
     out = flat.view(shape)
     return out.to(device) if device is not None else out
+
+
+def channel_keepers(weight: Tensor, mask: Tensor) -> Tensor:
+    """Per output channel (row 0 of the shape), its active entry with the largest ``|w|``.
+
+    These are the entries a rewiring may not prune, so that no channel (and hence no layer)
+    loses its last active weight: an all-zero conv filter feeds BatchNorm a zero variance
+    and its gradient explodes. Rows with no active entry get none. Ties → lower index.
+    No host synchronisation.
+    """
+    if weight.shape != mask.shape:
+        raise ValueError(f"weight {tuple(weight.shape)} and mask {tuple(mask.shape)} differ")
+    rows = weight.shape[0] if weight.dim() > 1 else 1
+    w = weight.detach().reshape(rows, -1).abs().float()
+    m = mask.reshape(rows, -1)
+    score = torch.where(m, w, torch.full_like(w, -1.0))
+    best = score.argmax(dim=1, keepdim=True)  # first maximum: the lower index on ties
+    keep = torch.zeros_like(m)
+    keep.scatter_(1, best, True)
+    return (keep & m).view(mask.shape)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -248,15 +316,21 @@ def _active_indices(flat: Tensor, num_active: int | None) -> Tensor:
 
 
 def magnitude_prune(
-    weight: Tensor, mask: Tensor, k: int | Tensor, *, num_active: int | None = None
+    weight: Tensor,
+    mask: Tensor,
+    k: int | Tensor,
+    *,
+    num_active: int | None = None,
+    protect: Tensor | None = None,
 ) -> Tensor:
     """Deactivate the ``k`` active entries with the smallest ``|weight|`` (ties → lower index).
 
     Works on the compacted active entries only (5 % of the layer at d = 0.05), which makes
     pruning ~10× cheaper than selecting over the whole tensor. ``num_active``, if given,
     must be the exact number of ``True`` entries in ``mask`` (it lets accelerators skip a
-    host sync). Precondition (not checked, to avoid a sync): ``k`` ≤ number of active
-    entries. Returns a new mask.
+    host sync). ``protect`` (a mask like ``mask``) marks entries that are never pruned, e.g.
+    :func:`channel_keepers`. Precondition (not checked, to avoid a sync): ``k`` ≤ number of
+    active, unprotected entries. Returns a new mask.
     """
     if weight.shape != mask.shape:
         raise ValueError(f"weight {tuple(weight.shape)} and mask {tuple(mask.shape)} differ")
@@ -267,6 +341,8 @@ def magnitude_prune(
         return out.view(mask.shape)
     idx = _active_indices(flat, num_active)
     score = weight.detach().reshape(-1).index_select(0, idx).abs().float()
+    if protect is not None:
+        score.masked_fill_(protect.reshape(-1).index_select(0, idx), float("inf"))
     drop = _select(score, k, largest=False)
     out.index_put_((idx,), ~drop)  # idx holds every active entry: keep = not dropped
     return out.view(mask.shape)
@@ -291,6 +367,22 @@ def momentum_regrow(momentum: Tensor, mask: Tensor, k: int | Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- redistribution
+
+
+def regrowth_shares(s_hat: Tensor, pruned: Tensor, redistribution: float) -> Tensor:
+    """Share of the regrowth each layer aims for: ``(1 − λ)·r_l/R + λ·ŝ_l``.
+
+    λ = ``redistribution`` damps how far a rewiring moves the budget between layers:
+    λ = 1 is the paper (all R pruned weights are re-split by normalized momentum), λ = 0
+    regrows in every layer exactly what it lost (counts frozen, only positions move), and
+    in between a layer's count changes by λ·(ŝ_l·R − r_l). Sums to 1 when R > 0.
+    """
+    if not 0.0 <= redistribution <= 1.0:
+        raise ValueError(f"redistribution must be in [0, 1], got {redistribution}")
+    r = pruned.to(s_hat.dtype)
+    total = r.sum()
+    own = r / torch.where(total > 0, total, torch.ones_like(total))
+    return (1.0 - redistribution) * own + redistribution * s_hat
 
 
 def redistribute(total: int | Tensor, scores: Tensor, capacity: Tensor) -> Tensor:
