@@ -192,19 +192,25 @@ def test_budget_exact_after_many_rewirings(init: str, density: float) -> None:
         assert_invariants(model, masking)
 
 
-def test_redistribution_known_answer_favours_largest_momentum() -> None:
+@pytest.mark.parametrize(("redistribution", "regrown"), [
+    (1.0, (75, 25)),  # the paper: g = ŝ·R
+    (0.4, (60, 40)),  # damped: 0.6·(50, 50) + 0.4·(75, 25)
+    (0.0, (50, 50)),  # counts frozen: every layer regrows what it lost
+])
+def test_redistribution_known_answer_favours_largest_momentum(redistribution, regrown) -> None:
     model = nn.Sequential(nn.Linear(40, 25, bias=False), nn.Linear(25, 40, bias=False))
     opt = sgd(model)
-    masking = Masking(model, opt, density=0.1, generator=torch.Generator().manual_seed(0))
+    masking = Masking(model, opt, density=0.1, generator=torch.Generator().manual_seed(0),
+                      redistribution=redistribution)
     assert list(masking.layer_densities().values()) == [0.1, 0.1]  # 100 of 1000 each
     opt.state[model[0].weight]["momentum_buffer"] = torch.full((25, 40), 3.0)
     opt.state[model[1].weight]["momentum_buffer"] = torch.full((40, 25), -1.0)
     stats = masking.rewire(0.5)
-    # r = ceil(0.5 * 100) = 50 per layer, R = 100; ŝ = (3, 1) / 4 -> g = (75, 25).
+    # r = ceil(0.5 * 100) = 50 per layer, R = 100; ŝ = (3, 1) / 4.
     assert stats.normalized_momentum == pytest.approx({"0.weight": 0.75, "1.weight": 0.25})
     assert stats.lost == {"0.weight": 50, "1.weight": 50}
-    assert stats.regrown == {"0.weight": 75, "1.weight": 25}
-    assert masking.layer_densities() == pytest.approx({"0.weight": 0.125, "1.weight": 0.075})
+    assert stats.regrown == {"0.weight": regrown[0], "1.weight": regrown[1]}
+    assert masking.layer_counts() == {"0.weight": 50 + regrown[0], "1.weight": 50 + regrown[1]}
     assert masking.num_active == 200
 
 
@@ -227,7 +233,7 @@ def test_rewire_prunes_smallest_and_regrows_largest_momentum() -> None:
     opt = sgd(model)
     # The paper's rule exactly: no channel protection, regrown weights restart at 0.
     masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0),
-                      protect_channels=False, keep_regrown_values=False)
+                      protect_channels=False, keep_regrown_values=False, grow_momentum="keep")
     w = model[0].weight
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -295,7 +301,7 @@ def test_just_pruned_positions_are_eligible_for_regrowth() -> None:
 
 
 def test_rewired_densities_differ_from_uniform_when_momenta_differ() -> None:
-    model, opt, masking = make(0.1)
+    model, opt, masking = make(0.1, redistribution=1.0)
     train_steps(model, opt, masking, 2)
     g = torch.Generator().manual_seed(0)
     randomize_momenta(model, opt, g, {"1.weight": 100.0, "4.weight": 1.0, "9.weight": 0.01})

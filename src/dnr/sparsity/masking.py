@@ -151,9 +151,13 @@ class Masking:
             active weight is never pruned), so no layer ever empties either.
         redistribution: λ in [0, 1], how much of the pruned budget moves between layers
             by normalized momentum (see :func:`regrowth_shares`); 1 = the paper.
-        grow_momentum: ``"keep"`` the optimizer momentum of newly grown weights (the
-            paper / sparse momentum) or ``"zero"`` it, so a grown weight's first steps
-            follow its fresh gradient rather than a stale accumulation.
+        grow_momentum: ``"zero"`` the optimizer momentum of newly grown weights, so a grown
+            weight's first steps follow its fresh gradient rather than a stale
+            accumulation, or ``"keep"`` it (the paper / sparse momentum).
+
+    The defaults are the project's (docs/method.md gives the measurements); the paper's
+    rewiring is ``keep_regrown_values=False, protect_channels=False, redistribution=1,
+    grow_momentum="keep"``.
 
     ``method="dense"`` is not a Masking: a dense run simply has none.
     """
@@ -171,8 +175,8 @@ class Masking:
         regrow_pruned: bool = True,
         keep_regrown_values: bool = True,
         protect_channels: bool = True,
-        redistribution: float = 1.0,
-        grow_momentum: str = "keep",
+        redistribution: float = 0.3,
+        grow_momentum: str = "zero",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
