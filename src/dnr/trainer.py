@@ -7,7 +7,8 @@ One readable loop, no framework in the way. Per step::
     loss.backward(); optimizer.step(); masking.apply_()   # masked weights back to 0
 
 At the end of every epoch: validate (clean + PGD on the held-out split), keep the best
-checkpoint by validation PGD accuracy, rewire (all epochs but the last), save resume state.
+checkpoint by validation PGD accuracy, rewire (until ``sparsity.rewire_until`` of the run;
+then refresh the BatchNorm statistics), save resume state.
 
 Reproducibility: every epoch reseeds the global RNG and the batch order from
 ``(train.seed, epoch)``, so resuming from the checkpoint of epoch ``k`` replays epochs
