@@ -250,11 +250,12 @@ def run_one(group: str, name: str, seed: int, overrides: list[str], mult: int,
 
 
 def key(r: dict) -> str:
-    """A run is its name and seed; for results, also the number of test images."""
+    """A run is its name and seed (a results file holds one test set: use one file per set)."""
     return f"{r['name']}|{r['seed']}"
 
 
 def result_key(r: dict) -> str:
+    """For merging results files: the run and the number of test images it was scored on."""
     return f"{key(r)}|{r['test_final']['clean']['n']}"
 
 
@@ -364,7 +365,8 @@ def report(paths: list[Path]) -> None:
         f"Devices: {', '.join(devices)}. GPU runs are not bit-reproducible (cuDNN), so a rerun "
         "of one seed moves by about as much as another seed does.",
     ]
-    main_n = max(r["test_final"]["clean"]["n"] for r in rs if r["group"] == "main")
+    main_n = max((r["test_final"]["clean"]["n"] for r in rs if r["group"] == "main"),
+                 default=rs[0]["test_final"]["clean"]["n"])
     for group, title in (("main", "Main table: dense, static and DNR (defaults)"),
                          ("before", "Before this change: the paper's rewiring and no warm-up"),
                          ("long", "Longer runs: four times the epochs"),

@@ -576,6 +576,30 @@ def test_redistribution_zero_keeps_per_layer_counts() -> None:
     assert moving.layer_counts()["1.weight"] > counts["1.weight"]
 
 
+def test_grown_weights_start_at_zero_even_without_apply() -> None:
+    model, opt, masking = make(0.1)
+    train_steps(model, opt, masking, 2)
+    opt.step()  # weight decay and momentum move masked weights; apply_() not called
+    before = {n: m.clone() for n, m in masking.masks.items()}
+    randomize_momenta(model, opt, torch.Generator().manual_seed(2))
+    masking.rewire(0.5)
+    params = dict(model.named_parameters())
+    for n in PRUNABLE:
+        grown = masking.masks[n] & ~before[n]
+        assert torch.all(params[n][grown] == 0) and torch.all(params[n][~masking.masks[n]] == 0)
+
+
+def test_a_state_saved_before_the_options_existed_restores_the_paper_rewiring() -> None:
+    _, _, masking = make(0.1)
+    state = masking.state_dict()
+    for k in ("keep_regrown_values", "protect_channels", "redistribution", "grow_momentum"):
+        del state[k]
+    restored = make(0.1)[2]
+    restored.load_state_dict(state)
+    assert (restored.keep_regrown_values, restored.protect_channels, restored.redistribution,
+            restored.grow_momentum) == (False, False, 1.0, "keep")
+
+
 def test_rewiring_options_travel_with_the_state_dict() -> None:
     _, _, masking = make(0.1, redistribution=0.4, grow_momentum="zero", protect_channels=False,
                          keep_regrown_values=False)

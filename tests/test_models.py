@@ -193,3 +193,23 @@ def test_register_model_custom():
     finally:
         registry_mod._MODELS.pop(name, None)
     assert name not in list_models()
+
+
+def test_xavier_init_resets_weights_biases_and_batchnorm() -> None:
+    from dnr.models import init_weights
+
+    torch.manual_seed(0)
+    model = create_model("vgg16", num_classes=10, width=0.25, mean=(0.5,) * 3, std=(0.2,) * 3)
+    with torch.no_grad():
+        model.features[1].weight.fill_(3.0)
+    conv = model.features[0]
+    bound = (6 / (conv.in_channels * 9 + conv.out_channels * 9)) ** 0.5
+    default_max = conv.weight.abs().max().item()
+    init_weights(model, "xavier")
+    assert conv.weight.abs().max().item() <= bound + 1e-6 < default_max
+    assert torch.all(model.features[1].weight == 1) and torch.all(model.classifier.bias == 0)
+    before = [p.clone() for p in model.parameters()]
+    init_weights(model, "pytorch")  # the layers' own defaults: nothing to redo
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="weight init"):
+        init_weights(model, "orthogonal")

@@ -2,8 +2,8 @@
 
 A small VGG16 is trained on digits, then rewired once at prune rate 0.5: with the project's
 defaults (old values kept, channels protected, fresh momentum, BN refresh) its eval-mode loss
-stays within a small factor of the loss before; with the paper's rewiring as first
-implemented it does not — the test can fail.
+stays within a small factor of the loss before; with the paper's rewiring rule as first
+implemented (same masks, same weights) it does not — the test can fail.
 """
 
 from __future__ import annotations

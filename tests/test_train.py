@@ -115,7 +115,8 @@ def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -
     assert records[-1]["layer_density"] == records[-2]["layer_density"]
 
 
-def test_bn_refresh_after_rewiring_changes_only_the_statistics(tmp_path, monkeypatch) -> None:
+def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(tmp_path,
+                                                                         monkeypatch) -> None:
     calls: list[int] = []
     real = train_module.refresh_batchnorm_stats
 
@@ -234,10 +235,18 @@ def test_fractional_milestones_decay_at_the_same_point_of_any_run(epochs: int) -
 
 
 def test_absolute_milestones_still_work_inside_the_run_and_are_rejected_outside() -> None:
-    cfg = load_config(None, ["train.epochs=10", "train.milestones=[4, 8]", "train.warmup_epochs=0"])
+    cfg = load_config(None, ["train.epochs=10", "train.milestones=[4, 8.0]", "train.warmup_epochs=0"])
     assert learning_rate(cfg, 3.9) == pytest.approx(0.1)
     assert learning_rate(cfg, 4) == pytest.approx(0.01)
     assert learning_rate(cfg, 8) == pytest.approx(0.001)
+    one = load_config(None, ["train.epochs=10", "train.milestones=[1]", "train.warmup_epochs=0"])
+    assert learning_rate(one, 0.99) == pytest.approx(0.1)  # 1 is epoch 1, not "the end"
+    assert learning_rate(one, 1.0) == pytest.approx(0.01)
+    # A cosine schedule does not read milestones, so old absolute ones do not stop it.
+    assert load_config(None, ["train.epochs=3", "train.schedule=cosine",
+                              "train.milestones=[100, 150]"]).train.schedule == "cosine"
+    full = load_config(None, ["train.epochs=2", "train.warmup_epochs=2", "train.schedule=cosine"])
+    assert learning_rate(full, 1.0, 0.5) == pytest.approx(0.05 * 0.75)
     with pytest.raises(ConfigError, match="train.milestones: 100 .*3-epoch run"):
         load_config(None, ["train.milestones=[100, 150]", "train.epochs=3"])
     # Overrides in any order: the check runs once all of them are applied.
@@ -255,6 +264,28 @@ def test_linear_warmup_counts_the_current_step() -> None:
     assert learning_rate(cfg, 0.5, step) == pytest.approx(learning_rate(no_warmup, 0.5))
     with pytest.raises(ConfigError, match="warmup_epochs"):
         load_config(None, ["train.epochs=2", "train.warmup_epochs=3"])
+
+
+def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=2,
+                                           sparsity__rewire_until=0.4))
+    lines: list[str] = []
+    train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    assert any("no rewiring falls before sparsity.rewire_until=0.4" in line for line in lines)
+    assert all("rewire" not in r for r in _metrics(tmp_path / "run"))
+
+
+def test_resume_names_the_keys_that_differ(tmp_path) -> None:
+    cfg = load_config(None, tiny_overrides(train__epochs=1))
+    train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
+    del state["config"]["sparsity"]["redistribution"]  # as saved by an older version
+    from dnr.artifacts import save_checkpoint
+    save_checkpoint(RunDir(tmp_path / "run").last_checkpoint, state)
+    other = load_config(None, tiny_overrides(train__epochs=2))
+    with pytest.raises(ConfigError, match=r"differs in sparsity.redistribution is new since "
+                                          r"that run started, train.epochs"):
+        train(other, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
 
 
 def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:

@@ -324,11 +324,12 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.beta <= 1, f"train.beta: must be in [0, 1], got {t.beta}")
     _check(0 < t.gamma <= 1, f"train.gamma: must be in (0, 1], got {t.gamma}")
     _check(all(x > 0 for x in t.milestones), "train.milestones: must be positive")
-    for x in t.milestones:
+    for x in t.milestones if t.schedule == "multistep" else []:
         _check(
             x < 1 or (float(x).is_integer() and x < t.epochs),
             f"train.milestones: {x:g} is not a fraction of the run (< 1) nor an epoch inside "
-            f"this {t.epochs}-epoch run; write fractions such as [0.5, 0.75]",
+            f"this {t.epochs}-epoch run (values >= 1 are epochs); write fractions such as "
+            "[0.5, 0.75]",
         )
     _check(
         0 <= t.warmup_epochs <= t.epochs,

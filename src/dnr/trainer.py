@@ -7,8 +7,8 @@ One readable loop, no framework in the way. Per step::
     loss.backward(); optimizer.step(); masking.apply_()   # masked weights back to 0
 
 At the end of every epoch: validate (clean + PGD on the held-out split), keep the best
-checkpoint by validation PGD accuracy, rewire (until ``sparsity.rewire_until`` of the run;
-then refresh the BatchNorm statistics), save resume state.
+checkpoint by validation PGD accuracy, rewire and refresh the BatchNorm statistics (only
+before ``sparsity.rewire_until`` of the run), save resume state.
 
 Reproducibility: every epoch reseeds the global RNG and the batch order from
 ``(train.seed, epoch)``, so resuming from the checkpoint of epoch ``k`` replays epochs
@@ -73,11 +73,12 @@ def learning_rate(cfg: Config, epoch_progress: float, step_epochs: float = 0.0) 
 
 
 def schedule_warning(cfg: Config) -> str | None:
-    """A message if the learning rate never decays within the run (a silent recipe bug)."""
+    """A message if the learning rate never decays within the run (a silent recipe bug).
+
+    (Milestones outside the run are already rejected by the config's validation.)
+    """
     t = cfg.train
-    if t.schedule == "multistep" and (
-        t.gamma == 1 or not any(m < t.epochs for m in milestone_epochs(cfg))
-    ):
+    if t.schedule == "multistep" and (t.gamma == 1 or not t.milestones):
         return (
             f"warning: the learning rate never decays in this {t.epochs}-epoch run "
             f"(train.milestones={t.milestones}, train.gamma={t.gamma}); "
@@ -112,9 +113,9 @@ def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
             mean=meta.mean,
             std=meta.std,
         )
-        return init_weights(model, cfg.model.init)
     except ValueError as err:  # e.g. images of a size the architectures are not defined for
         raise ConfigError(f"model.name={cfg.model.name} on data.name={cfg.data.name}: {err}") from None
+    return init_weights(model, cfg.model.init)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
@@ -232,12 +233,28 @@ def _prepare_run_dir(run: RunDir, cfg: Config, resume: bool) -> dict[str, Any] |
     if not run.last_checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint to resume in {run.path / 'checkpoints'}")
     state = load_checkpoint(run.last_checkpoint)
-    if state.get("config") != cfg.to_dict():
+    saved = state.get("config")
+    if saved != cfg.to_dict():
         raise ConfigError(
-            f"--resume: the configuration differs from the one {run.path} was started with; "
-            f"see {run.config}"
+            f"--resume: the configuration differs from the one {run.path} was started with "
+            f"({_config_difference(saved, cfg.to_dict())}); see {run.config}"
         )
     return state
+
+
+def _config_difference(saved: Any, current: dict[str, Any]) -> str:
+    """The keys that differ, e.g. for a run started by a version without some options."""
+    if not isinstance(saved, dict):
+        return "no configuration in the checkpoint"
+    keys = []
+    for section in sorted(set(saved) | set(current)):
+        a, b = saved.get(section) or {}, current.get(section) or {}
+        for name in sorted(set(a) | set(b)):
+            if name not in a:
+                keys.append(f"{section}.{name} is new since that run started")
+            elif a.get(name) != b.get(name):
+                keys.append(f"{section}.{name}")
+    return "differs in " + ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "")
 
 
 def train(
@@ -298,9 +315,15 @@ def train(
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * t.epochs
     s = cfg.sparsity
-    # Masks move only before rewire_until; the prune rate anneals over that window.
+    # Masks move only before rewire_until (exclusive); the prune rate anneals over that window.
     rewire_steps = max(1, int(round(s.rewire_until * total_steps)))
     rewiring = masking is not None and s.method == "dnr"
+    if rewiring and resume_state is None:
+        every = s.rewire_every or steps_per_epoch
+        if every >= rewire_steps:
+            log(f"warning: no rewiring falls before sparsity.rewire_until={s.rewire_until} of "
+                f"this {total_steps}-step run, so DNR trains its initial mask like "
+                "sparsity.method=static; rewire more often (sparsity.rewire_every) or later")
 
     def rewire(step: int, epoch: int) -> dict[str, Any]:
         assert masking is not None
@@ -370,7 +393,7 @@ def train(
                 rewiring
                 and s.rewire_every > 0
                 and step % s.rewire_every == 0
-                and step < min(rewire_steps, total_steps)
+                and step < rewire_steps
             ):
                 rewire_stats.append(rewire(step, epoch))
             bar.update(1)
@@ -413,7 +436,7 @@ def train(
             if epoch == 0:
                 record["layer_density_init"] = initial_layer_density
             record["density"] = masking.density()
-            if rewiring and s.rewire_every == 0 and step < min(rewire_steps, total_steps):
+            if rewiring and s.rewire_every == 0 and step < rewire_steps:
                 rewire_stats.append(rewire(step, epoch))
             record["layer_density"] = masking.layer_densities()
             record["density_after_rewire"] = masking.density()

@@ -367,9 +367,10 @@ class Masking:
                 f"{self.target_active} (per layer {counts} vs {expected})"
             )
         for p, mask, mom, kept, new in zip(params, masks, momenta, kept_masks, new_masks):
-            # Weights outside the new mask go to 0; newly grown ones are 0 already (the
-            # zero invariant), so multiplying by `new` keeps pruned-and-regrown values.
-            p.mul_(new if self.keep_regrown_values else kept)
+            # Pruned weights go to 0 and newly grown ones start at 0; with
+            # keep_regrown_values a pruned-and-regrown weight (in `new` and in `mask`)
+            # keeps its value. Written without relying on apply_() having run.
+            p.mul_(kept | (new & mask) if self.keep_regrown_values else kept)
             if self.grow_momentum == "zero":
                 mom.masked_fill_(new & ~mask, 0.0)  # a zeros_like stand-in is harmless
         self.masks = dict(zip(names, new_masks))
@@ -409,6 +410,10 @@ class Masking:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore masks and settings from :meth:`state_dict`; masks go to each weight's device.
+
+        The saved settings (method, density, rewiring options) replace the constructor's:
+        a checkpoint resumes with the behaviour it was trained with. A state saved before an
+        option existed restores the paper's behaviour for it.
 
         Raises ValueError (with the offending names) if the layers or shapes do not match this
         model, or if the masks do not hold exactly the saved budget. Re-applies the masks to
@@ -465,6 +470,9 @@ class Masking:
         grow = state.get("grow_momentum", "keep")
         if grow not in GROW_MOMENTUM:
             raise ValueError(f"masking state has unknown grow_momentum {grow!r}")
+        if not 0.0 <= float(state.get("redistribution", 1.0)) <= 1.0:
+            raise ValueError(f"masking state has redistribution {state['redistribution']}"
+                             " outside [0, 1]")
         self.grow_momentum = str(grow)
         self.masks = new_masks
         self._nnz = dict(zip(mine, counts))

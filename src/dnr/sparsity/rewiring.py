@@ -153,7 +153,8 @@ def layer_budgets(
     if int(floors.sum()) > total:
         raise ValueError(
             f"density {density} keeps {total} weights, fewer than the {int(floors.sum())} "
-            "needed to give every output channel one active weight"
+            "needed to give every output channel one active weight; raise the density or "
+            "set sparsity.protect_channels=false"
         )
     # Water-fill: layers whose target is below their floor are pinned there; the rest share
     # what is left in proportion to their targets, until no target falls below its floor.
