@@ -23,7 +23,8 @@ def refresh_batchnorm_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
 
     Forward passes only, BN in train mode, no gradient; each module's train/eval mode and
     each BN's ``momentum`` are restored afterwards. With no batch the statistics are left as
-    they were. Returns the number of batches used.
+    they were. Returns the number of batches used. (``torch.optim.swa_utils.update_bn`` does
+    the averaging too, but restores only the top module's mode and cannot undo an empty run.)
     """
     bns = [m for m in model.modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
