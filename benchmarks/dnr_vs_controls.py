@@ -19,7 +19,7 @@ Usage (a run is skipped when its result is already in the results file, so an in
 benchmark resumes; one training process at a time on a CPU)::
 
     python benchmarks/dnr_vs_controls.py --groups main,before --seeds 0,1
-    python benchmarks/dnr_vs_controls.py --pack /tmp/c10_bench.npz      # 37 MB of splits
+    python benchmarks/dnr_vs_controls.py --pack /tmp/c10_bench.npz      # 33 MiB of splits
     python benchmarks/dnr_vs_controls.py --packed /tmp/c10_bench.npz --workers 6 --worker 0 ...
     python benchmarks/dnr_vs_controls.py --report runs/bench/*.json     # JSON + Markdown
 
