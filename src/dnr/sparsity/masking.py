@@ -329,14 +329,12 @@ class Masking:
 
         s_hat = normalized_momentum(momenta, masks)
         keepers: list[Tensor | None] = [None] * len(names)
+        n_kept = torch.zeros_like(s_hat)
         if self.protect_channels:
             keepers = [channel_keepers(p, m) for p, m in zip(params, masks)]
             n_kept = torch.stack([torch.count_nonzero(k) for k in keepers]).to(s_hat)
-            s_hat, n_protected = torch.cat([s_hat, n_kept]).cpu().split(len(names))  # sync 1
-            n_protected = n_protected.to(torch.long)
-        else:
-            s_hat = s_hat.cpu()  # sync 1 of 2
-            n_protected = torch.zeros(len(names), dtype=torch.long)
+        s_hat, n_protected = torch.cat([s_hat, n_kept]).cpu().split(len(names))  # sync 1 of 2
+        n_protected = n_protected.to(torch.long)
         nnz = torch.tensor([self._nnz[n] for n in names], dtype=torch.long)
         numel = torch.tensor([self._numel[n] for n in names], dtype=torch.long)
         r = torch.minimum(prune_counts(nnz, float(prune_rate)), nnz - n_protected)
