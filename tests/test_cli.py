@@ -79,7 +79,7 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
     ("argv", "fragment"),
     [
         (["train", "--out", "{tmp}/r", "train.epochz=1"], "unknown key 'train.epochz'"),
-        (["train", "--out", "{tmp}/r", "model.name=alexnet"], "choose one of vgg16, resnet18"),
+        (["train", "--out", "{tmp}/r", "model.name=alexnet"], "choose one of resnet18, vgg16"),
         (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "config file not found"),
         (["train", "--out", "{tmp}/r", "data.name=npz", "data.train={tmp}/nope.npz",
           "data.test={tmp}/nope.npz"], "nope.npz"),
@@ -89,7 +89,7 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
         (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
         (["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.9"],
          "sparsity.regrow_pruned=false needs room"),
-        (["train", "--out", "{tmp}/r", "eval.protocol=pgd7"], "choose one of dnr, pgd20"),
+        (["train", "--out", "{tmp}/r", "eval.protocol=pgd7"], "choose one of autoattack, cw, dnr, full"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(argv, fragment, tmp_path, capsys) -> None:

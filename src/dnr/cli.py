@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from dnr.config import ConfigError, EvalConfig, Norm, Protocol, load_config
+from dnr.config import ConfigError, EvalConfig, Norm, load_config
 
 EPILOG_TRAIN = """\
 overrides are dotted KEY=VALUE pairs parsed as YAML, applied after --config:
@@ -24,7 +24,7 @@ vgg16_tiny-imagenet, demo), e.g. configs/vgg16_cifar10.yaml in the repository
 """
 
 
-PROTOCOL_NAMES = list(get_args(Protocol))
+PROTOCOL_NAMES = ["dnr", "pgd20", "pgd50", "cw", "autoattack", "full"]  # interim
 
 
 def _positive_int(text: str) -> int:

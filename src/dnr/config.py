@@ -7,6 +7,7 @@ typo on the command line is a one-line error naming the key instead of a silent 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,31 +18,31 @@ import yaml
 
 from dnr.fileio import atomic_write_text
 
+from dnr.errors import ConfigError
+from dnr.registry import DATASETS, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
+
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "validate"]
 
-class ConfigError(ValueError):
-    """A user mistake in a configuration file or override (shown without a traceback)."""
-
-
-DatasetName = Literal["cifar10", "cifar100", "tiny-imagenet", "npz", "digits"]
-ModelName = Literal["vgg16", "resnet18"]
-SparsityMethod = Literal["dense", "dnr", "static"]
 SparsityInit = Literal["uniform", "erk"]
 GrowMomentum = Literal["keep", "zero"]
 WeightInit = Literal["pytorch", "xavier"]
 Schedule = Literal["multistep", "cosine"]
-Device = Literal["auto", "cpu", "cuda", "mps"]
 Norm = Literal["Linf", "L2"]
-Protocol = Literal["dnr", "pgd20", "pgd50", "cw", "autoattack", "full"]
+
+
+def _named(default: str, registry: Registry) -> Any:
+    """A name field whose allowed values are the registry's (checked by :func:`validate`)."""
+    return field(default=default, metadata={"registry": registry})
 
 
 @dataclass
 class DataConfig:
     """Which dataset, where it lives, and how much of it to use."""
 
-    name: DatasetName = "digits"
+    name: str = _named("digits", DATASETS)
     root: str = "data"
     train: list[str] = field(default_factory=list)  # npz: training files
     test: list[str] = field(default_factory=list)  # npz: test files
@@ -54,9 +55,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: ModelName = "vgg16"
+    name: str = _named("vgg16", MODELS)
     width: float = 1.0  # channel multiplier; 1.0 is the paper's size
     init: WeightInit = "pytorch"  # weight initialisation (docs/method.md: why pytorch)
+    # extra keyword arguments for the architecture's constructor (timm-style)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,14 +88,14 @@ class TrainConfig:
     beta: float = 0.5  # hybrid loss: beta * CE(clean) + (1 - beta) * CE(adversarial)
     bf16: bool = False  # bf16 autocast for training forward passes only
     seed: int = 0
-    device: Device = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     eval_batch_size: int = 256
     val_every: int = 1  # validate every N epochs (and always on the last)
 
 
 @dataclass
 class SparsityConfig:
-    method: SparsityMethod = "dense"
+    method: str = _named("dense", SPARSITY_METHODS)
     density: float = 0.05  # fraction of prunable weights kept (0.05 = 20x)
     init: SparsityInit = "uniform"
     prune_rate: float = 0.2  # p0 of the cosine prune-rate schedule (paper: 0.5)
@@ -110,7 +113,7 @@ class SparsityConfig:
 
 @dataclass
 class EvalConfig:
-    protocol: Protocol = "dnr"  # see `dnr eval --help`
+    protocol: str = _named("dnr", PROTOCOLS)  # see `dnr list`
     subset: int | None = None  # seeded random test subset; None = whole test set
     seed: int = 0
     sanity: bool = True  # gradient-masking sanity checks next to the robust numbers
@@ -164,6 +167,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
             )
         return value
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping such as {{name: value}}, got {value!r}")
+        return {str(k): v for k, v in value.items()}
     if origin is list:
         (item_type,) = get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -197,6 +206,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 def _section_fields(section_cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(section_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def name_fields() -> dict[str, Registry]:
+    """``{"model.name": MODELS, ...}``: every config key whose values a registry defines."""
+    return {
+        f"{section}.{f.name}": f.metadata["registry"]
+        for section, section_cls in _section_fields(Config).items()
+        for f in dataclasses.fields(section_cls)
+        if "registry" in f.metadata
+    }
 
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
@@ -305,8 +324,19 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
+    """Names against their registries, then range checks that types alone cannot express."""
     d, m, a, t, s, e = cfg.data, cfg.model, cfg.attack, cfg.train, cfg.sparsity, cfg.eval
+    for key, registry in name_fields().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in registry:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of "
+                              f"{', '.join(registry.names())}")
+        setattr(getattr(cfg, section), name, value.lower())
+    _check(
+        t.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", t.device),
+        f"train.device: {t.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps",
+    )
     if d.name == "npz":
         _check(bool(d.test), "data.test: the npz dataset needs at least one test file")
     _check(d.val_size >= 0, f"data.val_size: must be >= 0, got {d.val_size}")
@@ -366,8 +396,7 @@ def validate(cfg: Config) -> None:
         e.batch_size is None or e.batch_size > 0,
         f"eval.batch_size: must be > 0 or null, got {e.batch_size}",
     )
-    if s.method == "dnr" and t.momentum == 0:
-        raise ConfigError("sparsity.method=dnr grows by momentum: train.momentum must be > 0")
+    SPARSITY_METHODS.get(s.method).check_config(cfg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -378,8 +407,14 @@ def resolve_device(name: str) -> torch.device:
     mps_ok = bool(mps and mps.is_available())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda requested but no CUDA device is available")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
+            raise ConfigError(f"device: {name} requested but CUDA is not available ({build})")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name} requested but only "
+                              f"{torch.cuda.device_count()} CUDA device(s) are visible")
     if name == "mps" and not mps_ok:
         raise ConfigError("device: mps requested but MPS is not available")
     return torch.device(name)

@@ -1013,3 +1013,10 @@ def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step_siz
         correct = _attack_correct(m, x, y, spec, batch_size=batch_size, device=device,
                                   generator=generator, attack_mask=clean)
     return _mean(correct & clean)
+
+
+# Interim: the protocol registry (to be replaced by the robustness package).
+from dnr.registry import PROTOCOLS as _PROTOCOLS  # noqa: E402
+
+for _name in ("dnr", "pgd20", "pgd50", "cw", "autoattack", "full"):
+    _PROTOCOLS.register(_protocol_specs, name=_name)

@@ -712,3 +712,10 @@ def _read_digits() -> SourceData:
         std=CIFAR_STD,
     )
     return SourceData(x[train], y[train], x[test], y[test], meta)
+
+
+# Interim: the dataset registry (to be replaced by per-format modules registering themselves).
+from dnr.registry import DATASETS as _DATASETS  # noqa: E402
+
+for _name in ("cifar10", "cifar100", "tiny-imagenet", "npz", "digits"):
+    _DATASETS.register(read_source, name=_name)

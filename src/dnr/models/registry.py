@@ -16,11 +16,10 @@ from typing import Any, TypeVar, overload
 from torch import nn
 
 from dnr.models.layers import CIFAR_MEAN, CIFAR_STD
+from dnr.registry import MODELS, UnknownNameError
 
 ModelFn = Callable[..., nn.Module]
 F = TypeVar("F", bound=ModelFn)
-
-_MODELS: dict[str, ModelFn] = {}
 
 #: Input resolutions the architectures are defined for (CIFAR and Tiny-ImageNet).
 INPUT_SIZES: tuple[int, ...] = (32, 64)
@@ -38,20 +37,12 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> F | Calla
     Usable bare (``@register_model``) or with a name (``@register_model(name="x")``).
     Registering a name twice is an error rather than a silent override.
     """
-
-    def decorator(f: F) -> F:
-        key = (name or f.__name__).lower()
-        if key in _MODELS and _MODELS[key] is not f:
-            raise ValueError(f"model {key!r} is already registered")
-        _MODELS[key] = f
-        return f
-
-    return decorator(fn) if fn is not None else decorator
+    return MODELS.register(fn, name=name) if fn is not None else MODELS.register(name=name)
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(
@@ -62,15 +53,20 @@ def create_model(
     width: float = 1.0,
     mean: Sequence[float] = CIFAR_MEAN,
     std: Sequence[float] = CIFAR_STD,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model that takes [0,1] images and returns logits.
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or an invalid
-    argument. The returned model carries ``arch_config`` (plain JSON-able values).
+    argument. Extra ``kwargs`` go to the architecture's constructor unchanged (timm-style).
+    The returned model carries ``arch_config`` (plain JSON-able values) from which
+    ``create_model(**arch_config)`` rebuilds it.
     """
+    try:
+        constructor = MODELS.get(name)
+    except UnknownNameError as err:
+        raise ValueError(str(err)) from None
     key = str(name).lower()
-    if key not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(input_size, bool) or input_size not in INPUT_SIZES:
@@ -85,13 +81,18 @@ def create_model(
     if len(mean_l) != 3 or len(std_l) != 3:
         raise ValueError(f"mean and std need 3 values (RGB), got {mean_l} and {std_l}")
 
-    model = _MODELS[key](
-        num_classes=int(num_classes), input_size=int(input_size), width=width,
-        mean=mean_l, std=std_l,
-    )
+    try:
+        model = constructor(
+            num_classes=int(num_classes), input_size=int(input_size), width=width,
+            mean=mean_l, std=std_l, **kwargs,
+        )
+    except TypeError as err:  # an extra keyword the constructor does not take
+        if not kwargs:
+            raise
+        raise ValueError(f"model {key!r} does not accept {sorted(kwargs)}: {err}") from None
     arch_config: dict[str, Any] = dict(
         name=key, num_classes=int(num_classes), input_size=int(input_size), width=width,
-        mean=mean_l, std=std_l,
+        mean=mean_l, std=std_l, **kwargs,
     )
     model.arch_config = arch_config
     return model

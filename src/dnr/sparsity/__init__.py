@@ -34,3 +34,22 @@ __all__ = [
     "regrowth_shares",
     "cosine_prune_rate",
 ]
+
+
+# Interim: registered names until the method plug-ins land.
+from dnr.registry import SPARSITY_METHODS as _METHODS  # noqa: E402
+
+
+class _Interim:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def check_config(self, cfg: object) -> None:
+        from dnr.errors import ConfigError
+
+        if self.name == "dnr" and cfg.train.momentum == 0:  # type: ignore[attr-defined]
+            raise ConfigError("sparsity.method=dnr grows by momentum: train.momentum must be > 0")
+
+
+for _name in ("dense", "static", "dnr"):
+    _METHODS.register(_Interim(_name), name=_name)

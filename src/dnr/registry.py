@@ -1,0 +1,101 @@
+"""Name -> object registries: the one place each user-facing name is defined.
+
+Models, sparsity methods, datasets and evaluation protocols each live in a
+:class:`Registry`. Config validation, CLI help, ``dnr list`` and error messages read the
+names from here, so a new entry is a new decorated function or class, nothing else.
+
+The built-in entries register themselves when their package is imported; a registry
+imports those packages (by name, on first lookup) the way entry points are loaded, so this
+module stays at the bottom of the dependency graph and imports nothing heavy itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, overload
+
+from dnr.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class UnknownNameError(ConfigError):
+    """A name that is not in its registry (the message lists the registered ones)."""
+
+
+class Registry(Generic[T]):
+    """A case-insensitive mapping from names to objects of one kind.
+
+    Args:
+        kind: what the entries are, for messages (``"model"``, ``"sparsity method"``).
+        builtins: modules whose import registers the built-in entries.
+    """
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self._builtins = builtins
+        self._loaded = False
+        self._entries: dict[str, T] = {}
+
+    def _load_builtins(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # set first: the imports below register into this registry
+            for module in self._builtins:
+                importlib.import_module(module)
+
+    @overload
+    def register(self, obj: T, *, name: str | None = None) -> T: ...
+    @overload
+    def register(self, obj: None = None, *, name: str | None = None) -> Callable[[T], T]: ...
+
+    def register(self, obj: T | None = None, *, name: str | None = None) -> T | Callable[[T], T]:
+        """Register ``obj`` under ``name`` (default: its ``name`` attribute or ``__name__``).
+
+        Usable bare (``@REG.register``) or with a name (``@REG.register(name="x")``).
+        Registering a taken name with a different object is an error, not an override.
+        """
+
+        def decorator(o: T) -> T:
+            key = (name or getattr(o, "name", None) or getattr(o, "__name__")).lower()
+            if key in self._entries and self._entries[key] is not o:
+                raise ValueError(f"{self.kind} {key!r} is already registered")
+            self._entries[key] = o
+            return o
+
+        return decorator(obj) if obj is not None else decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests that register a toy entry clean up after themselves)."""
+        self._entries.pop(name.lower(), None)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        self._load_builtins()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> T:
+        """The entry for ``name``; :class:`UnknownNameError` listing the choices otherwise."""
+        self._load_builtins()
+        key = str(name).lower()
+        if key not in self._entries:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}"
+            )
+        return self._entries[key]
+
+    def __contains__(self, name: object) -> bool:
+        self._load_builtins()
+        return isinstance(name, str) and name.lower() in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+MODELS: Registry = Registry("model", builtins=("dnr.models",))
+SPARSITY_METHODS: Registry = Registry("sparsity method", builtins=("dnr.sparsity",))
+DATASETS: Registry = Registry("dataset", builtins=("dnr.data",))
+PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.evaluate",))
