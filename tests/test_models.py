@@ -16,7 +16,7 @@ from dnr.models import (
     list_models,
     register_model,
 )
-from dnr.models import registry as registry_mod
+from dnr.registry import MODELS
 
 VGG16_SPEC = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
               512, 512, 512, "M"]
@@ -191,7 +191,7 @@ def test_register_model_custom():
             def other(**kwargs):
                 return nn.Sequential()
     finally:
-        registry_mod._MODELS.pop(name, None)
+        MODELS.unregister(name)
     assert name not in list_models()
 
 
