@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 import zipfile
 from dataclasses import replace
@@ -27,8 +29,10 @@ from dnr.data import (
     Split,
     load_dataset,
 )
-from dnr.data import sources
+from dnr.data import cifar, digits, safety, tiny_imagenet
 from dnr.data.loader import random_crop_flip, split_indices, validation_size
+from dnr.data.source import SourceData, read_source
+from dnr.registry import DATASETS, UnknownNameError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -222,14 +226,14 @@ def test_cifar_download_is_md5_checked_and_extracted(tmp_path: Path, monkeypatch
         requested.append(url)
         return io.BytesIO(payload)
 
-    monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(safety.urllib.request, "urlopen", fake_urlopen)
     root = tmp_path / "root"
     with pytest.raises(DataError, match="md5"):  # the real md5 cannot match our archive
         load_dataset(DataConfig(name="cifar10", root=str(root), download=True))
     assert not list(root.glob("*.tar.gz*"))
 
-    spec = replace(sources._CIFAR_SPECS["cifar10"], md5=hashlib.md5(payload).hexdigest())
-    monkeypatch.setitem(sources._CIFAR_SPECS, "cifar10", spec)
+    spec = replace(cifar._CIFAR_SPECS["cifar10"], md5=hashlib.md5(payload).hexdigest())
+    monkeypatch.setitem(cifar._CIFAR_SPECS, "cifar10", spec)
     data = load_dataset(DataConfig(name="cifar10", root=str(root), download=True, val_size=0))
     assert len(data.train) == 20 and requested[-1] == spec.url
     assert not (root / "cifar-10-python.tar.gz").exists()
@@ -247,7 +251,7 @@ def test_safe_extract_rejects_unsafe_tar_members(tmp_path: Path, bad: str) -> No
             info.size = 3
             tar.addfile(info, io.BytesIO(b"bad"))
     with pytest.raises(DataError, match="refusing"):
-        sources._safe_extract(archive, tmp_path / "out")
+        safety.safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists()
 
 
@@ -256,7 +260,7 @@ def test_safe_extract_rejects_unsafe_zip_members(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../evil.txt", "bad")
     with pytest.raises(DataError, match="refusing"):
-        sources._safe_extract(archive, tmp_path / "out")
+        safety.safe_extract(archive, tmp_path / "out")
 
 
 class _Evil:
@@ -278,7 +282,7 @@ def test_restricted_unpickler_refuses_os_system(tmp_path: Path, monkeypatch) -> 
     # A numpy array pickled with the newest protocol (Python >= 3.14's default) still loads.
     path = tmp_path / "p5.pkl"
     path.write_bytes(pickle.dumps({"a": np.arange(6, dtype=np.uint8)}, protocol=5))
-    assert np.array_equal(sources.restricted_load(path)["a"], np.arange(6))
+    assert np.array_equal(safety.restricted_load(path)["a"], np.arange(6))
 
 
 def _cifar_bad(kind: str) -> object:
@@ -389,9 +393,9 @@ def test_tiny_imagenet_cache_is_reused_and_keyed_by_file_list(tiny: Path, monkey
 
 def test_tiny_imagenet_cache_falls_back_to_user_cache_dir(tiny: Path, monkeypatch) -> None:
     xdg = Path(os.environ["XDG_CACHE_HOME"])
-    assert sources.cache_dir_for(tiny) == tiny
-    monkeypatch.setattr(sources, "_is_writable", lambda path: False)  # root ignores chmod
-    assert sources.cache_dir_for(tiny) == xdg / "torch-dnr"
+    assert tiny_imagenet.cache_dir_for(tiny) == tiny
+    monkeypatch.setattr(tiny_imagenet, "_is_writable", lambda path: False)  # root ignores chmod
+    assert tiny_imagenet.cache_dir_for(tiny) == xdg / "torch-dnr"
     cfg = DataConfig(name="tiny-imagenet", root=str(tiny), val_size=0)
     load_dataset(cfg)
     assert not list(tiny.glob("*.npz")) and len(list((xdg / "torch-dnr").glob("*.npz"))) == 1
@@ -399,18 +403,18 @@ def test_tiny_imagenet_cache_falls_back_to_user_cache_dir(tiny: Path, monkeypatc
     assert len(load_dataset(cfg).train) == 9  # read back from the user cache dir
 
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert sources.user_cache_dir() == Path.home() / ".cache" / "torch-dnr"
+    assert tiny_imagenet.user_cache_dir() == Path.home() / ".cache" / "torch-dnr"
 
 
 def test_tiny_imagenet_cache_write_error_falls_back(tiny: Path, monkeypatch) -> None:
-    real_save = sources._save_cache
+    real_save = tiny_imagenet._save_cache
 
     def save(path: Path, *arrays: np.ndarray) -> None:
         if path.parent == tiny:
             raise PermissionError(13, "Permission denied")
         real_save(path, *arrays)
 
-    monkeypatch.setattr(sources, "_save_cache", save)
+    monkeypatch.setattr(tiny_imagenet, "_save_cache", save)
     load_dataset(DataConfig(name="tiny-imagenet", root=str(tiny), val_size=0))
     assert len(list((Path(os.environ["XDG_CACHE_HOME"]) / "torch-dnr").glob("*.npz"))) == 1
 
@@ -562,6 +566,78 @@ def test_digits_default_needs_no_files() -> None:
     assert again.indices["val"] != data.indices["val"]
 
 
+# SHA-256 of each tensor's bytes and its sum, as produced by the scikit-learn-based reader
+# this package used before the 8x8 digits were bundled: the tensors must stay bit-identical.
+DIGITS_REFERENCE = {
+    "x_train": ((1437, 3, 32, 32), 343173690,
+                "9dd37df5a21cee34d67ee4173868a20b48eca8e9521c881f8e028a4269e25dd4"),
+    "y_train": ((1437,), 6408,
+                "faa69f985667f3796aa03f9ebf76dce99ada3afbb60825d09a73c2c91c860a35"),
+    "x_test": ((360, 3, 32, 32), 86499825,
+               "b8198d2b1e5eacd6c2b251515b893592ffe9b6bc20cbded8df06683d4ff5cc68"),
+    "y_test": ((360,), 1662,
+               "2b8ba7b0f976116f797804e168865ae5582866f38d04438f32d50a0821e941c0"),
+}
+
+
+def test_digits_tensors_are_bit_identical_to_the_scikit_learn_reader() -> None:
+    source = DATASETS.get("digits")(DataConfig())
+    for name, (shape, total, sha) in DIGITS_REFERENCE.items():
+        t = getattr(source, name)
+        assert tuple(t.shape) == shape and t.is_contiguous()
+        assert t.dtype == (torch.uint8 if name.startswith("x") else torch.int64)
+        assert int(t.long().sum()) == total
+        assert hashlib.sha256(t.numpy().tobytes()).hexdigest() == sha, name
+    assert int(source.x_train[0].long().sum()) == 224907
+    assert int(source.x_test[-1].long().sum()) == 299808
+    assert int(source.x_train[:, 0, 16, 16].long().sum()) == 220120
+
+
+def test_bundled_raw_digits() -> None:
+    images, labels = digits.load_raw_digits()
+    assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
+    assert labels.dtype == np.int64 and labels.shape == (1797,)
+    assert images.max() == 16 and set(labels.tolist()) == set(range(10))
+
+
+def test_importing_dnr_data_does_not_import_sklearn() -> None:
+    code = (
+        "import sys, dnr.data\n"
+        "from dnr.config import DataConfig\n"
+        "dnr.data.load_dataset(DataConfig())\n"
+        "bad = [m for m in sys.modules if m == 'sklearn' or m.startswith('sklearn.')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_builtin_datasets_are_registered() -> None:
+    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "npz", "tiny-imagenet"]
+    assert DATASETS.get("digits") is digits.read_digits
+    with pytest.raises(UnknownNameError, match="cifar10, cifar100, digits, npz, tiny-imagenet"):
+        read_source(DataConfig(name="mnist"))
+
+
+def test_a_new_dataset_is_one_decorated_function() -> None:
+    @DATASETS.register(name="toy-dataset")
+    def read_toy(cfg: DataConfig) -> SourceData:
+        x = torch.zeros(12, 3, 8, 8, dtype=torch.uint8)
+        y = torch.arange(12) % 2
+        meta = DatasetMeta("toy-dataset", ["a", "b"], 2, 8, CIFAR_MEAN, CIFAR_STD)
+        return SourceData(x, y, x[:4], y[:4], meta)
+
+    try:
+        data = load_dataset(DataConfig(name="toy-dataset", val_size=2))
+        assert (len(data.train), len(data.val), len(data.test)) == (10, 2, 4)
+        assert data.meta.name == "toy-dataset"
+    finally:
+        DATASETS.unregister("toy-dataset")
+    assert "toy-dataset" not in DATASETS
+
+
 # --------------------------------------------------------------------------- BatchLoader
 
 
@@ -615,6 +691,17 @@ def test_loader_epochs_are_reproducible_and_differ() -> None:
     assert not torch.equal(first[1], run(a, 4)[1])  # another epoch, another order
     b = BatchLoader(split, 16, "cpu", shuffle=True, augment=True, seed=8)
     assert not torch.equal(first[1], run(b, 3)[1])
+
+
+def test_loader_epoch_seed_is_unchanged() -> None:
+    """Batches are seeded exactly as before derive_seed: SeedSequence([seed, epoch])."""
+    split = indexed_split(50)
+    loader = BatchLoader(split, 50, "cpu", shuffle=True, augment=False, seed=7)
+    for epoch in (0, 3):
+        state = np.random.SeedSequence([7, epoch]).generate_state(1, np.uint64)[0]
+        expected = torch.randperm(50, generator=torch.Generator().manual_seed(int(state)))
+        (_, y), = loader.epoch(epoch)
+        assert torch.equal(y, expected)
 
 
 def test_random_crop_flip_semantics() -> None:

@@ -113,7 +113,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="dense vs. static mask vs. DNR at 20x on the embedded digits data "
         "(CPU, about two minutes)",
         description="Train a dense model, a fixed random mask (static, the control) and DNR "
-        "with one recipe on scikit-learn's bundled digits, evaluate all three and print "
+        "with one recipe on the bundled digits, evaluate all three and print "
         "clean / FGSM / PGD accuracy and the compression.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

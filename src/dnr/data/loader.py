@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from dnr.config import DataConfig
-from dnr.data.sources import DatasetMeta, read_source
+from dnr.data.source import DatasetMeta, read_source
+from dnr.seeding import derive_seed
 
 
 @dataclass
@@ -120,11 +121,6 @@ def random_crop_flip(
     return padded.gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 64-bit seed that depends only on (seed, epoch), well mixed by SeedSequence."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-
-
 class BatchLoader:
     """Iterates float [0, 1] batches of a split on ``device``.
 
@@ -170,7 +166,7 @@ class BatchLoader:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: x float32 (B, 3, H, W) in [0, 1], y int64 (B,), on the device."""
         n = self.num_samples
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
         order = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
         if self.augment:
             shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=gen)

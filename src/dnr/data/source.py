@@ -1,0 +1,120 @@
+"""What every dataset reader returns, the checks they share, and ``read_source``.
+
+A reader is a function ``(cfg: DataConfig) -> SourceData`` registered in
+:data:`dnr.registry.DATASETS` under its ``data.name`` (one module per format in this
+package). Everything read from disk is checked by the reader, so that bad data stops the run
+with a one-line :class:`DataError` naming the file and the problem, before any training
+starts. Splitting (validation hold-out, subsets) happens in :mod:`dnr.data.loader`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnr.config import DataConfig
+from dnr.constants import CIFAR_MEAN, CIFAR_STD
+from dnr.registry import DATASETS
+
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DataError",
+    "DatasetMeta",
+    "SourceData",
+    "check_images_nhwc",
+    "check_labels",
+    "decode_str",
+    "nchw",
+    "read_source",
+]
+
+
+class DataError(ValueError):
+    """Bad or missing data: a one-line message naming the file and the problem."""
+
+    def __init__(self, message: str) -> None:
+        # Messages embed paths and library errors; keep them on one line for the CLI.
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclass
+class DatasetMeta:
+    """What a model and a report need to know about a dataset."""
+
+    name: str
+    classes: list[str]
+    num_classes: int
+    image_size: int  # 32 or 64
+    mean: tuple[float, float, float]  # in [0, 1] units
+    std: tuple[float, float, float]
+
+
+@dataclass
+class SourceData:
+    """A dataset as stored: its full train and test sets, before any split or subset."""
+
+    x_train: torch.Tensor  # uint8 (N, 3, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    meta: DatasetMeta
+
+    @classmethod
+    def from_numpy(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray, meta: DatasetMeta) -> SourceData:
+        """Wrap decoded arrays without copying them."""
+        arrays = (x_train, y_train, x_test, y_test)
+        return cls(*(torch.from_numpy(a) for a in arrays), meta)
+
+
+def read_source(cfg: DataConfig) -> SourceData:
+    """Read the dataset named by ``cfg.name`` (downloading only if ``cfg.download``).
+
+    An unknown name raises :class:`dnr.registry.UnknownNameError` listing the known ones.
+    """
+    return DATASETS.get(cfg.name)(cfg)
+
+
+def check_labels(raw: Any, n: int, num_classes: int | None, where: str) -> np.ndarray:
+    """Labels as int64, or a DataError: 1-D, integer, one per image, in [0, num_classes)."""
+    if raw is None:
+        raise DataError(f"{where}: no labels")
+    y = np.asarray(raw)
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be 1-D, got shape {y.shape}")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if len(y) != n:
+        raise DataError(f"{where}: {len(y)} labels for {n} images")
+    if n and y.min() < 0:
+        raise DataError(f"{where}: negative label {y.min()}")
+    if n and num_classes is not None and y.max() >= num_classes:
+        raise DataError(f"{where}: label {y.max()} out of range for {num_classes} classes")
+    return y.astype(np.int64)
+
+
+def check_images_nhwc(x: Any, where: str) -> np.ndarray:
+    """Images must be non-empty uint8 N x H x W x 3 with H == W."""
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{where}: x must be an array, got {type(x).__name__}")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise DataError(f"{where}: x must be uint8 N x H x W x 3, got {x.dtype} {x.shape}")
+    if x.shape[1] != x.shape[2]:
+        raise DataError(f"{where}: images must be square, got {x.shape[1]}x{x.shape[2]}")
+    if len(x) == 0:
+        raise DataError(f"{where}: no images")
+    return x
+
+
+def nchw(x_nhwc: np.ndarray) -> torch.Tensor:
+    """N x H x W x C array -> contiguous (N, C, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+
+
+def decode_str(value: Any) -> str:
+    """A name stored as ``bytes`` (Python 2 pickles, numpy ``S`` arrays) or ``str``."""
+    return value.decode("latin1") if isinstance(value, bytes) else str(value)
