@@ -1,6 +1,6 @@
 """Does our AutoAttack path give exactly the reference package's robust accuracy?
 
-Runs ``dnr.evaluate.evaluate_model(protocol="autoattack")`` and, on the same model, the same
+Runs ``dnr.robustness.evaluate_model(protocol="autoattack")`` and, on the same model, the same
 seeded subset, the same seed and batch size, pyautoattack's own
 ``AutoAttack(...).run_standard_evaluation``; reports both accuracies, whether they (and the
 per-example verdicts) are identical, and the time each took. Writes
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnr.evaluate import evaluate_model, select_subset
+from dnr.robustness import evaluate_model, select_subset
 from dnr.fileio import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "autoattack_parity.json"

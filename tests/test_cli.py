@@ -155,7 +155,7 @@ def test_eval_records_source_rows_when_data_subset_capped_the_test_set(trained_r
 
     from dnr.config import EvalConfig, load_config
     from dnr.data import load_dataset
-    from dnr.evaluate import select_subset
+    from dnr.robustness import select_subset
     from dnr.runner import evaluate_loaded
 
     cfg = load_config(None, tiny_overrides())  # data.subset caps the 360 digits test images

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from dnr.evaluate import (
-    EvaluationError,
-    PROTOCOLS,
+from dnr.robustness import (
     EvalReport,
+    EvaluationError,
     clean_accuracy,
     evaluate_model,
+    list_protocols,
     pgd_accuracy,
     select_subset,
 )
@@ -172,7 +172,58 @@ def test_bad_options_are_refused(trained, test_data):
         evaluate_model(trained, x, y, protocol="pgd20", norm="L2", progress=False)
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate_model(trained, x, y, protocol="pgd1000", progress=False)
-    assert set(PROTOCOLS) == {"dnr", "pgd20", "pgd50", "cw", "autoattack", "full"}
+    assert set(list_protocols()) == {"dnr", "pgd20", "pgd50", "cw", "autoattack", "full"}
+
+
+def test_protocols_are_registry_entries_with_descriptions_and_specs():
+    from dnr.registry import PROTOCOLS
+    from dnr.robustness import AttackSpec
+
+    for name in list_protocols():
+        entry = PROTOCOLS.get(name)
+        assert entry.name == name and entry.description
+        specs = entry.specs(None, "Linf", None)
+        assert specs[0] == AttackSpec("clean", "clean")
+        assert all(isinstance(s, AttackSpec) for s in specs)
+    pgd20 = PROTOCOLS.get("pgd20").specs(0.062, "Linf", 2)[1]
+    assert (pgd20.eps, pgd20.restarts) == (0.062, 2)
+    assert pgd20.step_size == pytest.approx(0.062 / 4)  # step/eps of 2/255 / 8/255 kept
+    assert PROTOCOLS.get("autoattack").specs(None, "L2", None)[1].eps == 0.5
+
+
+def test_attack_seeds_come_from_the_shared_derivation():
+    from dnr.seeding import derive_seed
+
+    report = evaluate_model(mlp(), *make_data(8, 5), protocol="dnr", sanity=False,
+                            progress=False, seed=7)
+    assert report.result("pgd7").settings["seed"] == derive_seed(7, "pgd7")
+
+
+def test_sanity_verdicts_are_plain_functions_of_results():
+    from dnr.robustness import AttackResult
+    from dnr.robustness.sanity import (
+        eps_monotonic_check,
+        more_iterations_check,
+        pgd_vs_fgsm_check,
+    )
+
+    def result(name: str, correct: int, **settings) -> AttackResult:
+        flags = torch.arange(100) < correct
+        return AttackResult(name, correct / 100, flags, settings)
+
+    clean = result("clean", 90)
+    pgd = {"attack": "pgd", "loss": "ce", "restarts": 1}
+    rising = [result("a", 40, eps=0.01, **pgd, steps=10),
+              result("b", 60, eps=0.02, **pgd, steps=10)]
+    assert eps_monotonic_check(clean, rising, 1).status == "WARN"
+    assert eps_monotonic_check(clean, rising[:1], 1).status == "PASS"
+    fgsm = result("fgsm", 50, eps=0.02)
+    assert pgd_vs_fgsm_check(fgsm, rising[1:], 1).status == "WARN"
+    assert pgd_vs_fgsm_check(fgsm, rising[:1], 1).status == "PASS"
+    short = result("pgd10", 30, eps=0.02, **pgd, steps=10)
+    long = result("pgd50", 35, eps=0.02, **pgd, steps=50)
+    assert more_iterations_check([short, long], None, 1).status == "WARN"
+    assert more_iterations_check([short], None, 1) is None  # nothing comparable
 
 
 def test_missing_pyautoattack_says_how_to_install(trained, test_data, monkeypatch):

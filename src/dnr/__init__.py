@@ -27,7 +27,7 @@ _LAZY = {
     "create_model": "dnr.models",
     "load_model": "dnr.artifacts",
     "train": "dnr.trainer",
-    "evaluate_model": "dnr.evaluate",
+    "evaluate_model": "dnr.robustness",
 }
 
 

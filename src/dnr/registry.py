@@ -98,4 +98,4 @@ class Registry(Generic[T]):
 MODELS: Registry = Registry("model", builtins=("dnr.models",))
 SPARSITY_METHODS: Registry = Registry("sparsity method", builtins=("dnr.sparsity",))
 DATASETS: Registry = Registry("dataset", builtins=("dnr.data",))
-PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.evaluate",))
+PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.robustness",))

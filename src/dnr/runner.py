@@ -31,7 +31,7 @@ from dnr.config import (
     resolve_device,
 )
 from dnr.data import DatasetSplits, load_dataset
-from dnr.evaluate import EvalReport, EvaluationError, evaluate_model
+from dnr.robustness import EvalReport, EvaluationError, evaluate_model
 from dnr.fileio import atomic_write_json
 from dnr.report import plot_layer_density, write_report
 from dnr.trainer import TrainResult, train

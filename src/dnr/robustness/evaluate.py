@@ -1,0 +1,167 @@
+"""The entry points: ``evaluate_model`` (a protocol, its sanity checks, one report) and the
+two training-validation helpers, counted the same way so validation and test numbers agree.
+
+Our FGSM/PGD are ℓ∞ only, so ``norm="L2"`` is accepted for ``autoattack`` alone. Options are
+checked, and a missing ``pyautoattack`` reported, before any attack runs.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+
+import torch
+from torch import Tensor, nn
+
+from dnr.registry import PROTOCOLS
+from dnr.robustness.autoattack import import_autoattack, package_version, run_autoattack
+from dnr.robustness.engine import (
+    EvaluationError,
+    attack_correct,
+    check_images,
+    default_batch_size,
+    fp32_eval,
+    model_device,
+    predict_correct,
+    progress_enabled,
+    run_attack,
+    select_subset,
+    spec_settings,
+    to_float,
+)
+from dnr.robustness.protocols import AttackSpec
+from dnr.robustness.results import AttackResult, EvalReport, mean
+from dnr.robustness.sanity import run_sanity_checks
+
+__all__ = ["clean_accuracy", "evaluate_model", "pgd_accuracy"]
+
+
+def _normalize_norm(norm: str) -> str:
+    key = str(norm).lower().replace("_", "")
+    if key in ("linf", "inf", "l-inf"):
+        return "Linf"
+    if key == "l2":
+        return "L2"
+    raise EvaluationError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+
+
+def evaluate_model(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    protocol: str = "dnr",
+    eps: float | None = None,
+    norm: str = "Linf",
+    subset: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    sanity: bool = True,
+    num_classes: int | None = None,
+    restarts: int | None = None,
+) -> EvalReport:
+    """Run ``protocol`` (a name in :data:`dnr.registry.PROTOCOLS`) on ``model`` and return
+    an :class:`EvalReport`.
+
+    ``x``: NCHW images, uint8 (divided by 255 per batch) or float in [0,1]; ``y``: labels.
+    ``subset``: evaluate a seeded random subset of that many examples (indices recorded).
+    ``eps``: radius for every attack (default: each protocol's own). ``norm``: ``"Linf"``,
+    or ``"L2"`` for ``autoattack`` only. ``restarts`` overrides pgd20/pgd50/cw restarts.
+    ``device``: where to run (default: the model's device). Runs in fp32 and leaves the
+    model as it was.
+    """
+    started = time.perf_counter()
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"unknown protocol {protocol!r}; choose one of "
+                              f"{PROTOCOLS.names()}")
+    protocol = PROTOCOLS.get(protocol).name
+    norm = _normalize_norm(norm)
+    if norm == "L2" and protocol != "autoattack":
+        raise EvaluationError(f"norm 'L2' is only supported by protocol 'autoattack' (the "
+                              f"reference implementation); protocol {protocol!r} uses our "
+                              "FGSM/PGD, which are l-inf only")
+    if eps is not None and not (math.isfinite(eps) and eps > 0):
+        raise EvaluationError(f"eps must be a positive number, got {eps!r}")
+    if restarts is not None and restarts < 1:
+        raise EvaluationError(f"restarts must be >= 1, got {restarts}")
+    specs = PROTOCOLS.get(protocol).specs(eps, norm, restarts)
+    if any(s.kind == "autoattack" for s in specs):
+        import_autoattack()  # fail before any work if the package is missing
+    check_images(x, y)
+    device = torch.device(device) if device is not None else model_device(model)
+    show = progress_enabled(progress)
+
+    indices = select_subset(len(y), subset, seed)
+    if indices is not None:
+        rows = torch.tensor(indices, dtype=torch.long)
+        x, y = x[rows.to(x.device)], y[rows.to(y.device)]
+    y = y.long()
+    n = len(y)
+    if n == 0:
+        raise EvaluationError("no examples to evaluate")
+
+    with fp32_eval(model, device) as m:
+        if batch_size is None:
+            batch_size = default_batch_size(m, tuple(x.shape[1:]), device)
+        if num_classes is None:
+            with torch.no_grad():
+                num_classes = int(m(to_float(x[:1].to(device))).shape[1])
+
+        results: list[AttackResult] = []
+        t0 = time.perf_counter()
+        clean = predict_correct(m, x, y, batch_size, device, progress=show)
+        results.append(AttackResult("clean", mean(clean), clean,
+                                    spec_settings(specs[0], norm, seed, batch_size),
+                                    seconds=time.perf_counter() - t0))
+        for spec in specs[1:]:
+            if spec.kind == "autoattack":
+                r = run_autoattack(m, x, y, spec, clean=clean, norm=norm, seed=seed,
+                                   batch_size=batch_size, device=device,
+                                   num_classes=num_classes, progress=show)
+            else:
+                r = run_attack(m, x, y, spec, clean=clean, norm=norm, seed=seed,
+                               batch_size=batch_size, device=device, progress=show)
+            results.append(r)
+        checks = (run_sanity_checks(m, x, y, results, specs, protocol=protocol, norm=norm,
+                                    seed=seed, batch_size=batch_size, device=device,
+                                    num_classes=num_classes, progress=show)
+                  if sanity else [])
+
+    versions = {"torch": torch.__version__, "python": platform.python_version(),
+                "pyautoattack": package_version("pyautoattack"),
+                "dnr": package_version("torch-dnr")}
+    return EvalReport(protocol=protocol, results=results, sanity=checks,
+                      subset_indices=indices, num_examples=n, seed=int(seed),
+                      versions=versions, device=str(device), norm=norm,
+                      num_classes=num_classes, batch_size=batch_size,
+                      seconds=time.perf_counter() - started)
+
+
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """Clean accuracy in fp32 and eval mode (for validation during training)."""
+    if len(y) == 0:
+        return 0.0
+    device = model_device(model)
+    with fp32_eval(model, device) as m:
+        return mean(predict_correct(m, x, y.long(), batch_size, device))
+
+
+def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step_size: float,
+                 steps: int, batch_size: int = 256, random_start: bool = True,
+                 generator: torch.Generator | None = None) -> float:
+    """PGD (CE, 1 restart) robust accuracy in fp32, counted as in :func:`evaluate_model`
+    (clean and adversarial correct)."""
+    if len(y) == 0:
+        return 0.0
+    device = model_device(model)
+    y = y.long()
+    spec = AttackSpec("pgd", "pgd", eps=eps, step_size=step_size, steps=steps,
+                      random_start=random_start)
+    with fp32_eval(model, device) as m:
+        clean = predict_correct(m, x, y, batch_size, device)
+        correct = attack_correct(m, x, y, spec, batch_size=batch_size, device=device,
+                                 generator=generator, attack_mask=clean)
+    return mean(correct & clean)
