@@ -47,10 +47,10 @@ from dnr.artifacts import RunDir, load_checkpoint  # noqa: E402
 from dnr.config import load_config, resolve_device  # noqa: E402
 from dnr.data import DatasetSplits, load_dataset  # noqa: E402
 from dnr.data.loader import Split  # noqa: E402
-from dnr.data.sources import DatasetMeta  # noqa: E402
+from dnr.data import DatasetMeta  # noqa: E402
 from dnr.robustness import evaluate_model, select_subset  # noqa: E402
 from dnr.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from dnr.trainer import model_for, train  # noqa: E402
+from dnr.training import model_for, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 EPS = 8 / 255

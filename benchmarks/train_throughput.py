@@ -1,7 +1,8 @@
 """Training throughput (images/s) of one DNR hybrid PGD-k step, dense and masked.
 
-Measures the real training step of ``dnr.trainer`` (PGD on the current model, hybrid loss,
-SGD step, mask re-application) on random CIFAR-shaped data, after warm-up.
+Measures the real training step, ``dnr.training.train_step`` (PGD on the current model,
+hybrid loss, SGD step, the sparsity method's after-step hook), on random CIFAR-shaped data,
+after warm-up.
 
     python benchmarks/train_throughput.py --model vgg16 --width 0.25 --steps 7
 """
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from dnr.attacks import pgd
-from dnr.config import load_config
+from dnr.config import load_config, resolve_device
+from dnr.markdown import markdown_table
 from dnr.models import create_model
-from dnr.trainer import _hybrid_loss, build_masking, build_optimizer, resolve_device
+from dnr.sparsity import Progress, build_sparsity
+from dnr.training import build_optimizer, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,24 +35,18 @@ def measure(model_name: str, width: float, steps: int, batch: int, iters: int, m
     dev = resolve_device(cfg.train.device)
     model = create_model(model_name, num_classes=10, width=width).to(dev)
     optimizer = build_optimizer(cfg, model)
-    masking = build_masking(cfg, model, optimizer)
+    method_obj = build_sparsity(cfg, model, optimizer, torch.Generator().manual_seed(0))
     x = torch.rand(batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
-    a = cfg.attack
+    # rewiring happens at epoch ends, outside the measured step
+    progress = Progress(step=0, epoch=0, epochs=1, steps_per_epoch=iters + 2)
     times = []
     for i in range(iters + 2):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         model.train()
-        x_adv = pgd(model, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps)
-        loss, _, _ = _hybrid_loss(model, x, x_adv, y, cfg.train.beta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if masking is not None:
-            masking.apply_()
-        loss.item()
+        train_step(model, optimizer, x, y, cfg, method_obj, progress).loss.item()
         if i >= 2:  # warm-up
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
@@ -75,13 +71,13 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     name = f"train_throughput_{args.model}_w{args.width}_{args.device}"
     (RESULTS / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
-    lines = ["| model | width | PGD steps | batch | method | device | images/s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['width']} | {r['pgd_steps']} | {r['batch_size']} | "
-                     f"{r['method']} | {r['device']} | {r['images_per_sec']:.1f} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = markdown_table(
+        ["model", "width", "PGD steps", "batch", "method", "device", "images/s"],
+        [[r["model"], r["width"], r["pgd_steps"], r["batch_size"], r["method"], r["device"],
+          f"{r['images_per_sec']:.1f}"] for r in rows],
+    )
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(table)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,6 @@ def test_invalid_arguments() -> None:
     with pytest.raises(ValueError):
         Masking(model, sgd(model), density=0.0)
     with pytest.raises(ValueError):
-        Masking(model, sgd(model), density=0.1, method="dense")
-    with pytest.raises(ValueError):
         Masking(model, sgd(model), density=0.1, init="gaussian")
     with pytest.raises(ValueError):
         Masking(model, sgd(model), density=0.1, exclude=["*"])
@@ -334,20 +332,6 @@ def test_stats_are_plain_python() -> None:
     assert set(d["lost"]) == set(PRUNABLE)
 
 
-def test_static_never_changes_mask() -> None:
-    model, opt, masking = make(0.1, method="static")
-    before = {n: m.clone() for n, m in masking.masks.items()}
-    g = torch.Generator().manual_seed(0)
-    for t in range(5):
-        train_steps(model, opt, masking, 2, seed=t)
-        randomize_momenta(model, opt, g)
-        stats = masking.rewire(0.5)
-        assert stats.method == "static" and stats.lost == {} and stats.regrown == {}
-        for n in PRUNABLE:
-            assert torch.equal(masking.masks[n], before[n])
-        assert_invariants(model, masking)
-
-
 # --------------------------------------------------------------------------- checkpointing
 
 
@@ -358,9 +342,8 @@ def _roundtrip(state: dict) -> dict:
     return torch.load(buf, weights_only=True)
 
 
-@pytest.mark.parametrize("method", ["dnr", "static"])
-def test_state_dict_roundtrip_resumes_exactly(method: str) -> None:
-    model, opt, masking = make(0.0371, seed=0, init="erk", method=method)
+def test_state_dict_roundtrip_resumes_exactly() -> None:
+    model, opt, masking = make(0.0371, seed=0, init="erk")
     g = torch.Generator().manual_seed(1)
     for t in range(3):
         train_steps(model, opt, masking, 2, seed=t)
@@ -375,7 +358,7 @@ def test_state_dict_roundtrip_resumes_exactly(method: str) -> None:
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     masking2.load_state_dict(ckpt["masking"])
-    assert masking2.method == method and masking2.init == "erk"
+    assert masking2.init == "erk"
     assert masking2.density_target == 0.0371
     assert masking2.target_active == masking.target_active
     assert masking2.layer_densities() == masking.layer_densities()

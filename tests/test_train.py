@@ -9,11 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dnr.trainer as train_module
+import dnr.sparsity.dnr as dnr_module
+import dnr.training.step as step_module
+from dnr.sparsity import build_sparsity
+from dnr.training import build_optimizer, hybrid_loss, model_for, schedule_warning
 from dnr.artifacts import RunDir, load_checkpoint, load_model
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
-from dnr.trainer import RunExistsError, learning_rate, train
+from dnr.training import RunExistsError, learning_rate, train
 
 from conftest import tiny_overrides
 
@@ -50,7 +53,7 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
     assert meta["architecture"]["name"] == "vgg16" and meta["architecture"]["num_classes"] == 10
     # Checkpoints load without unpickling arbitrary objects and carry resume state.
     state = torch.load(run.last_checkpoint, weights_only=True)
-    assert state["epoch"] == 3 and "momentum_buffer" in str(state["optimizer"]["state"][0].keys())
+    assert state["state"]["epochs_done"] == 4 and "momentum_buffer" in str(state["optimizer"]["state"][0].keys())
 
 
 def test_load_model_round_trip_identical_logits(tmp_path) -> None:
@@ -70,8 +73,7 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
         None, tiny_overrides(sparsity__method="dnr", sparsity__density=0.1, train__epochs=3)
     )
     result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
-    masking = result.masking
-    assert masking is not None
+    masking = result.sparsity.masking
     weights = load_file(str(RunDir(tmp_path / "run").model_weights))
     total = sum(weights[name].numel() for name in masking.masks)
     nonzero = sum(int((weights[name] != 0).sum()) for name in masking.masks)
@@ -118,14 +120,14 @@ def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -
 def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(tmp_path,
                                                                          monkeypatch) -> None:
     calls: list[int] = []
-    real = train_module.refresh_batchnorm_stats
+    real = dnr_module.refresh_batchnorm_stats
 
     def spy(model, batches):
         used = real(model, batches)
         calls.append(used)
         return used
 
-    monkeypatch.setattr(train_module, "refresh_batchnorm_stats", spy)
+    monkeypatch.setattr(dnr_module, "refresh_batchnorm_stats", spy)
     cfg = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=3,
                                            sparsity__rewire_until=1.0,
                                            sparsity__bn_refresh_batches=3))
@@ -141,11 +143,10 @@ def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(tmp_pat
 def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(sparsity__method="static", train__epochs=2))
     result = train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
-    model = train_module.model_for(cfg, load_dataset(cfg.data))
-    initial = train_module.build_masking(cfg, model, train_module.build_optimizer(cfg, model))
-    assert result.masking is not None and initial is not None
-    for name, mask in initial.masks.items():
-        assert torch.equal(mask, result.masking.masks[name].cpu()), name
+    model = model_for(cfg, load_dataset(cfg.data))
+    initial = build_sparsity(cfg, model, build_optimizer(cfg, model), _mask_generator(cfg))
+    for name, mask in initial.masking.masks.items():
+        assert torch.equal(mask, result.sparsity.masking.masks[name].cpu()), name
     records = _metrics(tmp_path / "a")
     assert "rewire" not in records[0]
     assert records[0]["layer_density"] == records[-1]["layer_density"]
@@ -153,7 +154,7 @@ def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
 
 def _interrupt_after(monkeypatch, calls: int) -> None:
     """Make the training attack raise KeyboardInterrupt on its ``calls``-th use."""
-    real_pgd = train_module.pgd
+    real_pgd = step_module.pgd
     counter = {"n": 0}
 
     def flaky_pgd(*args, **kwargs):
@@ -162,7 +163,7 @@ def _interrupt_after(monkeypatch, calls: int) -> None:
             raise KeyboardInterrupt
         return real_pgd(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "pgd", flaky_pgd)
+    monkeypatch.setattr(step_module, "pgd", flaky_pgd)
 
 
 @pytest.mark.parametrize("method", ["dense", "dnr"])
@@ -231,7 +232,7 @@ def test_fractional_milestones_decay_at_the_same_point_of_any_run(epochs: int) -
     assert learning_rate(cfg, 0.5 * epochs - 0.01) == pytest.approx(0.1)
     assert learning_rate(cfg, 0.5 * epochs) == pytest.approx(0.01)
     assert learning_rate(cfg, 0.75 * epochs) == pytest.approx(0.001)
-    assert train_module.schedule_warning(cfg) is None
+    assert schedule_warning(cfg) is None
 
 
 def test_absolute_milestones_still_work_inside_the_run_and_are_rejected_outside() -> None:
@@ -291,7 +292,7 @@ def test_resume_names_the_keys_that_differ(tmp_path) -> None:
 def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__schedule="multistep", train__gamma=1.0,
                                            train__epochs=1))
-    assert "never decays" in train_module.schedule_warning(cfg)
+    assert "never decays" in schedule_warning(cfg)
     lines: list[str] = []
     train(cfg, tmp_path / "run", progress=False, log=lines.append)
     assert any(line.startswith("warning: the learning rate never decays") for line in lines)
@@ -302,22 +303,28 @@ def test_without_attack_the_loss_is_plain_cross_entropy() -> None:
     x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
     expected = torch.nn.functional.cross_entropy(model(x), y)
     for beta in (0.0, 0.5, 1.0):
-        loss, logits_clean, logits_adv = train_module._hybrid_loss(model, x, None, y, beta)
-        assert torch.allclose(loss, expected) and logits_adv is None
+        out = hybrid_loss(model, x, None, y, beta)
+        assert torch.allclose(out.loss, expected) and out.logits_adv is None
     x_adv = x.flip(0)
-    loss, _, _ = train_module._hybrid_loss(model, x, x_adv, y, 0.25)
+    out = hybrid_loss(model, x, x_adv, y, 0.25)
     mixed = 0.25 * expected + 0.75 * torch.nn.functional.cross_entropy(model(x_adv), y)
-    assert torch.allclose(loss, mixed)
+    assert torch.allclose(out.loss, mixed)
 
 
 def test_public_train_stays_callable(tmp_path) -> None:
     import dnr
 
     first = dnr.train
-    import dnr.trainer  # noqa: F401  (importing the module must not shadow the function)
+    import dnr.training  # noqa: F401  (importing the package must not shadow the function)
 
     assert callable(dnr.train) and dnr.train is first
     cfg = dnr.load_config(None, tiny_overrides(train__epochs=1, data__subset=64))
     dnr.train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
     dnr.train(cfg, tmp_path / "b", progress=False, log=lambda _: None)
     assert dnr.load_model(tmp_path / "b").arch_config["name"] == "vgg16"
+
+
+def _mask_generator(cfg):
+    from dnr.seeding import derive_seed
+
+    return torch.Generator().manual_seed(derive_seed(cfg.train.seed, "masks"))

@@ -26,7 +26,7 @@ _LAZY = {
     "load_config": "dnr.config",
     "create_model": "dnr.models",
     "load_model": "dnr.artifacts",
-    "train": "dnr.trainer",
+    "train": "dnr.training",
     "evaluate_model": "dnr.robustness",
 }
 

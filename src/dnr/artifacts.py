@@ -28,6 +28,7 @@ from torch import nn
 
 from dnr.fileio import atomic_write, atomic_write_json
 from dnr.models import create_model
+from dnr.statedict import canonical_name
 
 MODEL_FORMAT_VERSION = 1
 
@@ -152,6 +153,8 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
 def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
     """Construct an (untrained) model from an ``architecture`` description."""
     stats = {key: tuple(arch[key]) for key in ("mean", "std") if key in arch}
+    known = {"name", "num_classes", "input_size", "width", "mean", "std"}
+    extra = {key: value for key, value in arch.items() if key not in known}  # model.kwargs
     try:
         return create_model(
             arch["name"],
@@ -159,6 +162,7 @@ def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
             input_size=int(arch.get("input_size", 32)),
             width=float(arch.get("width", 1.0)),
             **stats,
+            **extra,
         )
     except KeyError as err:
         raise ArtifactError(f"architecture description lacks {err}") from None
@@ -195,14 +199,7 @@ def _unwrap_state_dict(obj: Any, source: Path) -> dict[str, torch.Tensor]:
                 return _unwrap_state_dict(obj[key], source)
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
-            prefixes = ("module.", "_orig_mod.", "model.")
-            cleaned = {}
-            for key, value in tensors.items():
-                for prefix in prefixes:
-                    if key.startswith(prefix):
-                        key = key[len(prefix) :]
-                cleaned[key] = value
-            return cleaned
+            return {canonical_name(key, ("model.",)): value for key, value in tensors.items()}
     raise ArtifactError(f"{source}: no state dict of tensors found")
 
 

@@ -1,55 +1,60 @@
-"""Sparsity for DNR: masks, budgets and dynamic network rewiring (irregular mode).
+"""Sparsity: methods as registered plug-ins, and the mask machinery they are built from.
 
-``Masking`` owns the sparsity state of a run; ``rewiring`` holds the pure tensor functions it
-is built from; ``schedules`` the prune-rate schedule. See docs/method.md for the algorithm.
+* ``base``: the :class:`SparsityMethod` interface, :class:`Stage`, :class:`Progress`, the
+  registry functions (``register_method``, ``build_sparsity``, ``list_methods``).
+* ``dense``, ``static``, ``dnr``: the built-in methods (one module each).
+* ``masking``: :class:`Masking`, the object that owns irregular masks and rewires them;
+  ``budgets`` / ``rewiring``: the pure tensor functions it is made of; ``schedules``: the
+  prune-rate schedule; ``layers``: which tensors are prunable.
 """
 
-from dnr.sparsity.masking import Masking, RewireStats, canonical_name, prunable_parameters
+from dnr.sparsity import dense as _dense  # noqa: F401  (registers "dense")
+from dnr.sparsity import dnr as _dnr  # noqa: F401  (registers "dnr")
+from dnr.sparsity import static as _static  # noqa: F401  (registers "static")
+from dnr.sparsity.base import (
+    GRANULARITIES,
+    Progress,
+    SparsityMethod,
+    Stage,
+    build_sparsity,
+    list_methods,
+    register_method,
+)
+from dnr.sparsity.budgets import layer_budgets, random_mask, redistribute
+from dnr.sparsity.layers import prunable_parameters
+from dnr.sparsity.masking import Masking
 from dnr.sparsity.rewiring import (
+    RewireStats,
     channel_keepers,
-    layer_budgets,
     magnitude_prune,
     momentum_regrow,
     normalized_momentum,
     prune_counts,
-    random_mask,
-    redistribute,
     regrowth_shares,
 )
 from dnr.sparsity.schedules import cosine_prune_rate
+from dnr.sparsity.static import MaskedMethod
 
 __all__ = [
+    "GRANULARITIES",
+    "MaskedMethod",
     "Masking",
+    "Progress",
     "RewireStats",
-    "canonical_name",
-    "prunable_parameters",
+    "SparsityMethod",
+    "Stage",
+    "build_sparsity",
     "channel_keepers",
+    "cosine_prune_rate",
     "layer_budgets",
+    "list_methods",
     "magnitude_prune",
     "momentum_regrow",
     "normalized_momentum",
+    "prunable_parameters",
     "prune_counts",
     "random_mask",
     "redistribute",
+    "register_method",
     "regrowth_shares",
-    "cosine_prune_rate",
 ]
-
-
-# Interim: registered names until the method plug-ins land.
-from dnr.registry import SPARSITY_METHODS as _METHODS  # noqa: E402
-
-
-class _Interim:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def check_config(self, cfg: object) -> None:
-        from dnr.errors import ConfigError
-
-        if self.name == "dnr" and cfg.train.momentum == 0:  # type: ignore[attr-defined]
-            raise ConfigError("sparsity.method=dnr grows by momentum: train.momentum must be > 0")
-
-
-for _name in ("dense", "static", "dnr"):
-    _METHODS.register(_Interim(_name), name=_name)

@@ -8,7 +8,7 @@ Usage, in the spirit of a torch optimizer::
             loss.backward(); optimizer.step()
             masking.apply_()                                 # re-zero masked weights
         if epoch < epochs - 1:
-            stats = masking.rewire(cosine_prune_rate(step, total_steps))
+            stats = masking.rewire(0.2)                    # prune 20 %, regrow by momentum
     torch.save({"masking": masking.state_dict(), ...}, path)
 
 Invariants it maintains (docs/method.md):
@@ -22,109 +22,34 @@ Invariants it maintains (docs/method.md):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
+from dnr.config import GrowMomentum, SparsityInit
+from dnr.sparsity.budgets import layer_budgets, random_mask, redistribute
 from dnr.sparsity.rewiring import (
+    RewireStats,
     channel_keepers,
-    layer_budgets,
     magnitude_prune,
     momentum_regrow,
     normalized_momentum,
     prune_counts,
-    random_mask,
-    redistribute,
     regrowth_shares,
 )
+from dnr.sparsity.layers import prunable_parameters
+from dnr.statedict import canonical_name
 
-__all__ = ["Masking", "RewireStats", "prunable_parameters", "canonical_name"]
+__all__ = ["Masking"]
 
-PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
-METHODS = ("dnr", "static")
-INITS = ("uniform", "erk")
-GROW_MOMENTUM = ("keep", "zero")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+INITS: tuple[str, ...] = get_args(SparsityInit)
+GROW_MOMENTUM: tuple[str, ...] = get_args(GrowMomentum)
 _STATE_FORMAT = "dnr.masking/1"
 # Optimizer state keys holding a first-moment (momentum) estimate, in lookup order:
 # SGD's buffer; Adam/AdamW's exp_avg as a fallback so the class works with them too.
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
-
-
-def canonical_name(name: str) -> str:
-    """Strip wrapper prefixes (``module.`` from DDP, ``_orig_mod.`` from torch.compile).
-
-    Mask keys must not depend on how the model happens to be wrapped, or a checkpoint
-    written under DDP would not load into a plain model and vice versa.
-    """
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-                changed = True
-    return name
-
-
-def prunable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
-    """Weights of every ``nn.Conv2d`` / ``nn.Linear`` in ``model``, keyed by canonical name.
-
-    Biases, BatchNorm parameters and buffers (e.g. the Normalize layer's mean/std) are never
-    prunable. ``exclude`` holds fnmatch patterns matched against the canonical parameter
-    name (``"features.0.weight"``, ``"classifier.*"``); matching tensors stay dense and are
-    not counted in N. Order follows ``model.named_parameters()``.
-    """
-    patterns = list(exclude)
-    weight_ids = {
-        id(m.weight)
-        for m in model.modules()
-        if isinstance(m, PRUNABLE_MODULES) and isinstance(getattr(m, "weight", None), nn.Parameter)
-    }
-    out: dict[str, nn.Parameter] = {}
-    for name, param in model.named_parameters():
-        if id(param) not in weight_ids:
-            continue
-        key = canonical_name(name)
-        if any(fnmatchcase(key, pat) for pat in patterns):
-            continue
-        out[key] = param
-    return out
-
-
-@dataclass
-class RewireStats:
-    """What one rewiring did, as plain Python numbers (ready for metrics.jsonl).
-
-    ``lost`` / ``regrown`` are per-layer counts of pruned / regrown weights,
-    ``layer_density`` the per-layer density afterwards, ``normalized_momentum`` the ŝ_l that
-    drove redistribution. For ``method="static"`` nothing happens and the dicts are empty.
-    """
-
-    method: str
-    prune_rate: float
-    total_active: int
-    density: float
-    lost: dict[str, int] = field(default_factory=dict)
-    regrown: dict[str, int] = field(default_factory=dict)
-    layer_density: dict[str, float] = field(default_factory=dict)
-    normalized_momentum: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def total_lost(self) -> int:
-        return sum(self.lost.values())
-
-    @property
-    def total_regrown(self) -> int:
-        return sum(self.regrown.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class Masking:
@@ -133,13 +58,12 @@ class Masking:
     Args:
         model: the network (may be wrapped in DDP; names are stored without ``module.``).
         optimizer: the optimizer stepping ``model``; rewiring reads its ``momentum_buffer``
-            state (``exp_avg`` for Adam-type optimizers). May be ``None`` for
-            ``method="static"`` or when only loading/applying masks.
+            state (``exp_avg`` for Adam-type optimizers). May be ``None`` for masks that
+            never rewire (a static mask) or when only loading/applying masks.
         density: fraction of prunable weights kept active, in (0, 1].
         init: per-layer budgets at initialisation, ``"uniform"`` or ``"erk"``.
         exclude: fnmatch patterns of weight names kept dense and out of N.
         generator: CPU generator for the initial random masks (reproducibility).
-        method: ``"dnr"`` rewires; ``"static"`` keeps the initial random mask forever.
         regrow_pruned: whether positions pruned in a rewiring may be regrown in the same
             rewiring (default True, as in sparse momentum: a weight that is small but has
             the largest momentum comes back). With False, regrowth only picks positions
@@ -159,7 +83,8 @@ class Masking:
     rewiring is ``keep_regrown_values=False, protect_channels=False, redistribution=1,
     grow_momentum="keep"``.
 
-    ``method="dense"`` is not a Masking: a dense run simply has none.
+    Masking is the mechanism; *when* to rewire is the sparsity method's decision
+    (``dnr.sparsity.dnr.DNR`` rewires, ``dnr.sparsity.static.Static`` never does).
     """
 
     def __init__(
@@ -171,15 +96,12 @@ class Masking:
         init: str = "uniform",
         exclude: Iterable[str] = (),
         generator: torch.Generator | None = None,
-        method: str = "dnr",
         regrow_pruned: bool = True,
         keep_regrown_values: bool = True,
         protect_channels: bool = True,
         redistribution: float = 0.3,
         grow_momentum: str = "zero",
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not 0.0 < float(density) <= 1.0:
@@ -193,7 +115,6 @@ class Masking:
         self.density_target = float(density)
         self.init = init
         self.exclude: list[str] = list(exclude)
-        self.method = method
         self.regrow_pruned = bool(regrow_pruned)
         self.keep_regrown_values = bool(keep_regrown_values)
         self.protect_channels = bool(protect_channels)
@@ -256,7 +177,7 @@ class Masking:
 
     def __repr__(self) -> str:
         return (
-            f"Masking(method={self.method!r}, density={self.density_target}, init={self.init!r}, "
+            f"Masking(density={self.density_target}, init={self.init!r}, "
             f"layers={len(self._params)}, active={self.num_active}/{self.num_prunable})"
         )
 
@@ -317,10 +238,8 @@ class Masking:
         """
         if not 0.0 <= float(prune_rate) <= 1.0:
             raise ValueError(f"prune_rate must be in [0, 1], got {prune_rate}")
-        if self.method == "static":
-            return RewireStats("static", float(prune_rate), self.num_active, self.density())
         if self.optimizer is None:
-            raise RuntimeError("method='dnr' rewires by momentum and needs the optimizer")
+            raise RuntimeError("rewiring grows by momentum and needs the optimizer")
         self._follow_devices()
         names = self.layer_names
         params = [self._params[n] for n in names]
@@ -374,7 +293,6 @@ class Masking:
         self.masks = dict(zip(names, new_masks))
         self._nnz = dict(zip(names, counts))
         return RewireStats(
-            method="dnr",
             prune_rate=float(prune_rate),
             total_active=self.num_active,
             density=self.density(),
@@ -391,7 +309,6 @@ class Masking:
         so it loads with ``torch.load(..., weights_only=True)`` on any machine."""
         return {
             "format": _STATE_FORMAT,
-            "method": self.method,
             "density": self.density_target,
             "init": self.init,
             "exclude": list(self.exclude),
@@ -409,7 +326,7 @@ class Masking:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore masks and settings from :meth:`state_dict`; masks go to each weight's device.
 
-        The saved settings (method, density, rewiring options) replace the constructor's:
+        The saved settings (density, rewiring options) replace the constructor's:
         a checkpoint resumes with the behaviour it was trained with. A state saved before an
         option existed restores the paper's behaviour for it.
 
@@ -419,12 +336,10 @@ class Masking:
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"masking state must be a mapping, got {type(state).__name__}")
-        required = ("method", "density", "init", "exclude", "layer_names", "masks")
+        required = ("density", "init", "exclude", "layer_names", "masks")
         missing_keys = [k for k in required if k not in state]
         if missing_keys:
             raise ValueError(f"masking state is missing {', '.join(missing_keys)}")
-        if state["method"] not in METHODS:
-            raise ValueError(f"masking state has unknown method {state['method']!r}")
         mine = self.layer_names
         theirs = [canonical_name(n) for n in state["layer_names"]]
         masks_in = {canonical_name(n): m for n, m in state["masks"].items()}
@@ -455,7 +370,6 @@ class Masking:
                 f"masking state holds {sum(counts)} active weights but density {density} "
                 f"of {self.num_prunable} needs {target}"
             )
-        self.method = str(state["method"])
         self.density_target = density
         self.target_active = target
         self.init = str(state["init"])

@@ -1,0 +1,188 @@
+"""The interface every sparsity method implements, and the registry that names them.
+
+A method owns all of its state (masks, scores, dual variables, schedules) and acts at a
+few fixed points of training; the trainer calls those points and never asks which method
+it runs. The shape follows ``torch.nn.utils.prune.BasePruningMethod`` (one object per
+method, explicit ``state_dict``) and sparse_learning's ``Masking.step`` (the object that
+wraps the optimizer step)::
+
+    method = build_sparsity(cfg, model, optimizer)          # SPARSITY_METHODS[cfg.sparsity.method]
+    for stage in method.stages():                           # one stage unless multi-stage
+        method.begin_stage(stage, progress)
+        for each step:
+            loss = hybrid_loss + method.loss_term(model)    # e.g. ADMM's proximal term
+            loss.backward(); optimizer.step()
+            method.after_step(progress)                     # re-apply masks, maybe rewire
+        record.update(method.on_epoch_end(progress))        # rewire, project, anneal; logs
+    checkpoint["sparsity"] = method.state_dict()
+
+A new method is a new module with a subclass registered by ``@register_method``; its
+name is then valid for ``sparsity.method``, listed by ``dnr list`` and usable from Python.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from dnr.registry import SPARSITY_METHODS
+
+if TYPE_CHECKING:
+    from dnr.config import Config
+
+__all__ = [
+    "GRANULARITIES",
+    "Progress",
+    "SparsityMethod",
+    "Stage",
+    "build_sparsity",
+    "list_methods",
+    "register_method",
+]
+
+#: What a method removes: nothing, single weights, or whole output channels.
+GRANULARITIES = ("none", "irregular", "channel")
+
+M = TypeVar("M", bound="type[SparsityMethod]")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A contiguous block of epochs with one purpose (``pretrain``, ``prune``, ``finetune``).
+
+    The learning-rate schedule restarts at each stage and runs over the stage's epochs.
+    """
+
+    name: str
+    epochs: int
+
+
+@dataclass
+class Progress:
+    """Where training stands, as the hooks see it.
+
+    ``step`` counts optimizer steps taken so far, including the one just taken when
+    ``after_step`` runs; ``epoch`` is 0-based. ``batches(epoch)`` replays that epoch's
+    seeded training batches (for statistics such as BatchNorm re-estimation) without
+    drawing from any RNG; ``log`` prints a line to the run's log.
+    """
+
+    step: int
+    epoch: int
+    epochs: int
+    steps_per_epoch: int
+    batches: Callable[[int], Iterator[tuple[Tensor, Tensor]]] | None = None
+    log: Callable[[str], None] = print
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+class SparsityMethod(ABC):
+    """One way of making a network sparse during training.
+
+    Subclasses set ``name``, ``description`` and ``granularity`` and implement
+    :meth:`stats`, :meth:`state_dict` and :meth:`load_state_dict`; every hook has a
+    do-nothing default. They are built with ``cls(cfg, model, optimizer, generator)``.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    granularity: ClassVar[str] = "irregular"
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Raise ``ConfigError`` for settings this method cannot run with (checked early)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.optimizer = optimizer
+
+    # ------------------------------------------------------------------ schedule
+
+    def stages(self) -> list[Stage]:
+        """The stages of the run, whose epochs add up to ``train.epochs``."""
+        return [Stage("train", self.cfg.train.epochs)]
+
+    def begin_stage(self, stage: Stage, progress: Progress) -> None:
+        """Called when ``stage`` starts (not again when a run resumes inside it)."""
+
+    # ------------------------------------------------------------------ hooks
+
+    def loss_term(self, model: nn.Module) -> Tensor | None:
+        """An extra term added to the training loss (regularisers, ADMM penalties)."""
+        return None
+
+    def after_step(self, progress: Progress) -> None:
+        """Called after every ``optimizer.step()``: keep the method's invariants."""
+
+    def on_epoch_end(self, progress: Progress) -> dict[str, Any]:
+        """Called after validation and checkpoint selection; returns fields for metrics."""
+        return {}
+
+    # ------------------------------------------------------------------ reporting
+
+    def density(self) -> float:
+        """Fraction of prunable weights that are active now."""
+        return float(self.stats()["achieved_density"])
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Plain-JSON statistics for ``model.json``: ``target_density``,
+        ``achieved_density`` and, for sparse methods, per-layer ``layers``."""
+
+    def adopt_masks(self, state: Mapping[str, Any]) -> None:
+        """Take the masks of another run's ``state_dict`` (``train.init_masks``), keeping
+        this method's own settings; ``ValueError`` if they do not fit."""
+        raise ValueError(f"sparsity.method={self.name} has no masks to take")
+
+    # ------------------------------------------------------------------ checkpointing
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (tensors and plain types only)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``ValueError`` if it does not fit this model)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, density={self.density():.4f})"
+
+
+def register_method(cls: M) -> M:
+    """Class decorator: make ``cls`` available as ``sparsity.method=<cls.name>``."""
+    if not (isinstance(cls, type) and issubclass(cls, SparsityMethod)):
+        raise TypeError(f"{cls!r} is not a SparsityMethod subclass")
+    if cls.granularity not in GRANULARITIES:
+        raise ValueError(f"{cls.__name__}.granularity must be one of {GRANULARITIES}")
+    return SPARSITY_METHODS.register(cls, name=cls.name)
+
+
+def list_methods() -> list[str]:
+    """Registered sparsity method names, sorted."""
+    return SPARSITY_METHODS.names()
+
+
+def build_sparsity(
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> SparsityMethod:
+    """The configured method, built on ``model`` (``ConfigError`` for an unknown name)."""
+    cls: type[SparsityMethod] = SPARSITY_METHODS.get(cfg.sparsity.method)
+    return cls(cfg, model, optimizer, generator)

@@ -1,0 +1,287 @@
+"""The training loop: set up, then per epoch train, validate, select, hand over to the method.
+
+At the end of every epoch: validate (clean + PGD on the held-out split), keep the best
+checkpoint by validation PGD accuracy, let the sparsity method act (DNR rewires), save
+resume state. The loop never names a sparsity method: it calls the method's hooks.
+
+Reproducibility: every epoch reseeds the global RNG, the batch order and the attack's random
+starts from ``(train.seed, epoch)`` (``dnr.seeding``), so resuming from the checkpoint of
+epoch ``k`` replays epochs ``k+1...`` exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dnr.config import Config, ConfigError, resolve_device
+from dnr.data import BatchLoader, DatasetSplits, load_dataset
+from dnr.robustness import clean_accuracy, pgd_accuracy
+from dnr.seeding import derive_seed
+from dnr.sparsity import Progress, SparsityMethod, Stage, build_sparsity
+from dnr.training.schedule import learning_rate, schedule_warning
+from dnr.training.setup import (
+    build_optimizer,
+    init_masks_from,
+    load_init_weights,
+    model_for,
+    model_meta,
+)
+from dnr.training.state import TrainState
+from dnr.training.step import attacks_in_training, train_step
+from dnr.training.writer import RunWriter
+
+__all__ = ["TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: nn.Module
+    sparsity: SparsityMethod
+    best_epoch: int
+    best_val_pgd: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """What the epoch loop works on, built once by :func:`_setup`."""
+
+    cfg: Config
+    data: DatasetSplits
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    method: SparsityMethod
+    loader: BatchLoader
+    state: TrainState
+    writer: RunWriter
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+    data: DatasetSplits | None = None,
+) -> TrainResult:
+    """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.artifacts``."""
+    show = sys.stderr.isatty() if progress is None else progress
+    run = _setup(cfg, RunWriter(out_dir), resume, data, log)
+    t, state = cfg.train, run.state
+    prog = Progress(step=state.step, epoch=state.epochs_done, epochs=t.epochs,
+                    steps_per_epoch=len(run.loader), batches=run.loader.epoch, log=log)
+    stages = run.method.stages()
+    plan = stage_plan(stages, t.epochs)
+    for epoch in range(state.epochs_done, t.epochs):
+        started = time.perf_counter()
+        stage, start = plan[epoch]
+        prog.epoch = epoch
+        if epoch == start:
+            if len(stages) > 1:
+                log(f"stage {stage.name}: epochs {start + 1}-{start + stage.epochs}")
+            run.method.begin_stage(stage, prog)
+        record = _train_epoch(run, prog, stage, start, show)
+        if len(stages) > 1:
+            record["stage"] = stage.name
+        record.update(_validate(run, epoch))
+        if state.select(_selection_value(run, record, epoch), epoch + 1):
+            run.writer.save_best(_best_state(run, epoch, record))
+        record.update(run.method.on_epoch_end(prog))
+        record["wall_seconds"] = time.perf_counter() - started
+        state.epochs_done, state.step = epoch + 1, prog.step
+        run.writer.append_metrics(record)
+        state.history.append(record)
+        run.writer.save_last(_resume_state(run))
+        log(_epoch_line(record, t.epochs))
+    return _finish(run)
+
+
+def stage_plan(stages: list[Stage], epochs: int) -> list[tuple[Stage, int]]:
+    """``(stage, first epoch of the stage)`` for every epoch of the run."""
+    if sum(s.epochs for s in stages) != epochs or any(s.epochs < 1 for s in stages):
+        raise ConfigError(
+            f"the sparsity method's stages ({', '.join(f'{s.name}: {s.epochs}' for s in stages)}"
+            f" epochs) must each be >= 1 and add up to train.epochs={epochs}"
+        )
+    plan, start = [], 0
+    for stage in stages:
+        plan += [(stage, start)] * stage.epochs
+        start += stage.epochs
+    return plan
+
+
+def _setup(cfg: Config, writer: RunWriter, resume: bool, data: DatasetSplits | None,
+           log: Callable[[str], None]) -> _Run:
+    """Model, optimizer, method and state: fresh, from ``train.init_from``, or resumed."""
+    resume_state = writer.open(cfg, resume)
+    t = cfg.train
+    device = resolve_device(t.device)
+    torch.manual_seed(derive_seed(t.seed, "init"))
+    data = data if data is not None else load_dataset(cfg.data)
+    if len(data.train.y) == 0:
+        raise ConfigError(f"data: no training images in {cfg.data.name} (data.train is empty?)")
+    model = model_for(cfg, data)
+    if t.init_from and resume_state is None:
+        load_init_weights(model, t.init_from)
+    model.to(device)
+    optimizer = build_optimizer(cfg, model)
+    method = build_sparsity(cfg, model, optimizer,
+                            torch.Generator().manual_seed(derive_seed(t.seed, "masks")))
+    if t.init_masks and resume_state is None:
+        init_masks_from(method, t.init_from)
+    state = TrainState()
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        method.load_state_dict(resume_state["sparsity"])
+        state.load_state_dict(resume_state["state"])
+        torch.set_rng_state(resume_state["rng_cpu"])
+        state.history = writer.history(state.epochs_done)
+        log(f"resuming {writer.path} at epoch {state.epochs_done + 1}/{t.epochs}"
+            if state.epochs_done < t.epochs
+            else f"{writer.path}: all {t.epochs} epochs were done; writing the final artifacts")
+    else:
+        writer.start(cfg)
+        warning = schedule_warning(cfg)
+        if warning:
+            log(warning)
+        if t.val_every > 0 and len(data.val.y) == 0:
+            log("note: no validation split (data.val_size=0); the last epoch is kept as best")
+    loader = BatchLoader(data.train, t.batch_size, device, shuffle=True,
+                         augment=cfg.data.augment, seed=t.seed)
+    return _Run(cfg, data, device, model, optimizer, method, loader, state, writer)
+
+
+def _train_epoch(run: _Run, prog: Progress, stage: Stage, start: int, show: bool
+                 ) -> dict[str, Any]:
+    """One pass over the training data; returns the epoch's training metrics."""
+    cfg, model, epoch = run.cfg, run.model, prog.epoch
+    t, steps = cfg.train, len(run.loader)
+    torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
+    # On the training device: random starts need no host-to-device copy per step.
+    attack_gen = torch.Generator(device=run.device).manual_seed(
+        derive_seed(t.seed, "attack", epoch))
+    model.train()
+    sums = torch.zeros(4, device=run.device)  # loss*n, clean correct, adv correct, n
+    started = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show,
+               leave=False, dynamic_ncols=True)
+    lr = t.lr
+    for i, (x, y) in enumerate(run.loader.epoch(epoch)):
+        lr = learning_rate(cfg, epoch - start + i / steps, 1 / steps, stage.epochs)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        out = train_step(model, run.optimizer, x, y, cfg, run.method, prog, attack_gen)
+        with torch.no_grad():  # accumulate on the device: no host sync per step
+            sums[0] += out.loss.detach().float() * y.numel()
+            sums[3] += y.numel()
+            if out.logits_clean is not None:
+                sums[1] += (out.logits_clean.argmax(1) == y).sum()
+            if out.logits_adv is not None:
+                sums[2] += (out.logits_adv.argmax(1) == y).sum()
+        bar.update(1)
+        if show and (i % 10 == 0 or i == steps - 1):
+            rate = (i + 1) * t.batch_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+    bar.close()
+    loss_sum, clean_sum, adv_sum, count = sums.tolist()  # syncs: the timing is honest
+    seconds = time.perf_counter() - started
+    attacked = attacks_in_training(cfg)
+    return {
+        "epoch": epoch + 1,
+        "step": prog.step,
+        "lr": lr,
+        "train_loss": loss_sum / count,
+        "train_clean_acc": clean_sum / count if (t.beta > 0 or not attacked) else None,
+        "train_adv_acc": adv_sum / count if attacked else None,
+        "images_per_sec": count / seconds,
+        "train_seconds": seconds,
+    }
+
+
+def _validate(run: _Run, epoch: int) -> dict[str, float]:
+    """Clean and PGD accuracy on the validation split, when due (and on the last epoch)."""
+    cfg, val = run.cfg, run.data.val
+    t, a = cfg.train, cfg.attack
+    if len(val.y) == 0 or ((epoch + 1) % t.val_every != 0 and epoch != t.epochs - 1):
+        return {}
+    return {
+        "val_clean_acc": clean_accuracy(run.model, val.x, val.y, batch_size=t.eval_batch_size),
+        "val_pgd_acc": pgd_accuracy(
+            run.model, val.x, val.y, eps=a.eps, step_size=a.step_size, steps=a.steps,
+            batch_size=t.eval_batch_size,
+            generator=torch.Generator().manual_seed(derive_seed(t.seed, "validation")),
+        ),
+    }
+
+
+def _selection_value(run: _Run, record: dict[str, Any], epoch: int) -> float | None:
+    """Select on validation PGD accuracy; without a validation split, keep the last epoch."""
+    if "val_pgd_acc" in record:
+        return record["val_pgd_acc"]
+    if len(run.data.val.y) == 0 and epoch == run.cfg.train.epochs - 1:
+        return float("inf")
+    return None
+
+
+def _best_state(run: _Run, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model": run.model.state_dict(),
+        "sparsity": run.method.state_dict(),
+        "val_clean_acc": record.get("val_clean_acc"),
+        "val_pgd_acc": record.get("val_pgd_acc"),
+    }
+
+
+def _resume_state(run: _Run) -> dict[str, Any]:
+    return {
+        "config": run.cfg.to_dict(),
+        "state": run.state.state_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "sparsity": run.method.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+    }
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The deployed model is the best epoch on validation PGD accuracy."""
+    best = run.writer.load_best(map_location=run.device)
+    run.model.load_state_dict(best["model"])
+    run.method.load_state_dict(best["sparsity"])
+    state = run.state
+    selection = {"by": "val_pgd_acc", "epoch": state.best_epoch, "value": state.best_val}
+    run.writer.save_model(run.model, model_meta(run.cfg, run.data, run.method,
+                                                {"selection": selection}))
+    return TrainResult(run.writer.path, run.model.eval(), run.method, state.best_epoch,
+                       state.best_val, state.history)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [
+        f"epoch {record['epoch']}/{epochs}",
+        f"loss {record['train_loss']:.3f}",
+        f"train clean {_fmt(record['train_clean_acc'])} adv {_fmt(record['train_adv_acc'])}",
+    ]
+    if "val_pgd_acc" in record:
+        parts.append(f"val clean {_fmt(record['val_clean_acc'])} pgd {_fmt(record['val_pgd_acc'])}")
+    if "density" in record:
+        parts.append(f"density {record['density']:.4f}")
+    parts.append(f"{record['images_per_sec']:.0f} img/s")
+    return " | ".join(parts)

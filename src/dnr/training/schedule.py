@@ -1,0 +1,53 @@
+"""Learning-rate schedules as pure functions of the (fractional) epoch: resume needs no state."""
+
+from __future__ import annotations
+
+import math
+
+from dnr.config import Config
+
+__all__ = ["learning_rate", "milestone_epochs", "schedule_warning"]
+
+
+def milestone_epochs(cfg: Config, epochs: int | None = None) -> list[float]:
+    """The multistep milestones in epochs: fractions (< 1) scale with the run's length."""
+    t = cfg.train
+    length = t.epochs if epochs is None else epochs
+    return [m * length if m < 1 else float(m) for m in t.milestones]
+
+
+def learning_rate(
+    cfg: Config, epoch_progress: float, step_epochs: float = 0.0, epochs: int | None = None
+) -> float:
+    """LR at a fractional epoch of a schedule ``epochs`` long (default ``train.epochs``).
+
+    The cosine or multistep value is scaled by a linear warm-up over ``train.warmup_epochs``
+    that counts the step being taken (``step_epochs`` = one step's length in epochs), so the
+    first step already moves the weights. Multi-stage methods restart the schedule at each
+    stage with ``epochs`` = the stage's length.
+    """
+    t = cfg.train
+    length = t.epochs if epochs is None else epochs
+    if t.schedule == "cosine":
+        lr = 0.5 * t.lr * (1.0 + math.cos(math.pi * min(epoch_progress / length, 1.0)))
+    else:
+        passed = sum(1 for m in milestone_epochs(cfg, length) if epoch_progress >= m - 1e-9)
+        lr = t.lr * (t.gamma**passed)
+    if t.warmup_epochs > 0:
+        lr *= min(1.0, (epoch_progress + step_epochs) / t.warmup_epochs)
+    return lr
+
+
+def schedule_warning(cfg: Config) -> str | None:
+    """A message if the learning rate never decays within the run (a silent recipe bug).
+
+    (Milestones outside the run are already rejected by the config's validation.)
+    """
+    t = cfg.train
+    if t.schedule == "multistep" and (t.gamma == 1 or not t.milestones):
+        return (
+            f"warning: the learning rate never decays in this {t.epochs}-epoch run "
+            f"(train.milestones={t.milestones}, train.gamma={t.gamma}); "
+            "fractions such as [0.5, 0.75] or train.schedule=cosine scale with the run"
+        )
+    return None

@@ -1,0 +1,114 @@
+"""Building what a run trains: the model (optionally from another run), optimizer, metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, read_model_meta
+from dnr.config import Config, ConfigError
+from dnr.data import DatasetSplits
+from dnr.models import create_model, init_weights
+from dnr.sparsity import SparsityMethod
+
+__all__ = ["build_optimizer", "init_masks_from", "load_init_weights", "model_for", "model_meta"]
+
+
+def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
+    """The configured architecture sized for the dataset (classes, image size, statistics)."""
+    meta = data.meta
+    try:
+        model = create_model(
+            cfg.model.name,
+            num_classes=meta.num_classes,
+            input_size=meta.image_size,
+            width=cfg.model.width,
+            mean=meta.mean,
+            std=meta.std,
+            **cfg.model.kwargs,
+        )
+    except ValueError as err:  # e.g. images of a size the architectures are not defined for
+        raise ConfigError(f"model.name={cfg.model.name} on data.name={cfg.data.name}: {err}") from None
+    return init_weights(model, cfg.model.init)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
+    t = cfg.train
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        nesterov=t.nesterov,
+    )
+
+
+def load_init_weights(model: nn.Module, source: str | Path) -> None:
+    """Start from the final weights of the run in ``source`` (``train.init_from``).
+
+    The architectures must agree exactly (name, classes, input size, width, extras).
+    """
+    run = RunDir(Path(source))
+    where = f"train.init_from={source}"
+    try:
+        arch = read_model_meta(run.path)["architecture"]
+        state = load_file(str(run.model_weights))
+    except (ArtifactError, OSError) as err:
+        raise ConfigError(f"{where}: not a finished run ({err})") from None
+    mine = getattr(model, "arch_config", {})
+    differ = [key for key in sorted(set(arch) | set(mine)) if arch.get(key) != mine.get(key)]
+    if differ:
+        raise ConfigError(
+            f"{where}: that run's architecture differs in {', '.join(differ)} "
+            f"({', '.join(f'{k}={arch.get(k)!r} there, {mine.get(k)!r} here' for k in differ[:3])})"
+        )
+    model.load_state_dict(state)
+
+
+def init_masks_from(method: SparsityMethod, source: str | Path) -> None:
+    """Take the masks of the run in ``source`` (its selected epoch) for ``method``."""
+    where = f"train.init_from={source}"
+    try:
+        best = load_checkpoint(RunDir(Path(source)).best_checkpoint)
+    except ArtifactError as err:
+        raise ConfigError(f"{where} with train.init_masks: {err}") from None
+    state = best.get("sparsity", best.get("masking"))  # checkpoint format 2, or 1
+    if not isinstance(state, Mapping) or "masks" not in state:
+        raise ConfigError(f"{where}: that run has no masks (a dense run?); "
+                          "set train.init_masks=false to take only its weights")
+    try:
+        method.adopt_masks(state)
+    except ValueError as err:
+        raise ConfigError(f"{where}: its masks do not fit this run: {err}") from None
+
+
+def model_meta(cfg: Config, data: DatasetSplits, method: SparsityMethod,
+               extra: dict[str, Any]) -> dict[str, Any]:
+    """What ``model.json`` records besides the architecture."""
+    return {
+        "classes": data.meta.classes,
+        "dataset": {
+            "name": cfg.data.name,
+            "root": cfg.data.root,
+            "train": cfg.data.train,
+            "test": cfg.data.test,
+        },
+        "sparsity": {"method": method.name, "mode": method.granularity, **method.stats()},
+        "training": {
+            "beta": cfg.train.beta,
+            "epochs": cfg.train.epochs,
+            "init_from": cfg.train.init_from,
+            "attack": {
+                "eps": cfg.attack.eps,
+                "step_size": cfg.attack.step_size,
+                "steps": cfg.attack.steps,
+                "random_start": cfg.attack.random_start,
+            },
+        },
+        **extra,
+    }
