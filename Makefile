@@ -2,17 +2,24 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-# The dev/CI machines carry a CPU build of torch 2.13.0 locally; any torch>=2.1 works,
-# e.g. `make TORCH=torch test` to take whatever your index serves.
-TORCH  ?= torch==2.13.0
+# torch: any torch>=2.1. When $(PYTHON) already imports torch (say a CUDA build on a GPU
+# machine), the venv sees it (--system-site-packages) and pip keeps it if it satisfies
+# $(TORCH); otherwise pip installs $(TORCH) from your index (PIP_INDEX_URL etc. apply).
+# Pin only where needed, e.g. `make test TORCH=torch==2.5.1` (.ci/run pins CI's).
+TORCH  ?= torch>=2.1
 
 .PHONY: demo test venv clean
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -18,10 +18,14 @@ from conftest import tiny_overrides
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["train", "--config", "demo", "--out", str(out), "--quiet",
-                 *tiny_overrides(train__epochs=3, sparsity__method="dnr",
-                                 sparsity__density=0.5, model__width=0.125)])
+    overrides = tiny_overrides(train__epochs=3, sparsity__method="dnr",
+                               sparsity__density=0.5, model__width=0.125)
+    # overrides before, between and after the options
+    code = main(["train", overrides[0], "--config", "demo", *overrides[1:4], "--out", str(out),
+                 "--quiet", *overrides[4:]])
     assert code == 0
+    assert RunDir(out).config.is_file()
+    assert "width: 0.125" in RunDir(out).config.read_text()
     return out
 
 
@@ -64,7 +68,7 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
     arch = model.arch_config
     state = {f"module.{k}": v for k, v in model.state_dict().items() if "normalize" not in k}
     torch.save({"state_dict": state}, tmp_path / "weights.pt")
-    code = main(["eval", "--arch", "vgg16", "--num-classes", "10", "--width", str(arch["width"]),
+    code = main(["eval", "--model", "vgg16", "--num-classes", "10", "--width", str(arch["width"]),
                  "--weights", str(tmp_path / "weights.pt"), "data.name=digits",
                  "--subset", "32", "--json", "--out", str(tmp_path / "ev")])
     assert code == 0
@@ -73,6 +77,14 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
     main(["eval", str(trained_run), "--subset", "32", "--json", "--out", str(tmp_path / "ev2")])
     ours = json.loads(capsys.readouterr().out)
     assert plain["results"][0]["accuracy"] == ours["results"][0]["accuracy"]
+    # --arch: the deprecated name of --model, still accepted; an override may come first
+    code = main(["eval", "data.name=digits", "--arch", "vgg16", "--num-classes", "10",
+                 "--width", str(arch["width"]), "--weights", str(tmp_path / "weights.pt"),
+                 "--subset", "32", "--json", "--no-sanity", "--out", str(tmp_path / "ev3")])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "--arch is deprecated; use --model" in captured.err
+    assert json.loads(captured.out)["results"][0]["accuracy"] == plain["results"][0]["accuracy"]
 
 
 @pytest.mark.parametrize(
@@ -84,7 +96,9 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
         (["train", "--out", "{tmp}/r", "data.name=npz", "data.train={tmp}/nope.npz",
           "data.test={tmp}/nope.npz"], "nope.npz"),
         (["eval", "{tmp}/no-run"], "no-run"),
-        (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --arch and --num-classes"),
+        (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --model and --num-classes"),
+        (["eval", "{tmp}/no-run", "--device", "cuda:7"], "device: cuda:7 requested"),
+        (["eval", "{tmp}/a", "{tmp}/b"], "give one run directory or model file"),
         (["report", "{tmp}/no-run"], "no-run"),
         (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
         (["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.9"],
@@ -121,13 +135,109 @@ def test_npz_training_from_the_command_line(npz_files, tmp_path, capsys) -> None
 
 
 def test_help_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "dnr.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "dnr", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ("train", "eval", "report", "demo"):
+    assert out.startswith("usage: dnr ")
+    for command in ("train", "eval", "report", "demo", "list"):
         assert command in out
-    out = subprocess.run([sys.executable, "-m", "dnr.cli", "train", "--help"],
+    out = subprocess.run([sys.executable, "-m", "dnr", "train", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--resume" in out and "KEY=VALUE" in out
+    assert "--resume" in out and "KEY=VALUE" in out and "--print-config" in out
+
+
+def test_help_reads_names_from_the_registries(capsys) -> None:
+    from dnr.config import list_presets
+    from dnr.registry import MODELS, PROTOCOLS, SPARSITY_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()
+             if line.startswith("  ") and len(line.split()) > 1}
+    assert lines["model.name"] == ", ".join(MODELS.names())
+    assert lines["sparsity.method"] == ", ".join(SPARSITY_METHODS.names())
+    for name in [*SPARSITY_METHODS.names(), *PROTOCOLS.names(), *list_presets()]:
+        assert name in out
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "--model" in out and "--arch" not in out  # the deprecated alias is hidden
+    for name in [*PROTOCOLS.names(), *MODELS.names()]:
+        assert name in out
+
+
+def test_top_level_help_does_not_import_torch() -> None:
+    code = ("import sys\nfrom dnr.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.startswith('torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+def test_overrides_and_options_in_any_order(command) -> None:
+    from dnr.cli import build_parser
+
+    argv = [command, "data.subset=9", "--quiet", "data.seed=1", "--out", "r", "data.val_size=8"]
+    args = build_parser().parse_args(argv)
+    words = ([args.target] if getattr(args, "target", None) else []) + args.overrides
+    assert words == ["data.subset=9", "data.seed=1", "data.val_size=8"]
+    assert str(args.out) == "r" and args.quiet
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--quiet", "data.subset=9", "--bogus"])
+
+
+def test_print_config_prints_resolved_yaml_without_training(tmp_path, capsys) -> None:
+    import yaml
+
+    argv = ["train", "--config", "vgg16_cifar10", "--print-config", "train.epochs=3",
+            "model.width=0.5"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 3 and printed["model"]["width"] == 0.5
+    assert printed["data"]["name"] == "cifar10"  # from the preset
+    assert set(printed) == {"data", "model", "attack", "train", "sparsity", "eval"}
+    out = tmp_path / "r"
+    assert main(["train", "--print-config", "--out", str(out), "train.epochs=3"]) == 0
+    assert not out.exists()
+    assert main(["train", "--print-config", "train.epochz=3"]) == 2
+    assert "unknown key 'train.epochz'" in capsys.readouterr().err
+
+
+def test_train_without_out_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "train.epochs=1"])
+    assert info.value.code == 2
+    assert "required: --out" in capsys.readouterr().err
+
+
+def test_list_prints_every_registered_name(capsys) -> None:
+    from dnr.config import list_presets
+    from dnr.registry import DATASETS, MODELS, PROTOCOLS, SPARSITY_METHODS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    sections: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            sections[line.rstrip(":")] = []
+        else:
+            sections[list(sections)[-1]].append(line.split()[0])
+    assert sections == {
+        "models": MODELS.names(),
+        "presets": list_presets(),
+        "sparsity-methods": SPARSITY_METHODS.names(),
+        "protocols": PROTOCOLS.names(),
+        "datasets": DATASETS.names(),
+    }
+    for argv, names in ((["list", "models"], MODELS.names()),
+                        (["list", "model"], MODELS.names()),
+                        (["list", "sparsity"], SPARSITY_METHODS.names()),
+                        (["list", "presets"], list_presets())):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.splitlines() == names
+    with pytest.raises(SystemExit):
+        main(["list", "bogus"])
 
 
 @pytest.mark.parametrize(
@@ -135,7 +245,9 @@ def test_help_lists_commands() -> None:
     [(["--protocol", "bogus"], "invalid choice: 'bogus'"),
      (["--subset", "0"], "must be > 0"),
      (["--batch-size", "-1"], "must be > 0"),
-     (["--eps", "abc"], "expected a number")],
+     (["--eps", "abc"], "expected a number"),
+     (["--device", "gpu"], "expected auto, cpu, cuda, cuda:N or mps"),
+     (["--model", "alexnet"], "invalid choice: 'alexnet'")],
 )
 def test_eval_option_errors_exit_2(trained_run, option, fragment, capsys) -> None:
     with pytest.raises(SystemExit) as info:

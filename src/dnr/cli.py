@@ -7,24 +7,174 @@ one line, no traceback), 130 interrupted (resume with ``dnr train --resume``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
-from dnr.config import ConfigError, EvalConfig, Norm, load_config
+from dnr.config import (
+    Config,
+    ConfigError,
+    EvalConfig,
+    Norm,
+    list_presets,
+    load_config,
+    name_fields,
+    resolve_config_path,
+)
+from dnr.devices import is_device_name
 
-EPILOG_TRAIN = """\
-overrides are dotted KEY=VALUE pairs parsed as YAML, applied after --config:
+# Nothing here names a model, method, dataset or protocol: those come from dnr.registry.
+# The registries import torch, so help text that lists them is built only when printed.
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser with two additions for the ``dnr`` subcommands.
+
+    ``intermixed=True``: options and positionals (``KEY=VALUE`` overrides) in any order,
+    through argparse's intermixed parsing. argparse refuses that on a parser that has
+    subcommands, so the top-level parser parses normally and each subcommand's parser,
+    handed the rest of the line, parses it intermixed.
+
+    ``epilog_factory``: a function that builds the epilog when the help is printed, so that
+    ``dnr --help`` does not import torch to list registry names.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        intermixed: bool = False,
+        epilog_factory: Callable[[], str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._intermixed = intermixed
+        self._intermixing = False
+        self._epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self._epilog_factory is not None:
+            self.epilog, self._epilog_factory = self._epilog_factory(), None
+        return super().format_help()
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self._intermixed or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back in here
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _entries(registry_name: str) -> list[tuple[str, str]]:
+    """``(name, description)`` of each entry of a registry in :mod:`dnr.registry`."""
+    from dnr import registry
+
+    reg = getattr(registry, registry_name)
+    rows = []
+    for name in reg.names():
+        description = getattr(reg.get(name), "description", "") or ""
+        lines = str(description).strip().splitlines()
+        rows.append((name, lines[0].strip() if lines else ""))
+    return rows
+
+
+def _preset_entries() -> list[tuple[str, str]]:
+    """``(name, first comment line)`` of each bundled preset."""
+    rows = []
+    for name in list_presets():
+        description = ""
+        for line in resolve_config_path(name).read_text().splitlines():
+            if line.startswith("#"):
+                description = line.lstrip("#").strip()
+                break
+        rows.append((name, description))
+    return rows
+
+
+#: ``dnr list`` kinds -> their (name, description) rows.
+LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
+    "models": lambda: _entries("MODELS"),
+    "presets": _preset_entries,
+    "sparsity-methods": lambda: _entries("SPARSITY_METHODS"),
+    "protocols": lambda: _entries("PROTOCOLS"),
+    "datasets": lambda: _entries("DATASETS"),
+}
+_KIND_ALIASES = {"sparsity": "sparsity-methods", "method": "sparsity-methods",
+                 "methods": "sparsity-methods", "data": "datasets"}
+
+
+def _kind(text: str) -> str:
+    """``models``, or a singular / alias of a kind (``model``, ``sparsity``)."""
+    key = text.lower().replace("_", "-")
+    if key not in LIST_KINDS and f"{key}s" in LIST_KINDS:
+        return f"{key}s"
+    return _KIND_ALIASES.get(key, key)  # anything else: argparse reports an invalid choice
+
+
+def _table(rows: list[tuple[str, str]], indent: str = "  ") -> str:
+    width = max((len(name) for name, _ in rows), default=0)
+    return "\n".join(
+        f"{indent}{name:<{width}}  {text}".rstrip() for name, text in rows
+    )
+
+
+def _names(registry_name: str) -> str:
+    return ", ".join(name for name, _ in _entries(registry_name))
+
+
+def _registered(registry_name: str) -> Callable[[str], str]:
+    """An argparse ``type`` that accepts the names of a registry (read when it is used)."""
+
+    def parse(text: str) -> str:
+        from dnr import registry
+
+        reg = getattr(registry, registry_name)
+        if text not in reg:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(reg.names())})"
+            )
+        return text.lower()
+
+    return parse
+
+
+def _device(text: str) -> str:
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(
+            f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}"
+        )
+    return text
+
+
+def _train_epilog() -> str:
+    sections = ", ".join(f.name for f in dataclasses.fields(Config))
+    names = [(key, ", ".join(registry.names())) for key, registry in name_fields().items()]
+    return f"""\
+overrides are dotted KEY=VALUE pairs parsed as YAML, applied after --config, anywhere on
+the line:
   train.epochs=2  model.width=0.25  data.name=npz  data.train=[a.npz,b.npz]
-  sparsity.method=dnr  sparsity.density=0.05  attack.steps=7  train.device=cuda
-sections: data, model, attack, train, sparsity, eval; every key with its default is in
-the bundled presets (vgg16_cifar10, resnet18_cifar10, vgg16_cifar100, resnet18_cifar100,
-vgg16_tiny-imagenet, demo), e.g. configs/vgg16_cifar10.yaml in the repository
+  sparsity.density=0.05  attack.steps=7  train.device=cuda:1
+sections: {sections}
+every key with its default is in the bundled presets (e.g. configs/vgg16_cifar10.yaml in
+the repository); --print-config shows the resolved config
+registered names (dnr list):
+{_table(names)}
+presets:
+{_table(_preset_entries())}
 """
 
 
-PROTOCOL_NAMES = ["dnr", "pgd20", "pgd50", "cw", "autoattack", "full"]  # interim
+def _eval_epilog() -> str:
+    return f"""\
+protocols (--protocol):
+{_table(_entries("PROTOCOLS"))}
+models (--model): {_names("MODELS")}
+data.* overrides select the test data, e.g. data.name=npz data.test=test.npz
+"""
 
 
 def _positive_int(text: str) -> int:
@@ -53,15 +203,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train a model (dense, DNR or static-sparse) and evaluate it",
         description="Train with the DNR hybrid loss into one run directory, then evaluate "
         "on the test set. Interrupt at any time; --resume continues from the last epoch.",
-        epilog=EPILOG_TRAIN,
+        epilog_factory=_train_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        intermixed=True,
     )
-    p.add_argument("--config", type=Path, help="YAML file or bundled preset name (e.g. vgg16_cifar10); default: built-in defaults")
-    p.add_argument("--out", type=Path, required=True, help="run directory for every artifact")
+    p.add_argument("--config", type=Path, help="YAML file or bundled preset name (dnr list presets); default: built-in defaults")
+    p.add_argument("--out", type=Path, help="run directory for every artifact (required unless --print-config)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (preset + overrides) as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(parser=p)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -69,27 +223,29 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate clean / FGSM / PGD / AutoAttack accuracy",
         description="Evaluate a run directory, a model.json/model.safetensors pair, or a plain "
-        "state dict of a registry architecture (--arch/--num-classes/--weights).",
-        epilog="protocols: dnr (FGSM + PGD-7, eps 0.031, step 0.01: the released code's), "
-        "pgd20, pgd50, cw, autoattack, full (all, with the per-example worst case).\n"
-        "data.* overrides select the test data, e.g. data.name=npz data.test=test.npz",
+        "state dict of a registered model (--model/--num-classes/--weights).",
+        epilog_factory=_eval_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        intermixed=True,
     )
     p.add_argument("target", nargs="?", help="run directory, model.json or model.safetensors")
-    p.add_argument("--protocol", default="dnr", choices=PROTOCOL_NAMES,
-                   help="evaluation protocol (default: dnr)")
+    p.add_argument("--protocol", default="dnr", type=_registered("PROTOCOLS"),
+                   help="evaluation protocol, listed below (default: dnr)")
     p.add_argument("--subset", type=_positive_int, help="seeded random test subset of N examples")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and random starts")
     p.add_argument("--eps", type=_positive_float, help="attack radius in [0,1] pixel units (default: the protocol's)")
     p.add_argument("--norm", default="Linf", choices=list(get_args(Norm)),
                    help="threat model (L2: AutoAttack only)")
     p.add_argument("--batch-size", type=_positive_int, help="evaluation batch size (default: chosen to fit)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--out", type=Path, help="write eval.json/eval.md here (default: the run directory)")
     p.add_argument("--json", action="store_true", help="print the machine-readable result")
     p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking sanity checks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--arch", help="registry architecture of --weights (vgg16, resnet18)")
+    p.add_argument("--model", type=_registered("MODELS"),
+                   help="registered model of --weights, as model.name in a config (listed below)")
+    p.add_argument("--arch", type=_registered("MODELS"), help=argparse.SUPPRESS)  # old --model
     p.add_argument("--weights", help="plain state dict (.pt/.pth/.safetensors) to evaluate")
     p.add_argument("--num-classes", type=_positive_int, help="output classes of --weights")
     p.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier of --weights")
@@ -115,16 +271,28 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="Train a dense model, a fixed random mask (static, the control) and DNR "
         "with one recipe on the bundled digits, evaluate all three and print "
         "clean / FGSM / PGD accuracy and the compression.",
+        intermixed=True,
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
 
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "list",
+        help="list registered models, presets, sparsity methods, protocols and datasets",
+        description="Without KIND: every kind, one section each, with descriptions. "
+        "With KIND: its names only, one per line (for scripts).",
+    )
+    p.add_argument("kind", nargs="?", type=_kind, choices=list(LIST_KINDS), metavar="KIND",
+                   help=f"one of {', '.join(LIST_KINDS)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dnr import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dnr",
         description="torch-dnr: train compressed, adversarially robust networks in one run "
         "(Dynamic Network Rewiring), evaluate them honestly, report what they keep.",
@@ -135,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_report(sub)
     _add_demo(sub)
+    _add_list(sub)
     return parser
 
 
@@ -146,10 +315,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dnr.artifacts import RunDir
     from dnr.runner import run_train
 
+    if args.out is None and not args.print_config:
+        args.parser.error("the following arguments are required: --out")
     config_path = args.config
-    if config_path is None and args.resume and RunDir(args.out).config.exists():
+    if config_path is None and args.resume and args.out and RunDir(args.out).config.exists():
         config_path = RunDir(args.out).config  # resume with the run's own config
     cfg = load_config(config_path, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     log = _log_for(args.quiet)
     progress = False if args.quiet else None
     try:
@@ -169,21 +345,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from dnr.devices import resolve_device
     from dnr.runner import EvalTarget, run_eval
 
-    if args.target and "=" in args.target and not Path(args.target).exists():
-        args.overrides.insert(0, args.target)  # argparse took the first override as target
-        args.target = None
+    # The optional positional TARGET takes the first positional word, which may be an
+    # override (`dnr eval --weights w.pt data.name=npz ...`): sort them by their shape.
+    words = ([args.target] if args.target else []) + list(args.overrides)
+    targets = [w for w in words if "=" not in w or Path(w).exists()]
+    overrides = [w for w in words if w not in targets]
+    if len(targets) > 1:
+        raise ConfigError(f"give one run directory or model file, got {', '.join(targets)}")
+    path = targets[0] if targets else None
+    if args.arch is not None:
+        print("dnr eval: --arch is deprecated; use --model", file=sys.stderr)
+        if args.model is not None and args.model != args.arch:
+            raise ConfigError("--arch is the old name of --model; give only --model")
+    model = args.model or args.arch
+    if path and args.weights:
+        raise ConfigError("give either a run directory/model file or --weights, not both")
+    resolve_device(args.device)  # an unavailable device fails before anything is loaded
     target = EvalTarget(
-        path=args.target,
-        arch=args.arch,
+        path=path,
+        model=model,
         weights=args.weights,
         num_classes=args.num_classes,
         width=args.width,
         input_size=args.input_size,
     )
-    if args.target and args.weights:
-        raise ConfigError("give either a run directory/model file or --weights, not both")
     options = EvalConfig(
         protocol=args.protocol,
         subset=args.subset,
@@ -196,7 +384,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     report = run_eval(
         target,
         options,
-        data_overrides=args.overrides,
+        data_overrides=overrides,
         device=args.device,
         out_dir=args.out,
         progress=False if (args.quiet or args.json) else None,
@@ -231,14 +419,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "demo": _cmd_demo}
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.kind is not None:
+        for name, _ in LIST_KINDS[args.kind]():
+            print(name)
+        return 0
+    for kind, rows in LIST_KINDS.items():
+        print(f"{kind}:")
+        print(_table(rows()))
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "report": _cmd_report,
+    "demo": _cmd_demo,
+    "list": _cmd_list,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # imported after parsing: these import torch, which `dnr --help` does not need
     from dnr.artifacts import ArtifactError
     from dnr.data import DataError
 
-    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, ArtifactError) as err:

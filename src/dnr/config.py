@@ -12,17 +12,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
 from dnr.fileio import atomic_write_text
 
+from dnr.devices import resolve_device  # noqa: F401  (re-export: moved to dnr.devices)
 from dnr.errors import ConfigError
 from dnr.registry import DATASETS, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "validate"]
 
@@ -397,27 +395,6 @@ def validate(cfg: Config) -> None:
         f"eval.batch_size: must be > 0 or null, got {e.batch_size}",
     )
     SPARSITY_METHODS.get(s.method).check_config(cfg)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
-            raise ConfigError(f"device: {name} requested but CUDA is not available ({build})")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device: {name} requested but only "
-                              f"{torch.cuda.device_count()} CUDA device(s) are visible")
-    if name == "mps" and not mps_ok:
-        raise ConfigError("device: mps requested but MPS is not available")
-    return torch.device(name)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -117,10 +117,13 @@ def data_config_from_meta(meta: dict[str, Any], overrides: list[str]) -> DataCon
 
 @dataclass
 class EvalTarget:
-    """What to evaluate: a run directory / model file, or a plain state dict + architecture."""
+    """What to evaluate: a run directory / model file, or a plain state dict + architecture.
+
+    ``model`` is a registered model name (as ``model.name`` in a config) for ``weights``.
+    """
 
     path: str | None = None
-    arch: str | None = None
+    model: str | None = None
     weights: str | None = None
     num_classes: int | None = None
     width: float = 1.0
@@ -139,10 +142,10 @@ def run_eval(
     """``dnr eval``: load the model, its test data, run the protocol, write the results."""
     overrides = list(data_overrides or [])
     if target.weights is not None:
-        if target.arch is None or target.num_classes is None:
-            raise ConfigError("--weights needs --arch and --num-classes")
+        if target.model is None or target.num_classes is None:
+            raise ConfigError("--weights needs --model and --num-classes")
         model = load_plain_weights(
-            target.arch,
+            target.model,
             target.weights,
             num_classes=target.num_classes,
             input_size=target.input_size,
