@@ -89,6 +89,8 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     eval_batch_size: int = 256
     val_every: int = 1  # validate every N epochs (and always on the last)
+    init_from: str | None = None  # a finished run directory whose weights this run starts from
+    init_masks: bool = False  # ... and whose masks (at the same sparsity.density)
 
 
 @dataclass
@@ -364,6 +366,8 @@ def validate(cfg: Config) -> None:
         f"train.warmup_epochs: must be in [0, train.epochs={t.epochs}], got {t.warmup_epochs}",
     )
     _check(t.val_every >= 1, f"train.val_every: must be >= 1, got {t.val_every}")
+    _check(not t.init_masks or bool(t.init_from),
+           "train.init_masks: needs train.init_from=RUN_DIR to take the masks from")
     _check(0 < s.density <= 1, f"sparsity.density: must be in (0, 1], got {s.density}")
     _check(0 <= s.prune_rate < 1, f"sparsity.prune_rate: must be in [0, 1), got {s.prune_rate}")
     _check(

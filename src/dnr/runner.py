@@ -34,7 +34,7 @@ from dnr.data import DatasetSplits, load_dataset
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
 from dnr.fileio import atomic_write_json
 from dnr.report import plot_layer_density, write_report
-from dnr.trainer import TrainResult, train
+from dnr.training import TrainResult, train
 
 
 def run_train(
