@@ -176,7 +176,7 @@ def pgd(
                 logits = model(x_adv)
                 success = logits.argmax(dim=1) != y
                 final_loss = attack_loss(logits, y, loss)
-            if best is None:
+            if best is None or best_success is None or best_loss is None:
                 best, best_success, best_loss = x_adv, success, final_loss
             else:
                 # Keep a success; otherwise take a success or a higher loss.

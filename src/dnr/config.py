@@ -334,7 +334,7 @@ def validate(cfg: Config) -> None:
                               f"{', '.join(registry.names())}")
         setattr(getattr(cfg, section), name, value.lower())
     _check(
-        t.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", t.device),
+        t.device in ("auto", "cpu", "cuda", "mps") or bool(re.fullmatch(r"cuda:\d+", t.device)),
         f"train.device: {t.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps",
     )
     if d.name == "npz":

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file over ``path`` (same directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

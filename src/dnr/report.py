@@ -95,6 +95,7 @@ def plot_layer_density(run_dir: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = list(history[0]["layer_density"])
     if "layer_density_init" in history[0]:  # the initial masks, before any rewiring
@@ -105,7 +106,7 @@ def plot_layer_density(run_dir: str | Path) -> Path | None:
     for i, name in enumerate(names):
         ax.plot(epochs, [r["layer_density"][name] for r in history], color=cmap(i), label=name)
     ax.set_xlabel("epoch (0 = initial masks)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("layer density (after rewiring)")
     ax.set_title("Per-layer density over training")
     ax.grid(alpha=0.3)

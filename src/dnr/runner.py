@@ -160,9 +160,10 @@ def run_eval(
     else:
         raise ConfigError("nothing to evaluate: give a run directory, a model file or --weights")
     data = load_dataset(replace(data_cfg, subset=None))
-    if data.meta.num_classes != model.arch_config["num_classes"]:
+    num_outputs = getattr(model, "arch_config", {}).get("num_classes")
+    if data.meta.num_classes != num_outputs:
         raise ConfigError(
-            f"the model has {model.arch_config['num_classes']} outputs but dataset "
+            f"the model has {num_outputs} outputs but dataset "
             f"{data_cfg.name} has {data.meta.num_classes} classes"
         )
     report = evaluate_loaded(
@@ -204,7 +205,7 @@ def run_demo(
         result, report = run_train(cfg, out / method, progress=progress, log=log)
         assert report is not None
         accuracies = {r.name: r.accuracy for r in report.results}
-        density = result.masking.density() if result.masking is not None else 1.0
+        density = result.sparsity.density()
         summary["runs"][method] = {"accuracy": accuracies, "density": density}
     atomic_write_json(marker, summary)
     return summary

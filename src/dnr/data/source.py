@@ -67,8 +67,8 @@ class SourceData:
     def from_numpy(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                    y_test: np.ndarray, meta: DatasetMeta) -> SourceData:
         """Wrap decoded arrays without copying them."""
-        arrays = (x_train, y_train, x_test, y_test)
-        return cls(*(torch.from_numpy(a) for a in arrays), meta)
+        t = torch.from_numpy
+        return cls(t(x_train), t(y_train), t(x_test), t(y_test), meta)
 
 
 def read_source(cfg: DataConfig) -> SourceData:

@@ -30,7 +30,7 @@ def refresh_batchnorm_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
-    modes = {m: m.training for m in model.modules()}
+    modes = {module: module.training for module in model.modules()}
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -42,8 +42,8 @@ def refresh_batchnorm_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
             model(x)
             used += 1
     finally:
-        for m, mode in modes.items():
-            m.training = mode
+        for module, mode in modes.items():
+            module.training = mode
         for m, (momentum, state) in zip(bns, saved):
             m.momentum = momentum
             if used == 0:

@@ -90,10 +90,10 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for param in model.parameters():
+        return param.device
+    for buf in model.buffers():
+        return buf.device
     return torch.device("cpu")
 
 
@@ -140,8 +140,8 @@ def _ieee_fp32(device: torch.device) -> Iterator[None]:
     """
     saved: list[tuple[Any, str, Any]] = []
     if device.type == "cuda":
-        backends = [getattr(torch.backends.cudnn, "conv", None),
-                    getattr(torch.backends.cuda, "matmul", None)]
+        backends: list[Any] = [getattr(torch.backends.cudnn, "conv", None),
+                               getattr(torch.backends.cuda, "matmul", None)]
         if all(b is not None and hasattr(b, "fp32_precision") for b in backends):
             saved = [(b, "fp32_precision", b.fp32_precision) for b in backends]
             value: Any = "ieee"

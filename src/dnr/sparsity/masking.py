@@ -250,8 +250,9 @@ class Masking:
         keepers: list[Tensor | None] = [None] * len(names)
         n_kept = torch.zeros_like(s_hat)
         if self.protect_channels:
-            keepers = [channel_keepers(p, m) for p, m in zip(params, masks)]
-            n_kept = torch.stack([torch.count_nonzero(k) for k in keepers]).to(s_hat)
+            kept_rows = [channel_keepers(p, m) for p, m in zip(params, masks)]
+            n_kept = torch.stack([torch.count_nonzero(k) for k in kept_rows]).to(s_hat)
+            keepers = list(kept_rows)
         s_hat, n_protected = torch.cat([s_hat, n_kept]).cpu().split(len(names))  # sync 1 of 2
         n_protected = n_protected.to(torch.long)
         nnz = torch.tensor([self._nnz[n] for n in names], dtype=torch.long)

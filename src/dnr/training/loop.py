@@ -138,7 +138,7 @@ def _setup(cfg: Config, writer: RunWriter, resume: bool, data: DatasetSplits | N
     optimizer = build_optimizer(cfg, model)
     method = build_sparsity(cfg, model, optimizer,
                             torch.Generator().manual_seed(derive_seed(t.seed, "masks")))
-    if t.init_masks and resume_state is None:
+    if t.init_from and t.init_masks and resume_state is None:
         init_masks_from(method, t.init_from)
     state = TrainState()
     if resume_state is not None:
