@@ -28,6 +28,9 @@ demo: venv
 	$(VENV)/bin/dnr demo --out runs/demo
 
 test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 clean:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnr.robustness import evaluate_model, select_subset
 from dnr.fileio import atomic_write_json
+from dnr.robustness import evaluate_model, select_subset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "autoattack_parity.json"
 
@@ -36,15 +36,19 @@ def synthetic_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 32x32 images: one of 10 smooth random colour patterns per class, plus noise."""
     patterns = torch.nn.functional.interpolate(
         torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(1234)),
-        size=32, mode="bilinear", align_corners=False)
+        size=32,
+        mode="bilinear",
+        align_corners=False,
+    )
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
     x = 0.25 + 0.5 * patterns[y] + 0.1 * torch.randn(n, 3, 32, 32, generator=g)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
 
 
-def small_model(width: float, steps: int, n: int, seed: int
-                ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+def small_model(
+    width: float, steps: int, n: int, seed: int
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     """VGG16 (random init) trained for ``steps`` SGD steps on synthetic data.
 
     A purely random deep net's output hardly depends on its input (every example is
@@ -59,15 +63,19 @@ def small_model(width: float, steps: int, n: int, seed: int
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
     for i in range(steps):
-        xb = x_train[64 * i: 64 * (i + 1)].float() / 255
-        loss = nn.functional.cross_entropy(model(xb), y_train[64 * i: 64 * (i + 1)])
+        xb = x_train[64 * i : 64 * (i + 1)].float() / 255
+        loss = nn.functional.cross_entropy(model(xb), y_train[64 * i : 64 * (i + 1)])
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     x, y = synthetic_data(n, seed + 2)
-    return model, x, y, (f"vgg16 width={width}, random init + {steps} SGD steps on synthetic "
-                         "class patterns")
+    return (
+        model,
+        x,
+        y,
+        (f"vgg16 width={width}, random init + {steps} SGD steps on synthetic class patterns"),
+    )
 
 
 def run_model(path: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -84,15 +92,20 @@ def run_model(path: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="run directory or model.json (default: random tiny VGG16)")
-    p.add_argument("--subset", type=int, default=None,
-                   help="seeded random subset (default: 32 for the random model, 200 for --run)")
+    p.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        help="seeded random subset (default: 32 for the random model, 200 for --run)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--width", type=float, default=0.125)
-    p.add_argument("--train-steps", type=int, default=40,
-                   help="SGD steps for the model built without --run")
+    p.add_argument(
+        "--train-steps", type=int, default=40, help="SGD steps for the model built without --run"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for tiny models)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -108,14 +121,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         subset = args.subset or 200
     else:
         subset = args.subset or 32
-        model, x, y, description = small_model(args.width, args.train_steps, 4 * subset,
-                                                  args.seed)
+        model, x, y, description = small_model(args.width, args.train_steps, 4 * subset, args.seed)
     model = model.to(device).float().eval()
 
     started = time.perf_counter()
-    report = evaluate_model(model, x, y, protocol="autoattack", eps=args.eps, norm=args.norm,
-                            subset=subset, seed=args.seed, batch_size=args.batch_size,
-                            device=device, sanity=False, progress=False)
+    report = evaluate_model(
+        model,
+        x,
+        y,
+        protocol="autoattack",
+        eps=args.eps,
+        norm=args.norm,
+        subset=subset,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        sanity=False,
+        progress=False,
+    )
     ours_seconds = time.perf_counter() - started
     ours = report.result("autoattack")
 
@@ -127,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for p_ in model.parameters():
         p_.requires_grad_(False)
     started = time.perf_counter()
-    adversary = AutoAttack(model, norm=args.norm, eps=args.eps, version="standard",
-                           device=device, seed=args.seed)
+    adversary = AutoAttack(
+        model, norm=args.norm, eps=args.eps, version="standard", device=device, seed=args.seed
+    )
     _, y_adv = adversary.run_standard_evaluation(x_ref, y_ref, batch_size=args.batch_size)
     ref_seconds = time.perf_counter() - started
     ref_correct = y_adv.cpu() == y_ref
@@ -144,19 +168,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "norm": args.norm,
         "batch_size": args.batch_size,
         "clean_accuracy": report.result("clean").accuracy,
-        "ours": {"robust_accuracy": ours.accuracy, "seconds": round(ours_seconds, 2),
-                 "settings": ours.settings, "details": ours.details},
-        "reference": {"robust_accuracy": reference, "seconds": round(ref_seconds, 2),
-                      "call": "AutoAttack(model, norm, eps, version='standard', device, seed)"
-                              ".run_standard_evaluation(x, y, batch_size)"},
+        "ours": {
+            "robust_accuracy": ours.accuracy,
+            "seconds": round(ours_seconds, 2),
+            "settings": ours.settings,
+            "details": ours.details,
+        },
+        "reference": {
+            "robust_accuracy": reference,
+            "seconds": round(ref_seconds, 2),
+            "call": "AutoAttack(model, norm, eps, version='standard', device, seed)"
+            ".run_standard_evaluation(x, y, batch_size)",
+        },
         "identical_accuracy": ours.accuracy == reference,
         "identical_per_example": bool(torch.equal(ours.correct, ref_correct)),
         "versions": report.versions | {"platform": platform.platform()},
     }
     atomic_write_json(args.out, result)
-    print(f"ours {100 * ours.accuracy:.2f}%  reference {100 * reference:.2f}%  "
-          f"identical={result['identical_accuracy']} per-example={result['identical_per_example']}"
-          f"  ({ours_seconds:.1f}s / {ref_seconds:.1f}s) -> {args.out}")
+    print(
+        f"ours {100 * ours.accuracy:.2f}%  reference {100 * reference:.2f}%  "
+        f"identical={result['identical_accuracy']} per-example={result['identical_per_example']}"
+        f"  ({ours_seconds:.1f}s / {ref_seconds:.1f}s) -> {args.out}"
+    )
     return result
 
 

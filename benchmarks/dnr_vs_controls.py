@@ -44,16 +44,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dnr.artifacts import RunDir, load_checkpoint  # noqa: E402
-from dnr.config import load_config, resolve_device  # noqa: E402
-from dnr.data import DatasetSplits, load_dataset  # noqa: E402
+from dnr.config import load_config  # noqa: E402
+from dnr.data import (  # noqa: E402
+    DatasetMeta,  # noqa: E402
+    DatasetSplits,
+    load_dataset,
+)
 from dnr.data.loader import Split  # noqa: E402
-from dnr.data import DatasetMeta  # noqa: E402
-from dnr.robustness import evaluate_model, select_subset  # noqa: E402
+from dnr.devices import resolve_device  # noqa: E402
 from dnr.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from dnr.robustness import evaluate_model, select_subset  # noqa: E402
 from dnr.training import model_for, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 EPS = 8 / 255
+
 
 #: The shared recipe: identical for every method, no method-specific tuning.
 def base_overrides(args: argparse.Namespace) -> list[str]:
@@ -115,8 +120,10 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
         ("all paper rewiring, new recipe", PAPER[1:]),
         ("rewire_until=1 (paper)", ["sparsity.rewire_until=1.0"]),
         ("rewire_until=0.5", ["sparsity.rewire_until=0.5"]),
-        ("rewire_every=25 steps + prune_rate=0.1", ["sparsity.rewire_every=25",
-                                                   "sparsity.prune_rate=0.1"]),
+        (
+            "rewire_every=25 steps + prune_rate=0.1",
+            ["sparsity.rewire_every=25", "sparsity.prune_rate=0.1"],
+        ),
         ("bn_refresh off (paper)", ["sparsity.bn_refresh_batches=0"]),
         ("grow_momentum=keep (paper)", ["sparsity.grow_momentum=keep"]),
         ("regrown restart at 0 (paper)", ["sparsity.keep_regrown_values=false"]),
@@ -131,15 +138,25 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
         ("long", "dnr-uniform x4 epochs", 0, DNR_U, 4),
     ]
     # Second seeds of the ablation rows that move the most weights, if time allows.
-    extra = {"redistribution=1 (paper)", "redistribution=0 (counts frozen)",
-             "rewire_every=25 steps + prune_rate=0.1", "all paper rewiring, new recipe",
-             "prune_rate=0.5 (paper)", "rewire_until=1 (paper)"}
-    runs += [("ablation", f"dnr-uniform {label}", 1, [*DNR_U, *ov], 1)
-             for label, ov in ablation if label in extra]
-    runs += [("long", "static-uniform x4 epochs", 1, STATIC_U, 4),
-             ("long", "dnr-uniform x4 epochs", 1, DNR_U, 4),
-             ("long", "static-erk x4 epochs", 0, ["sparsity.method=static", "sparsity.init=erk"], 4),
-             ("long", "dnr-erk x4 epochs", 0, ["sparsity.method=dnr", "sparsity.init=erk"], 4)]
+    extra = {
+        "redistribution=1 (paper)",
+        "redistribution=0 (counts frozen)",
+        "rewire_every=25 steps + prune_rate=0.1",
+        "all paper rewiring, new recipe",
+        "prune_rate=0.5 (paper)",
+        "rewire_until=1 (paper)",
+    }
+    runs += [
+        ("ablation", f"dnr-uniform {label}", 1, [*DNR_U, *ov], 1)
+        for label, ov in ablation
+        if label in extra
+    ]
+    runs += [
+        ("long", "static-uniform x4 epochs", 1, STATIC_U, 4),
+        ("long", "dnr-uniform x4 epochs", 1, DNR_U, 4),
+        ("long", "static-erk x4 epochs", 0, ["sparsity.method=static", "sparsity.init=erk"], 4),
+        ("long", "dnr-erk x4 epochs", 0, ["sparsity.method=dnr", "sparsity.init=erk"], 4),
+    ]
     return runs
 
 
@@ -148,13 +165,16 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
 
 def full_splits(args: argparse.Namespace) -> DatasetSplits:
     d = Path(args.data_dir)
-    cfg = load_config("vgg16_cifar10", [
-        "data.name=npz",
-        f"data.train=[{d / 'cifar10_train_part0.npz'},{d / 'cifar10_train_part1.npz'}]",
-        f"data.test={d / 'cifar10_test.npz'}",
-        f"data.subset={args.train_size}",
-        "data.val_size=1000",
-    ])
+    cfg = load_config(
+        "vgg16_cifar10",
+        [
+            "data.name=npz",
+            f"data.train=[{d / 'cifar10_train_part0.npz'},{d / 'cifar10_train_part1.npz'}]",
+            f"data.test={d / 'cifar10_test.npz'}",
+            f"data.subset={args.train_size}",
+            "data.val_size=1000",
+        ],
+    )
     data = load_dataset(cfg.data)
     rows = select_subset(len(data.test.y), args.test_size, seed=0)  # seeded, never a prefix
     if rows is not None:
@@ -165,8 +185,11 @@ def full_splits(args: argparse.Namespace) -> DatasetSplits:
 
 
 def pack(data: DatasetSplits, path: Path) -> None:
-    arrays = {f"{k}_{n}": getattr(getattr(data, k), n).numpy() for k in ("train", "val", "test")
-              for n in ("x", "y")}
+    arrays = {
+        f"{k}_{n}": getattr(getattr(data, k), n).numpy()
+        for k in ("train", "val", "test")
+        for n in ("x", "y")
+    }
     meta = json.dumps({**data.meta.__dict__, "indices": data.indices})
     np.savez_compressed(path, meta=np.array(meta), **arrays)
 
@@ -175,8 +198,10 @@ def unpack(path: Path) -> DatasetSplits:
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
         indices = meta.pop("indices")
-        splits = {k: Split(torch.from_numpy(z[f"{k}_x"]), torch.from_numpy(z[f"{k}_y"]))
-                  for k in ("train", "val", "test")}
+        splits = {
+            k: Split(torch.from_numpy(z[f"{k}_x"]), torch.from_numpy(z[f"{k}_y"]))
+            for k in ("train", "val", "test")
+        }
     meta["mean"], meta["std"] = tuple(meta["mean"]), tuple(meta["std"])
     return DatasetSplits(**splits, meta=DatasetMeta(**meta), indices=indices)
 
@@ -194,8 +219,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def test_eval(model: torch.nn.Module, data: DatasetSplits, device: torch.device) -> dict:
-    report = evaluate_model(model, data.test.x, data.test.y, protocol="pgd20", seed=0,
-                            device=device, progress=False, sanity=False)
+    report = evaluate_model(
+        model,
+        data.test.x,
+        data.test.y,
+        protocol="pgd20",
+        seed=0,
+        device=device,
+        progress=False,
+        sanity=False,
+    )
     out = {}
     for r in report.results:
         k, n = r.num_correct, len(data.test.y)
@@ -203,25 +236,46 @@ def test_eval(model: torch.nn.Module, data: DatasetSplits, device: torch.device)
     return out
 
 
-def run_one(group: str, name: str, seed: int, overrides: list[str], mult: int,
-            data: DatasetSplits, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(
+    group: str,
+    name: str,
+    seed: int,
+    overrides: list[str],
+    mult: int,
+    data: DatasetSplits,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     base = base_overrides(args)
     epochs = args.epochs * mult
-    cfg = load_config("vgg16_cifar10", [*base, f"train.epochs={epochs}", f"train.seed={seed}",
-                                        *overrides])
+    cfg = load_config(
+        "vgg16_cifar10", [*base, f"train.epochs={epochs}", f"train.seed={seed}", *overrides]
+    )
     slug = "".join(c if c.isalnum() or c in "-_=." else "_" for c in f"{name}-s{seed}")
     run_dir = Path(args.work_dir) / slug
     started = time.perf_counter()
-    result = train(cfg, run_dir, progress=False, log=lambda _: None, data=data,
-                   resume=RunDir(run_dir).last_checkpoint.exists())
+    result = train(
+        cfg,
+        run_dir,
+        progress=False,
+        log=lambda _: None,
+        data=data,
+        resume=RunDir(run_dir).last_checkpoint.exists(),
+    )
     train_s = time.perf_counter() - started
     device = resolve_device(cfg.train.device)
     best = test_eval(result.model, data, device)
     record: dict[str, Any] = {
-        "group": group, "name": name, "seed": seed, "overrides": overrides, "epochs": epochs,
-        "best_epoch": result.best_epoch, "test_best": best,
-        "val_best": {"clean": result.history[result.best_epoch - 1].get("val_clean_acc"),
-                     "pgd": result.best_val_pgd},
+        "group": group,
+        "name": name,
+        "seed": seed,
+        "overrides": overrides,
+        "epochs": epochs,
+        "best_epoch": result.best_epoch,
+        "test_best": best,
+        "val_best": {
+            "clean": result.history[result.best_epoch - 1].get("val_clean_acc"),
+            "pgd": result.best_val_pgd,
+        },
     }
     if result.best_epoch == epochs:
         record["test_final"] = best
@@ -232,10 +286,23 @@ def run_one(group: str, name: str, seed: int, overrides: list[str], mult: int,
     last = result.history[-1]
     record["val_final"] = {"clean": last.get("val_clean_acc"), "pgd": last.get("val_pgd_acc")}
     record["history"] = [
-        {k: h.get(k) for k in ("epoch", "lr", "train_loss", "train_clean_acc", "train_adv_acc",
-                               "val_clean_acc", "val_pgd_acc", "density")}
-        | {"moved": sum(sum(r["regrown"].values()) for r in h.get("rewire", [])),
-           "rewirings": len(h.get("rewire", []))}
+        {
+            k: h.get(k)
+            for k in (
+                "epoch",
+                "lr",
+                "train_loss",
+                "train_clean_acc",
+                "train_adv_acc",
+                "val_clean_acc",
+                "val_pgd_acc",
+                "density",
+            )
+        }
+        | {
+            "moved": sum(sum(r["regrown"].values()) for r in h.get("rewire", [])),
+            "rewirings": len(h.get("rewire", [])),
+        }
         for h in result.history
     ]
     if result.masking is not None:
@@ -243,8 +310,9 @@ def run_one(group: str, name: str, seed: int, overrides: list[str], mult: int,
         record["layer_density_init"] = result.history[0].get("layer_density_init")
     record["train_seconds"] = train_s
     record["seconds"] = time.perf_counter() - started
-    record["device"] = str(device) + (f" ({torch.cuda.get_device_name()})"
-                                      if device.type == "cuda" else "")
+    record["device"] = str(device) + (
+        f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
+    )
     record["config"] = cfg.to_dict()
     return record
 
@@ -270,14 +338,16 @@ def run_plan(args: argparse.Namespace) -> None:
     todo = [r for r in plan(seeds) if r[0] in groups]
     if args.only:
         todo = [r for r in todo if r[1] in args.only.split(",")]
-    todo = todo[args.worker::args.workers]
+    todo = todo[args.worker :: args.workers]
     out = Path(args.results)
     done = load_results(out)
     have = {key(r) for r in done}
     data = unpack(Path(args.packed)) if args.packed else full_splits(args)
-    print(f"{len(todo)} runs for worker {args.worker}/{args.workers}; "
-          f"{len(data.train.y)} train / {len(data.val.y)} val / {len(data.test.y)} test images",
-          flush=True)
+    print(
+        f"{len(todo)} runs for worker {args.worker}/{args.workers}; "
+        f"{len(data.train.y)} train / {len(data.val.y)} val / {len(data.test.y)} test images",
+        flush=True,
+    )
     for group, name, seed, overrides, mult in todo:
         if f"{name}|{seed}" in have:
             continue
@@ -290,10 +360,13 @@ def run_plan(args: argparse.Namespace) -> None:
         done.append(rec)
         atomic_write_json(out, {"runs": done})
         tb = rec["test_final"]
-        print(f"{name:<45} s{seed} clean {100 * tb['clean']['acc']:.1f} "
-              f"pgd20 {100 * tb['pgd20']['acc']:.1f} val pgd {100 * rec['val_final']['pgd']:.1f} "
-              f"loss {rec['history'][-1]['train_loss']:.3f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"{name:<45} s{seed} clean {100 * tb['clean']['acc']:.1f} "
+            f"pgd20 {100 * tb['pgd20']['acc']:.1f} val pgd {100 * rec['val_final']['pgd']:.1f} "
+            f"loss {rec['history'][-1]['train_loss']:.3f} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
 
 
 # --------------------------------------------------------------------------- report
@@ -318,14 +391,19 @@ def _summary_rows(rs: list[dict]) -> list[str]:
         acc = {m: [r["test_final"][m]["acc"] for r in group] for m in ("clean", "pgd20")}
         val = [r["val_final"]["pgd"] for r in group]
         loss = [r["history"][-1]["train_loss"] for r in group]
-        half = _mean([(r["test_final"]["pgd20"]["ci95"][1] - r["test_final"]["pgd20"]["ci95"][0])
-                      / 2 for r in group])
+        half = _mean(
+            [
+                (r["test_final"]["pgd20"]["ci95"][1] - r["test_final"]["pgd20"]["ci95"][0]) / 2
+                for r in group
+            ]
+        )
         each = lambda xs: " / ".join(f"{100 * x:.1f}" for x in xs)  # noqa: E731
         rows.append(
             f"| {name} | {len(group)} | {group[0]['test_final']['clean']['n']} | "
             f"**{100 * _mean(acc['clean']):.1f}** ({each(acc['clean'])}) | "
             f"**{100 * _mean(acc['pgd20']):.1f}** ({each(acc['pgd20'])}) | ±{100 * half:.1f} | "
-            f"{100 * _mean(val):.1f} | {_mean(loss):.3f} |")
+            f"{100 * _mean(val):.1f} | {_mean(loss):.3f} |"
+        )
     return rows
 
 
@@ -365,25 +443,45 @@ def report(paths: list[Path]) -> None:
         f"Devices: {', '.join(devices)}. GPU runs are not bit-reproducible (cuDNN), so a rerun "
         "of one seed moves by about as much as another seed does.",
     ]
-    main_n = max((r["test_final"]["clean"]["n"] for r in rs if r["group"] == "main"),
-                 default=rs[0]["test_final"]["clean"]["n"])
-    for group, title in (("main", "Main table: dense, static and DNR (defaults)"),
-                         ("before", "Before this change: the paper's rewiring and no warm-up"),
-                         ("long", "Longer runs: four times the epochs"),
-                         ("ablation", "Ablation around the DNR defaults (uniform init)")):
-        sel = [r for r in rs if r["group"] == group
-               and (group != "main" or r["test_final"]["clean"]["n"] == main_n)]
+    main_n = max(
+        (r["test_final"]["clean"]["n"] for r in rs if r["group"] == "main"),
+        default=rs[0]["test_final"]["clean"]["n"],
+    )
+    for group, title in (
+        ("main", "Main table: dense, static and DNR (defaults)"),
+        ("before", "Before this change: the paper's rewiring and no warm-up"),
+        ("long", "Longer runs: four times the epochs"),
+        ("ablation", "Ablation around the DNR defaults (uniform init)"),
+    ):
+        sel = [
+            r
+            for r in rs
+            if r["group"] == group and (group != "main" or r["test_final"]["clean"]["n"] == main_n)
+        ]
         if group == "ablation":  # the defaults on the ablation's own test images first
             ns = {r["test_final"]["clean"]["n"] for r in sel}
-            sel = [r for r in rs if r["group"] == "main" and r["test_final"]["clean"]["n"] in ns
-                   and r["test_final"]["clean"]["n"] != main_n] + sel
+            sel = [
+                r
+                for r in rs
+                if r["group"] == "main"
+                and r["test_final"]["clean"]["n"] in ns
+                and r["test_final"]["clean"]["n"] != main_n
+            ] + sel
         if sel:
             lines += ["", f"## {title}", "", *SUMMARY_HEADER, *_summary_rows(sel)]
-    lines += ["", "## DNR minus static, same init and seed (test, final weights)", "",
-              "| pair | seed | test images | Δ clean | Δ PGD-20 |", "|---|---|---|---|---|"]
-    pairs = [("dnr-uniform", "static-uniform"), ("dnr-erk", "static-erk"),
-             ("dnr-uniform x4 epochs", "static-uniform x4 epochs"),
-             ("dnr-erk x4 epochs", "static-erk x4 epochs")]
+    lines += [
+        "",
+        "## DNR minus static, same init and seed (test, final weights)",
+        "",
+        "| pair | seed | test images | Δ clean | Δ PGD-20 |",
+        "|---|---|---|---|---|",
+    ]
+    pairs = [
+        ("dnr-uniform", "static-uniform"),
+        ("dnr-erk", "static-erk"),
+        ("dnr-uniform x4 epochs", "static-uniform x4 epochs"),
+        ("dnr-erk x4 epochs", "static-erk x4 epochs"),
+    ]
     for dnr_name, static_name in pairs:
         deltas = []
         for seed in sorted({r["seed"] for r in rs}):
@@ -393,28 +491,51 @@ def report(paths: list[Path]) -> None:
                 dc = d["test_final"]["clean"]["acc"] - s["test_final"]["clean"]["acc"]
                 dp = d["test_final"]["pgd20"]["acc"] - s["test_final"]["pgd20"]["acc"]
                 deltas.append((dc, dp))
-                lines.append(f"| {dnr_name} − {static_name} | {seed} | "
-                             f"{d['test_final']['clean']['n']} | {100 * dc:+.1f} | {100 * dp:+.1f} |")
+                lines.append(
+                    f"| {dnr_name} − {static_name} | {seed} | "
+                    f"{d['test_final']['clean']['n']} | {100 * dc:+.1f} | {100 * dp:+.1f} |"
+                )
         if len(deltas) > 1:
-            lines.append(f"| **mean** | | | **{100 * _mean([d[0] for d in deltas]):+.1f}** | "
-                         f"**{100 * _mean([d[1] for d in deltas]):+.1f}** |")
+            lines.append(
+                f"| **mean** | | | **{100 * _mean([d[0] for d in deltas]):+.1f}** | "
+                f"**{100 * _mean([d[1] for d in deltas]):+.1f}** |"
+            )
     lines += ["", "## Where the budget ends up (final per-layer density, seed 0)", ""]
-    shown = [n for n in ("static-erk", "dnr-uniform", "dnr-erk", "dnr-uniform x4 epochs",
-                         "dnr-erk x4 epochs", "dnr-uniform-before")
-             if f"{n}|0|{main_n}" in runs]
+    shown = [
+        n
+        for n in (
+            "static-erk",
+            "dnr-uniform",
+            "dnr-erk",
+            "dnr-uniform x4 epochs",
+            "dnr-erk x4 epochs",
+            "dnr-uniform-before",
+        )
+        if f"{n}|0|{main_n}" in runs
+    ]
     if shown:
         layers = list(runs[f"{shown[0]}|0|{main_n}"]["layer_density_final"])
         lines += ["| layer | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
         for layer in layers:
-            lines.append(f"| {layer} | " + " | ".join(
-                f"{runs[f'{n}|0|{main_n}']['layer_density_final'][layer]:.3f}" for n in shown)
-                + " |")
+            lines.append(
+                f"| {layer} | "
+                + " | ".join(
+                    f"{runs[f'{n}|0|{main_n}']['layer_density_final'][layer]:.3f}" for n in shown
+                )
+                + " |"
+            )
     lines += ["", "## Per-epoch curves (seed 0): train loss / val PGD-3 % / weights regrown", ""]
-    curves = [r for r in rs if r["seed"] == 0 and r["group"] in ("main", "before", "long")
-              and r["test_final"]["clean"]["n"] == main_n]
+    curves = [
+        r
+        for r in rs
+        if r["seed"] == 0
+        and r["group"] in ("main", "before", "long")
+        and r["test_final"]["clean"]["n"] == main_n
+    ]
     for r in curves:
-        cells = [f"{h['train_loss']:.3f}/{pct(h['val_pgd_acc'])}/{h['moved']}"
-                 for h in r["history"]]
+        cells = [
+            f"{h['train_loss']:.3f}/{pct(h['val_pgd_acc'])}/{h['moved']}" for h in r["history"]
+        ]
         lines.append(f"- {r['name']}: " + ", ".join(cells))
     atomic_write_text(RESULTS / "dnr_vs_controls.md", "\n".join(lines) + "\n")
     plot(curves)
@@ -423,6 +544,7 @@ def report(paths: list[Path]) -> None:
 
 def plot(curves: list[dict]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -38,8 +38,15 @@ except ImportError:  # pragma: no cover
     _pgd = None
 
 
-def _inline_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                step_size: float, steps: int) -> torch.Tensor:
+def _inline_pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+) -> torch.Tensor:
     was_training = model.training
     model.eval()
     x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
@@ -76,8 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the training step")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--density", type=float, default=0.05)
-    ap.add_argument("--prune-rate", type=float, default=0.5,
-                    help="rewiring cost grows with p; 0.5 (the schedule's start) is the worst")
+    ap.add_argument(
+        "--prune-rate",
+        type=float,
+        default=0.5,
+        help="rewiring cost grows with p; 0.5 (the schedule's start) is the worst",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
@@ -88,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = create_model("vgg16", num_classes=10, width=args.width).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    masking = Masking(model, opt, density=args.density,
-                      generator=torch.Generator().manual_seed(0))
+    masking = Masking(model, opt, density=args.density, generator=torch.Generator().manual_seed(0))
     x = torch.rand(args.batch_size, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch_size,))
 
@@ -143,30 +153,31 @@ def main(argv: list[str] | None = None) -> dict:
         "median_s": {"train_step": step, "apply": apply, "rewire": rewire},
         "samples_s": {"train_step": step_s, "apply": apply_s, "rewire": rewire_s},
         "ratio": {"apply_over_step": apply / step, "rewire_over_step": rewire / step},
-        "targets_met": {"apply_lt_2pct_step": apply / step < 0.02,
-                        "rewire_lt_step": rewire < step},
+        "targets_met": {"apply_lt_2pct_step": apply / step < 0.02, "rewire_lt_step": rewire < step},
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "rewire_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = "\n".join([
-        f"# Sparsity cost vs. a PGD-7 hybrid training step (VGG16 width {args.width}, "
-        f"d = {args.density}, batch {args.batch_size})",
-        "",
-        f"CPU ({result['cpu']}, {os.cpu_count()} cores, 1-min load average "
-        f"{load['before']} before / {load['after']} after), torch {torch.__version__}, "
-        f"{result['threads']} threads; "
-        f"N = {masking.num_prunable:,} prunable weights in {result['layers']} tensors; "
-        f"medians over {len(step_s)} / {len(apply_s)} / {len(rewire_s)} runs.",
-        "",
-        "| operation | median (s) | / training step | target |",
-        "|---|---:|---:|---|",
-        f"| PGD-7 hybrid training step | {step:.3f} | 1 | |",
-        f"| `Masking.apply_()` (every step) | {apply:.4f} | {apply / step:.3%} | < 2 % "
-        f"{'met' if apply / step < 0.02 else 'MISSED'} |",
-        f"| `Masking.rewire({args.prune_rate})` (once per epoch) | {rewire:.3f} | "
-        f"{rewire / step:.3f}× | < 1× {'met' if rewire < step else 'MISSED'} |",
-        "",
-    ])
+    md = "\n".join(
+        [
+            f"# Sparsity cost vs. a PGD-7 hybrid training step (VGG16 width {args.width}, "
+            f"d = {args.density}, batch {args.batch_size})",
+            "",
+            f"CPU ({result['cpu']}, {os.cpu_count()} cores, 1-min load average "
+            f"{load['before']} before / {load['after']} after), torch {torch.__version__}, "
+            f"{result['threads']} threads; "
+            f"N = {masking.num_prunable:,} prunable weights in {result['layers']} tensors; "
+            f"medians over {len(step_s)} / {len(apply_s)} / {len(rewire_s)} runs.",
+            "",
+            "| operation | median (s) | / training step | target |",
+            "|---|---:|---:|---|",
+            f"| PGD-7 hybrid training step | {step:.3f} | 1 | |",
+            f"| `Masking.apply_()` (every step) | {apply:.4f} | {apply / step:.3%} | < 2 % "
+            f"{'met' if apply / step < 0.02 else 'MISSED'} |",
+            f"| `Masking.rewire({args.prune_rate})` (once per epoch) | {rewire:.3f} | "
+            f"{rewire / step:.3f}× | < 1× {'met' if rewire < step else 'MISSED'} |",
+            "",
+        ]
+    )
     (args.out_dir / "rewire_cost.md").write_text(md)
     print(md)
     return result

@@ -45,7 +45,9 @@ def summarize(path: Path) -> dict:
             prunable=total,
             active=active,
             budget_exact=active == round(row["target_density"] * total),
-            nonzero_outside_mask=sum(int(torch.count_nonzero(weights[k][~m])) for k, m in masks.items()),
+            nonzero_outside_mask=sum(
+                int(torch.count_nonzero(weights[k][~m])) for k, m in masks.items()
+            ),
             layer_density_min=min(float(m.float().mean()) for m in masks.values()),
             layer_density_max=max(float(m.float().mean()) for m in masks.values()),
         )
@@ -71,7 +73,9 @@ def main() -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)]
+        cells = [
+            f"{v:.4f}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from dnr.config import load_config, resolve_device
+from dnr.config import load_config
+from dnr.devices import resolve_device
 from dnr.markdown import markdown_table
 from dnr.models import create_model
 from dnr.sparsity import Progress, build_sparsity
@@ -27,11 +28,20 @@ from dnr.training import build_optimizer, train_step
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(model_name: str, width: float, steps: int, batch: int, iters: int, method: str,
-            device: str) -> dict:
-    cfg = load_config(None, [f"model.name={model_name}", f"model.width={width}",
-                             f"sparsity.method={method}", f"attack.steps={steps}",
-                             f"train.batch_size={batch}", f"train.device={device}"])
+def measure(
+    model_name: str, width: float, steps: int, batch: int, iters: int, method: str, device: str
+) -> dict:
+    cfg = load_config(
+        None,
+        [
+            f"model.name={model_name}",
+            f"model.width={width}",
+            f"sparsity.method={method}",
+            f"attack.steps={steps}",
+            f"train.batch_size={batch}",
+            f"train.device={device}",
+        ],
+    )
     dev = resolve_device(cfg.train.device)
     model = create_model(model_name, num_classes=10, width=width).to(dev)
     optimizer = build_optimizer(cfg, model)
@@ -50,9 +60,16 @@ def measure(model_name: str, width: float, steps: int, batch: int, iters: int, m
         if i >= 2:  # warm-up
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"model": model_name, "width": width, "pgd_steps": steps, "batch_size": batch,
-            "method": method, "device": str(dev), "median_step_seconds": median,
-            "images_per_sec": batch / median}
+    return {
+        "model": model_name,
+        "width": width,
+        "pgd_steps": steps,
+        "batch_size": batch,
+        "method": method,
+        "device": str(dev),
+        "median_step_seconds": median,
+        "images_per_sec": batch / median,
+    }
 
 
 def main() -> None:
@@ -64,17 +81,35 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    rows = [measure(args.model, args.width, args.steps, args.batch_size, args.iters, method,
-                    args.device) for method in ("dense", "dnr")]
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "results": rows}
+    rows = [
+        measure(
+            args.model, args.width, args.steps, args.batch_size, args.iters, method, args.device
+        )
+        for method in ("dense", "dnr")
+    ]
+    info = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "results": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     name = f"train_throughput_{args.model}_w{args.width}_{args.device}"
     (RESULTS / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
     table = markdown_table(
         ["model", "width", "PGD steps", "batch", "method", "device", "images/s"],
-        [[r["model"], r["width"], r["pgd_steps"], r["batch_size"], r["method"], r["device"],
-          f"{r['images_per_sec']:.1f}"] for r in rows],
+        [
+            [
+                r["model"],
+                r["width"],
+                r["pgd_steps"],
+                r["batch_size"],
+                r["method"],
+                r["device"],
+                f"{r['images_per_sec']:.1f}",
+            ]
+            for r in rows
+        ],
     )
     (RESULTS / f"{name}.md").write_text(table + "\n")
     print(table)

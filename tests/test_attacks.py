@@ -198,8 +198,9 @@ def test_modes_and_requires_grad_restored_exactly(model, data):
 
     seen_training, seen_frozen = [], []
     model.bn1.register_forward_pre_hook(lambda m, a: seen_training.append(m.training))
-    model.layer4.register_forward_pre_hook(lambda m, a: seen_frozen.append(
-        not any(p.requires_grad for p in model.parameters())))
+    model.layer4.register_forward_pre_hook(
+        lambda m, a: seen_frozen.append(not any(p.requires_grad for p in model.parameters()))
+    )
     pgd(model, x, y, eps=EPS, step_size=2 / 255, steps=2, restarts=2, generator=gen())
     fgsm(model, x, y, eps=EPS)
     assert seen_training and not any(seen_training)  # BN ran in eval mode
@@ -258,9 +259,15 @@ def test_vgg_with_restarts(data):
     assert_in_threat_model(x_adv, x, EPS)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(eps=-0.1), dict(steps=-1), dict(restarts=0), dict(loss="kl"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(eps=-0.1),
+        dict(steps=-1),
+        dict(restarts=0),
+        dict(loss="kl"),
+    ],
+)
 def test_invalid_settings(model, data, kwargs):
     x, y = data
     args = dict(eps=EPS, step_size=0.01, steps=1) | kwargs

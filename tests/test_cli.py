@@ -9,20 +9,31 @@ import sys
 import pytest
 import torch
 
+from conftest import tiny_overrides
 from dnr.artifacts import RunDir, load_model
 from dnr.cli import main
-
-from conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    overrides = tiny_overrides(train__epochs=3, sparsity__method="dnr",
-                               sparsity__density=0.5, model__width=0.125)
+    overrides = tiny_overrides(
+        train__epochs=3, sparsity__method="dnr", sparsity__density=0.5, model__width=0.125
+    )
     # overrides before, between and after the options
-    code = main(["train", overrides[0], "--config", "demo", *overrides[1:4], "--out", str(out),
-                 "--quiet", *overrides[4:]])
+    code = main(
+        [
+            "train",
+            overrides[0],
+            "--config",
+            "demo",
+            *overrides[1:4],
+            "--out",
+            str(out),
+            "--quiet",
+            *overrides[4:],
+        ]
+    )
     assert code == 0
     assert RunDir(out).config.is_file()
     assert "width: 0.125" in RunDir(out).config.read_text()
@@ -31,8 +42,17 @@ def trained_run(tmp_path_factory):
 
 def test_train_writes_run_directory_with_eval(trained_run, capsys) -> None:
     run = RunDir(trained_run)
-    for path in (run.config, run.metrics, run.model_weights, run.model_meta, run.eval_json,
-                 run.eval_md, run.report_md, run.layer_density_plot, run.last_checkpoint):
+    for path in (
+        run.config,
+        run.metrics,
+        run.model_weights,
+        run.model_meta,
+        run.eval_json,
+        run.eval_md,
+        run.report_md,
+        run.layer_density_plot,
+        run.last_checkpoint,
+    ):
         assert path.is_file(), path
     document = json.loads(run.eval_json.read_text())
     names = [r["name"] for r in document["results"]]
@@ -68,9 +88,25 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
     arch = model.arch_config
     state = {f"module.{k}": v for k, v in model.state_dict().items() if "normalize" not in k}
     torch.save({"state_dict": state}, tmp_path / "weights.pt")
-    code = main(["eval", "--model", "vgg16", "--num-classes", "10", "--width", str(arch["width"]),
-                 "--weights", str(tmp_path / "weights.pt"), "data.name=digits",
-                 "--subset", "32", "--json", "--out", str(tmp_path / "ev")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "vgg16",
+            "--num-classes",
+            "10",
+            "--width",
+            str(arch["width"]),
+            "--weights",
+            str(tmp_path / "weights.pt"),
+            "data.name=digits",
+            "--subset",
+            "32",
+            "--json",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
     assert code == 0
     plain = json.loads(capsys.readouterr().out)
     assert (tmp_path / "ev" / "eval.json").is_file()
@@ -78,9 +114,26 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
     ours = json.loads(capsys.readouterr().out)
     assert plain["results"][0]["accuracy"] == ours["results"][0]["accuracy"]
     # --arch: the deprecated name of --model, still accepted; an override may come first
-    code = main(["eval", "data.name=digits", "--arch", "vgg16", "--num-classes", "10",
-                 "--width", str(arch["width"]), "--weights", str(tmp_path / "weights.pt"),
-                 "--subset", "32", "--json", "--no-sanity", "--out", str(tmp_path / "ev3")])
+    code = main(
+        [
+            "eval",
+            "data.name=digits",
+            "--arch",
+            "vgg16",
+            "--num-classes",
+            "10",
+            "--width",
+            str(arch["width"]),
+            "--weights",
+            str(tmp_path / "weights.pt"),
+            "--subset",
+            "32",
+            "--json",
+            "--no-sanity",
+            "--out",
+            str(tmp_path / "ev3"),
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "--arch is deprecated; use --model" in captured.err
@@ -93,17 +146,31 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
         (["train", "--out", "{tmp}/r", "train.epochz=1"], "unknown key 'train.epochz'"),
         (["train", "--out", "{tmp}/r", "model.name=alexnet"], "choose one of resnet18, vgg16"),
         (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/r"], "config file not found"),
-        (["train", "--out", "{tmp}/r", "data.name=npz", "data.train={tmp}/nope.npz",
-          "data.test={tmp}/nope.npz"], "nope.npz"),
+        (
+            [
+                "train",
+                "--out",
+                "{tmp}/r",
+                "data.name=npz",
+                "data.train={tmp}/nope.npz",
+                "data.test={tmp}/nope.npz",
+            ],
+            "nope.npz",
+        ),
         (["eval", "{tmp}/no-run"], "no-run"),
         (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --model and --num-classes"),
         (["eval", "{tmp}/no-run", "--device", "cuda:7"], "device: cuda:7 requested"),
         (["eval", "{tmp}/a", "{tmp}/b"], "give one run directory or model file"),
         (["report", "{tmp}/no-run"], "no-run"),
         (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
-        (["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.9"],
-         "sparsity.regrow_pruned=false needs room"),
-        (["train", "--out", "{tmp}/r", "eval.protocol=pgd7"], "choose one of autoattack, cw, dnr, full"),
+        (
+            ["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.9"],
+            "sparsity.regrow_pruned=false needs room",
+        ),
+        (
+            ["train", "--out", "{tmp}/r", "eval.protocol=pgd7"],
+            "choose one of autoattack, cw, dnr, full",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(argv, fragment, tmp_path, capsys) -> None:
@@ -124,10 +191,25 @@ def test_existing_run_is_never_overwritten(trained_run, capsys) -> None:
 def test_npz_training_from_the_command_line(npz_files, tmp_path, capsys) -> None:
     train0, train1, test = npz_files
     out = tmp_path / "npz-run"
-    code = main(["train", "--config", "vgg16_cifar10", "--out", str(out), "--quiet",
-                 "data.name=npz", f"data.train=[{train0},{train1}]", f"data.test={test}",
-                 "data.val_size=32", "model.width=0.0625", "train.epochs=1",
-                 "train.batch_size=32", "attack.steps=1", "train.device=cpu"])
+    code = main(
+        [
+            "train",
+            "--config",
+            "vgg16_cifar10",
+            "--out",
+            str(out),
+            "--quiet",
+            "data.name=npz",
+            f"data.train=[{train0},{train1}]",
+            f"data.test={test}",
+            "data.val_size=32",
+            "model.width=0.0625",
+            "train.epochs=1",
+            "train.batch_size=32",
+            "attack.steps=1",
+            "train.device=cpu",
+        ]
+    )
     assert code == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"]["num_classes"] == 4
@@ -135,13 +217,15 @@ def test_npz_training_from_the_command_line(npz_files, tmp_path, capsys) -> None
 
 
 def test_help_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "dnr", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dnr", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.startswith("usage: dnr ")
     for command in ("train", "eval", "report", "demo", "list"):
         assert command in out
-    out = subprocess.run([sys.executable, "-m", "dnr", "train", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dnr", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--resume" in out and "KEY=VALUE" in out and "--print-config" in out
 
 
@@ -152,8 +236,11 @@ def test_help_reads_names_from_the_registries(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()
-             if line.startswith("  ") and len(line.split()) > 1}
+    lines = {
+        line.split()[0]: line.split(None, 1)[1]
+        for line in out.splitlines()
+        if line.startswith("  ") and len(line.split()) > 1
+    }
     assert lines["model.name"] == ", ".join(MODELS.names())
     assert lines["sparsity.method"] == ", ".join(SPARSITY_METHODS.names())
     for name in [*SPARSITY_METHODS.names(), *PROTOCOLS.names(), *list_presets()]:
@@ -167,10 +254,14 @@ def test_help_reads_names_from_the_registries(capsys) -> None:
 
 
 def test_top_level_help_does_not_import_torch() -> None:
-    code = ("import sys\nfrom dnr.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.startswith('torch')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys\nfrom dnr.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torch')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
 
@@ -190,8 +281,14 @@ def test_overrides_and_options_in_any_order(command) -> None:
 def test_print_config_prints_resolved_yaml_without_training(tmp_path, capsys) -> None:
     import yaml
 
-    argv = ["train", "--config", "vgg16_cifar10", "--print-config", "train.epochs=3",
-            "model.width=0.5"]
+    argv = [
+        "train",
+        "--config",
+        "vgg16_cifar10",
+        "--print-config",
+        "train.epochs=3",
+        "model.width=0.5",
+    ]
     assert main(argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["epochs"] == 3 and printed["model"]["width"] == 0.5
@@ -230,10 +327,12 @@ def test_list_prints_every_registered_name(capsys) -> None:
         "protocols": PROTOCOLS.names(),
         "datasets": DATASETS.names(),
     }
-    for argv, names in ((["list", "models"], MODELS.names()),
-                        (["list", "model"], MODELS.names()),
-                        (["list", "sparsity"], SPARSITY_METHODS.names()),
-                        (["list", "presets"], list_presets())):
+    for argv, names in (
+        (["list", "models"], MODELS.names()),
+        (["list", "model"], MODELS.names()),
+        (["list", "sparsity"], SPARSITY_METHODS.names()),
+        (["list", "presets"], list_presets()),
+    ):
         assert main(argv) == 0
         assert capsys.readouterr().out.splitlines() == names
     with pytest.raises(SystemExit):
@@ -242,12 +341,14 @@ def test_list_prints_every_registered_name(capsys) -> None:
 
 @pytest.mark.parametrize(
     ("option", "fragment"),
-    [(["--protocol", "bogus"], "invalid choice: 'bogus'"),
-     (["--subset", "0"], "must be > 0"),
-     (["--batch-size", "-1"], "must be > 0"),
-     (["--eps", "abc"], "expected a number"),
-     (["--device", "gpu"], "expected auto, cpu, cuda, cuda:N or mps"),
-     (["--model", "alexnet"], "invalid choice: 'alexnet'")],
+    [
+        (["--protocol", "bogus"], "invalid choice: 'bogus'"),
+        (["--subset", "0"], "must be > 0"),
+        (["--batch-size", "-1"], "must be > 0"),
+        (["--eps", "abc"], "expected a number"),
+        (["--device", "gpu"], "expected auto, cpu, cuda, cuda:N or mps"),
+        (["--model", "alexnet"], "invalid choice: 'alexnet'"),
+    ],
 )
 def test_eval_option_errors_exit_2(trained_run, option, fragment, capsys) -> None:
     with pytest.raises(SystemExit) as info:
@@ -294,12 +395,20 @@ def test_artifacts_have_normal_permissions(trained_run) -> None:
 
 def test_demo_compares_dense_static_and_dnr_and_can_be_rerun(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--quiet",
-            *tiny_overrides(train__epochs=1, data__subset=96, eval__subset=32)]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--quiet",
+        *tiny_overrides(train__epochs=1, data__subset=96, eval__subset=32),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in printed.splitlines()
-            if line.split() and line.split()[0] in ("dense", "static", "dnr")}
+    rows = {
+        line.split()[0]: line
+        for line in printed.splitlines()
+        if line.split() and line.split()[0] in ("dense", "static", "dnr")
+    }
     assert list(rows) == ["dense", "static", "dnr"]
     assert rows["dense"].rstrip().endswith("1.0x") and rows["dnr"].rstrip().endswith("20.0x")
     assert rows["static"].rstrip().endswith("20.0x")

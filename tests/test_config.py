@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from dnr.config import (
+    PRESET_DIR,
     Config,
     ConfigError,
-    PRESET_DIR,
     apply_overrides,
     list_presets,
     load_config,
@@ -28,7 +28,11 @@ def test_defaults_follow_method_doc() -> None:
     # Where the defaults depart from the paper (docs/method.md says why, with measurements).
     s = cfg.sparsity
     assert (s.prune_rate, s.redistribution, s.rewire_until, s.bn_refresh_batches) == (
-        0.2, 0.3, 0.75, 8)
+        0.2,
+        0.3,
+        0.75,
+        8,
+    )
     assert s.grow_momentum == "zero" and s.keep_regrown_values and s.protect_channels
 
 
@@ -50,8 +54,17 @@ def test_new_options_are_validated(override: str, fragment: str) -> None:
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["vgg16_cifar10", "resnet18_cifar10", "vgg16_cifar100",
-                                  "resnet18_cifar100", "vgg16_tiny-imagenet", "demo"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vgg16_cifar10",
+        "resnet18_cifar10",
+        "vgg16_cifar100",
+        "resnet18_cifar100",
+        "vgg16_tiny-imagenet",
+        "demo",
+    ],
+)
 def test_every_preset_loads(name: str) -> None:
     assert name in list_presets()
     cfg = load_config(name)

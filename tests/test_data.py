@@ -27,9 +27,12 @@ from dnr.data import (
     DataError,
     DatasetMeta,
     Split,
+    cifar,
+    digits,
     load_dataset,
+    safety,
+    tiny_imagenet,
 )
-from dnr.data import cifar, digits, safety, tiny_imagenet
 from dnr.data.loader import random_crop_flip, split_indices, validation_size
 from dnr.data.source import SourceData, read_source
 from dnr.registry import DATASETS, UnknownNameError
@@ -90,14 +93,30 @@ def make_cifar10(root: Path, per_batch: int = 4) -> Path:
         dump_py2(batch, folder / f"data_batch_{b}")
     test_labels = sorted(i % 10 for i in range(20))  # sorted by class, like the real test set
     dump_py2(
-        {b"batch_label": b"testing batch 1 of 1", b"labels": test_labels,
-         b"data": cifar_rows(test_labels, base=100), b"filenames": [b"t.png"] * 20},
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": test_labels,
+            b"data": cifar_rows(test_labels, base=100),
+            b"filenames": [b"t.png"] * 20,
+        },
         folder / "test_batch",
     )
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-             b"dog", b"frog", b"horse", b"ship", b"truck"]
-    dump_py2({b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072},
-             folder / "batches.meta")
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    dump_py2(
+        {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072},
+        folder / "batches.meta",
+    )
     return folder
 
 
@@ -107,18 +126,31 @@ def make_cifar100(root: Path) -> Path:
     for name, n in (("train", 30), ("test", 20)):
         fine = [(7 * i) % 100 for i in range(n)]
         dump_py3(
-            {b"filenames": [b"x.png"] * n, b"batch_label": name.encode(), b"fine_labels": fine,
-             b"coarse_labels": [f // 5 for f in fine], b"data": cifar_rows(fine, base=1)},
+            {
+                b"filenames": [b"x.png"] * n,
+                b"batch_label": name.encode(),
+                b"fine_labels": fine,
+                b"coarse_labels": [f // 5 for f in fine],
+                b"data": cifar_rows(fine, base=1),
+            },
             folder / name,
         )
-    dump_py3({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-              b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}, folder / "meta")
+    dump_py3(
+        {
+            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+        },
+        folder / "meta",
+    )
     return folder
 
 
 WNIDS = ["n01443537", "n01629819", "n01641577"]
-WORDS = {"n01443537": "goldfish, Carassius auratus", "n01629819": "European fire salamander",
-         "n01641577": "bullfrog, Rana catesbeiana"}
+WORDS = {
+    "n01443537": "goldfish, Carassius auratus",
+    "n01629819": "European fire salamander",
+    "n01641577": "bullfrog, Rana catesbeiana",
+}
 COLORS = {0: (200, 30, 30), 1: (30, 200, 30), 2: (30, 30, 200)}
 
 
@@ -178,7 +210,10 @@ def test_cifar10_python2_pickles(tmp_path: Path) -> None:
     assert data.meta == DatasetMeta(
         "cifar10",
         ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-        10, 32, CIFAR_MEAN, CIFAR_STD,
+        10,
+        32,
+        CIFAR_MEAN,
+        CIFAR_STD,
     )
     assert data.train.x.shape == (16, 3, 32, 32) and data.val.x.shape == (4, 3, 32, 32)
     assert data.test.x.shape == (20, 3, 32, 32)
@@ -302,8 +337,18 @@ def _cifar_bad(kind: str) -> object:
 
 @pytest.mark.parametrize(
     "kind",
-    ["float data", "wrong shape", "length mismatch", "label out of range", "negative label",
-     "non-integer label", "no labels", "empty", "not a dict", "truncated"],
+    [
+        "float data",
+        "wrong shape",
+        "length mismatch",
+        "label out of range",
+        "negative label",
+        "non-integer label",
+        "no labels",
+        "empty",
+        "not a dict",
+        "truncated",
+    ],
 )
 def test_cifar_bad_data_names_the_file(tmp_path: Path, kind: str) -> None:
     folder = make_cifar10(tmp_path)
@@ -448,8 +493,15 @@ def _break_tiny(tiny: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     "kind",
-    ["corrupt jpeg", "truncated jpeg", "wrong size", "unknown wnid", "bad annotation line",
-     "missing val image", "missing class folder"],
+    [
+        "corrupt jpeg",
+        "truncated jpeg",
+        "wrong size",
+        "unknown wnid",
+        "bad annotation line",
+        "missing val image",
+        "missing class folder",
+    ],
 )
 def test_tiny_imagenet_bad_data_names_the_file(tiny: Path, kind: str) -> None:
     culprit = _break_tiny(tiny, kind)
@@ -467,8 +519,13 @@ def test_npz_multiple_files_and_classes(tmp_path: Path) -> None:
     save_npz(tmp_path / "a.npz", x=x0, y=np.arange(30) % 3, classes=classes)
     save_npz(tmp_path / "b.npz", x=x1, y=np.arange(20, dtype=np.int32) % 2)
     save_npz(tmp_path / "t.npz", x=xt, y=np.arange(10) % 3, classes=classes)
-    cfg = DataConfig(name="npz", root=str(tmp_path), train=["a.npz", str(tmp_path / "b.npz")],
-                     test=["t.npz"], val_size=10)  # relative names resolve under root
+    cfg = DataConfig(
+        name="npz",
+        root=str(tmp_path),
+        train=["a.npz", str(tmp_path / "b.npz")],
+        test=["t.npz"],
+        val_size=10,
+    )  # relative names resolve under root
     data = load_dataset(cfg)
     names = ["cat", "dog", "eel", "fox"]
     assert data.meta == DatasetMeta("npz", names, 4, 32, CIFAR_MEAN, CIFAR_STD)
@@ -482,8 +539,11 @@ def test_npz_multiple_files_and_classes(tmp_path: Path) -> None:
 def test_npz_num_classes_is_max_label_over_train_and_test(tmp_path: Path) -> None:
     save_npz(tmp_path / "a.npz", x=images(8), y=np.array([0, 1, 2, 0, 1, 2, 0, 1]))
     save_npz(tmp_path / "t.npz", x=images(4), y=np.array([0, 6, 1, 2]))
-    data = load_dataset(DataConfig(name="npz", train=[str(tmp_path / "a.npz")],
-                                   test=[str(tmp_path / "t.npz")], val_size=0))
+    data = load_dataset(
+        DataConfig(
+            name="npz", train=[str(tmp_path / "a.npz")], test=[str(tmp_path / "t.npz")], val_size=0
+        )
+    )
     assert data.meta.num_classes == 7 and data.meta.classes == [str(i) for i in range(7)]
 
 
@@ -535,8 +595,14 @@ def test_splits_are_seeded_disjoint_and_random(tmp_path: Path) -> None:
     y_test = np.repeat(np.arange(10), 20)  # sorted by class, like CIFAR's test set
     save_npz(tmp_path / "a.npz", x=images(300), y=np.arange(300) % 10)
     save_npz(tmp_path / "t.npz", x=images(200, 1), y=y_test)
-    cfg = DataConfig(name="npz", train=[str(tmp_path / "a.npz")], test=[str(tmp_path / "t.npz")],
-                     val_size=50, subset=40, seed=3)
+    cfg = DataConfig(
+        name="npz",
+        train=[str(tmp_path / "a.npz")],
+        test=[str(tmp_path / "t.npz")],
+        val_size=50,
+        subset=40,
+        seed=3,
+    )
     a, b = load_dataset(cfg), load_dataset(cfg)
     assert a.indices == b.indices and torch.equal(a.train.x, b.train.x)
     assert len(a.train) == 40 and len(a.val) == 50 and len(a.test) == 40
@@ -569,14 +635,18 @@ def test_digits_default_needs_no_files() -> None:
 # SHA-256 of each tensor's bytes and its sum, as produced by the scikit-learn-based reader
 # this package used before the 8x8 digits were bundled: the tensors must stay bit-identical.
 DIGITS_REFERENCE = {
-    "x_train": ((1437, 3, 32, 32), 343173690,
-                "9dd37df5a21cee34d67ee4173868a20b48eca8e9521c881f8e028a4269e25dd4"),
-    "y_train": ((1437,), 6408,
-                "faa69f985667f3796aa03f9ebf76dce99ada3afbb60825d09a73c2c91c860a35"),
-    "x_test": ((360, 3, 32, 32), 86499825,
-               "b8198d2b1e5eacd6c2b251515b893592ffe9b6bc20cbded8df06683d4ff5cc68"),
-    "y_test": ((360,), 1662,
-               "2b8ba7b0f976116f797804e168865ae5582866f38d04438f32d50a0821e941c0"),
+    "x_train": (
+        (1437, 3, 32, 32),
+        343173690,
+        "9dd37df5a21cee34d67ee4173868a20b48eca8e9521c881f8e028a4269e25dd4",
+    ),
+    "y_train": ((1437,), 6408, "faa69f985667f3796aa03f9ebf76dce99ada3afbb60825d09a73c2c91c860a35"),
+    "x_test": (
+        (360, 3, 32, 32),
+        86499825,
+        "b8198d2b1e5eacd6c2b251515b893592ffe9b6bc20cbded8df06683d4ff5cc68",
+    ),
+    "y_test": ((360,), 1662, "2b8ba7b0f976116f797804e168865ae5582866f38d04438f32d50a0821e941c0"),
 }
 
 
@@ -653,8 +723,8 @@ def reference_crop_flip(
     """torchvision RandomCrop(H, padding) + hflip, written out for one image."""
     h, w = img.shape[1:]
     padded = torch.zeros(img.shape[0], h + 2 * pad, w + 2 * pad, dtype=img.dtype)
-    padded[:, pad:pad + h, pad:pad + w] = img
-    out = padded[:, top:top + h, left:left + w]
+    padded[:, pad : pad + h, pad : pad + w] = img
+    out = padded[:, top : top + h, left : left + w]
     return out.flip(2) if flip else out
 
 
@@ -700,7 +770,7 @@ def test_loader_epoch_seed_is_unchanged() -> None:
     for epoch in (0, 3):
         state = np.random.SeedSequence([7, epoch]).generate_state(1, np.uint64)[0]
         expected = torch.randperm(50, generator=torch.Generator().manual_seed(int(state)))
-        (_, y), = loader.epoch(epoch)
+        ((_, y),) = loader.epoch(epoch)
         assert torch.equal(y, expected)
 
 
@@ -729,7 +799,9 @@ def test_loader_augmentation_is_a_padded_crop_and_flip() -> None:
             source = split.x[label]
             matches = [
                 (top, left, flip)
-                for top in range(9) for left in range(9) for flip in (False, True)
+                for top in range(9)
+                for left in range(9)
+                for flip in (False, True)
                 if torch.equal(img, reference_crop_flip(source, top, left, flip))
             ]
             assert len(matches) == 1

@@ -55,7 +55,8 @@ def test_describe_cpu(cpu_torch, monkeypatch) -> None:
 
 def test_describe_cuda(cuda_torch) -> None:
     assert describe_device(torch.device("cuda:0")) == (
-        "device cuda:0 (NVIDIA H100 80GB HBM3), torch 2.5.1+cu124, CUDA 12.4")
+        "device cuda:0 (NVIDIA H100 80GB HBM3), torch 2.5.1+cu124, CUDA 12.4"
+    )
     # no index: the current device
     assert describe_device(torch.device("cuda")).startswith("device cuda:1 (NVIDIA H100")
 
@@ -70,7 +71,9 @@ def test_resolve_device_checks_names_and_availability(cpu_torch) -> None:
     assert resolve_device("auto").type in ("cpu", "mps")
     with pytest.raises(ConfigError, match="'gpu' is not a device"):
         resolve_device("gpu")
-    with pytest.raises(ConfigError, match=r"cuda:1 requested but CUDA is not available \(a CPU-only"):
+    with pytest.raises(
+        ConfigError, match=r"cuda:1 requested but CUDA is not available \(a CPU-only"
+    ):
         resolve_device("cuda:1")
 
 
@@ -87,10 +90,14 @@ def test_config_reexports_resolve_device() -> None:
     assert config.resolve_device is devices.resolve_device
 
 
-def test_cpu_fallback_warning_on_a_gpu_machine_with_cpu_only_torch(cpu_torch, monkeypatch,
-                                                                   tmp_path) -> None:
-    monkeypatch.setattr(devices.shutil, "which",
-                        lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+def test_cpu_fallback_warning_on_a_gpu_machine_with_cpu_only_torch(
+    cpu_torch, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setattr(
+        devices.shutil,
+        "which",
+        lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None,
+    )
     monkeypatch.setattr(devices, "NVIDIA_PROC", str(tmp_path / "absent"))
     message = cpu_fallback_warning("auto", torch.device("cpu"))
     assert message is not None and message.startswith("WARNING")
@@ -121,6 +128,7 @@ def test_no_warning_without_gpu_evidence(cpu_torch, no_gpu_evidence) -> None:
 
 def test_importing_devices_does_not_import_torch() -> None:
     code = "import sys, dnr.devices, dnr.config; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"

@@ -113,8 +113,9 @@ def test_select_subset_is_class_balanced_in_expectation_on_sorted_labels():
 @pytest.mark.parametrize("protocol", ["dnr", "pgd20", "pgd50", "cw"])
 def test_protocol_on_tiny_model(trained, test_data, protocol):
     x, y = test_data
-    report = evaluate_model(trained, x, y, protocol=protocol, sanity=False, progress=False,
-                            batch_size=32)
+    report = evaluate_model(
+        trained, x, y, protocol=protocol, sanity=False, progress=False, batch_size=32
+    )
     clean = report.result("clean")
     assert clean.accuracy > 0.8
     for r in report.results:
@@ -128,19 +129,28 @@ def test_protocol_on_tiny_model(trained, test_data, protocol):
 
 
 def test_protocol_settings_are_exact():
-    report = evaluate_model(mlp(), *make_data(16, 5), protocol="dnr", sanity=False,
-                            progress=False, seed=7)
+    report = evaluate_model(
+        mlp(), *make_data(16, 5), protocol="dnr", sanity=False, progress=False, seed=7
+    )
     pgd7 = report.result("pgd7").settings
     assert (pgd7["eps"], pgd7["step_size"], pgd7["steps"], pgd7["restarts"]) == (0.031, 0.01, 7, 1)
     assert pgd7["random_start"] is True and pgd7["loss"] == "ce" and pgd7["norm"] == "Linf"
     assert report.result("fgsm").settings["eps"] == 0.031
-    p50 = evaluate_model(mlp(), *make_data(8, 5), protocol="pgd50", sanity=False,
-                         progress=False).result("pgd50").settings
+    p50 = (
+        evaluate_model(mlp(), *make_data(8, 5), protocol="pgd50", sanity=False, progress=False)
+        .result("pgd50")
+        .settings
+    )
     assert (p50["eps"], p50["step_size"], p50["steps"]) == (8 / 255, 2 / 255, 50)
     assert p50["restarts"] > 1
     # an explicit eps applies to every attack; steps keep the protocol's step/eps ratio
-    scaled = evaluate_model(mlp(), *make_data(8, 5), protocol="dnr", eps=0.062, sanity=False,
-                            progress=False).result("pgd7").settings
+    scaled = (
+        evaluate_model(
+            mlp(), *make_data(8, 5), protocol="dnr", eps=0.062, sanity=False, progress=False
+        )
+        .result("pgd7")
+        .settings
+    )
     assert scaled["eps"] == 0.062 and scaled["step_size"] == pytest.approx(0.02)
 
 
@@ -148,8 +158,7 @@ def test_uint8_input_matches_float(trained, test_data):
     x, y = test_data
     x8 = (x * 255).round().to(torch.uint8)
     a = evaluate_model(trained, x8, y, protocol="dnr", sanity=False, progress=False)
-    b = evaluate_model(trained, x8.float() / 255, y, protocol="dnr", sanity=False,
-                       progress=False)
+    b = evaluate_model(trained, x8.float() / 255, y, protocol="dnr", sanity=False, progress=False)
     assert [r.accuracy for r in a.results] == [r.accuracy for r in b.results]
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         evaluate_model(trained, x * 255, y, progress=False)
@@ -157,8 +166,9 @@ def test_uint8_input_matches_float(trained, test_data):
 
 def test_subset_indices_recorded_and_used(trained, test_data):
     x, y = test_data
-    report = evaluate_model(trained, x, y, protocol="dnr", subset=20, seed=3, sanity=False,
-                            progress=False)
+    report = evaluate_model(
+        trained, x, y, protocol="dnr", subset=20, seed=3, sanity=False, progress=False
+    )
     assert report.subset_indices == select_subset(64, 20, 3)
     assert report.num_examples == 20 and report.result("clean").correct.numel() == 20
     rows = torch.tensor(report.subset_indices)
@@ -194,8 +204,9 @@ def test_protocols_are_registry_entries_with_descriptions_and_specs():
 def test_attack_seeds_come_from_the_shared_derivation():
     from dnr.seeding import derive_seed
 
-    report = evaluate_model(mlp(), *make_data(8, 5), protocol="dnr", sanity=False,
-                            progress=False, seed=7)
+    report = evaluate_model(
+        mlp(), *make_data(8, 5), protocol="dnr", sanity=False, progress=False, seed=7
+    )
     assert report.result("pgd7").settings["seed"] == derive_seed(7, "pgd7")
 
 
@@ -213,8 +224,10 @@ def test_sanity_verdicts_are_plain_functions_of_results():
 
     clean = result("clean", 90)
     pgd = {"attack": "pgd", "loss": "ce", "restarts": 1}
-    rising = [result("a", 40, eps=0.01, **pgd, steps=10),
-              result("b", 60, eps=0.02, **pgd, steps=10)]
+    rising = [
+        result("a", 40, eps=0.01, **pgd, steps=10),
+        result("b", 60, eps=0.02, **pgd, steps=10),
+    ]
     assert eps_monotonic_check(clean, rising, 1).status == "WARN"
     assert eps_monotonic_check(clean, rising[:1], 1).status == "PASS"
     fgsm = result("fgsm", 50, eps=0.02)
@@ -239,8 +252,9 @@ def test_missing_pyautoattack_says_how_to_install(trained, test_data, monkeypatc
 @pytest.fixture(scope="module")
 def full_report(trained, test_data) -> EvalReport:
     x, y = test_data
-    return evaluate_model(trained, x, y, protocol="full", subset=16, seed=0, batch_size=8,
-                          progress=False)
+    return evaluate_model(
+        trained, x, y, protocol="full", subset=16, seed=0, batch_size=8, progress=False
+    )
 
 
 def test_full_protocol_worst_case(full_report):
@@ -257,8 +271,12 @@ def test_full_protocol_worst_case(full_report):
 
 def test_sanity_checks_pass_on_a_normal_model(full_report, trained, test_data):
     assert status(full_report) == {
-        "input_gradients": "PASS", "deterministic": "PASS", "eps_monotonic": "PASS",
-        "large_eps": "PASS", "pgd_vs_fgsm": "PASS", "more_iterations": "PASS",
+        "input_gradients": "PASS",
+        "deterministic": "PASS",
+        "eps_monotonic": "PASS",
+        "large_eps": "PASS",
+        "pgd_vs_fgsm": "PASS",
+        "more_iterations": "PASS",
         "black_box": "PASS",
     }, [c.to_dict() for c in full_report.sanity]
     x, y = test_data
@@ -301,8 +319,9 @@ def test_autoattack_matches_reference_run_standard_evaluation(full_report, train
 
     x, y = test_data
     rows = torch.tensor(full_report.subset_indices)
-    adversary = AutoAttack(trained, norm="Linf", eps=8 / 255, version="standard",
-                           device="cpu", seed=0)
+    adversary = AutoAttack(
+        trained, norm="Linf", eps=8 / 255, version="standard", device="cpu", seed=0
+    )
     _, y_adv = adversary.run_standard_evaluation(x[rows], y[rows], batch_size=8)
     reference = (y_adv == y[rows]).float().mean().item()
     ours = full_report.result("autoattack")
@@ -315,8 +334,17 @@ def test_autoattack_matches_reference_run_standard_evaluation(full_report, train
 
 def test_autoattack_l2(trained, test_data):
     x, y = test_data
-    report = evaluate_model(trained, x, y, protocol="autoattack", norm="L2", eps=3.0,
-                            subset=8, batch_size=8, progress=False)
+    report = evaluate_model(
+        trained,
+        x,
+        y,
+        protocol="autoattack",
+        norm="L2",
+        eps=3.0,
+        subset=8,
+        batch_size=8,
+        progress=False,
+    )
     aa = report.result("autoattack")
     assert report.norm == "L2" and aa.settings["norm"] == "L2" and aa.settings["eps"] == 3.0
     assert aa.accuracy <= report.result("clean").accuracy
@@ -349,8 +377,9 @@ def test_fp32_enforced_for_bf16_model_under_outer_autocast(trained, test_data):
     model.load_state_dict(trained.state_dict())
     model = model.to(torch.bfloat16)
     seen: list[torch.dtype] = []
-    model[1].register_forward_hook(lambda m, i, o: seen.extend([i[0].dtype, m.weight.dtype,
-                                                                 o.dtype]))
+    model[1].register_forward_hook(
+        lambda m, i, o: seen.extend([i[0].dtype, m.weight.dtype, o.dtype])
+    )
     x, y = test_data
     with torch.autocast("cpu", dtype=torch.bfloat16):
         report = evaluate_model(model, x, y, protocol="dnr", progress=False)
@@ -358,7 +387,8 @@ def test_fp32_enforced_for_bf16_model_under_outer_autocast(trained, test_data):
     assert next(model.parameters()).dtype == torch.bfloat16  # the caller's model untouched
     reference = evaluate_model(trained, x, y, protocol="dnr", progress=False)
     assert report.result("clean").accuracy == pytest.approx(
-        reference.result("clean").accuracy, abs=0.05)
+        reference.result("clean").accuracy, abs=0.05
+    )
 
 
 def test_fp32_model_under_outer_autocast_stays_fp32(trained, test_data):
@@ -376,8 +406,9 @@ def test_fp32_model_under_outer_autocast_stays_fp32(trained, test_data):
 
 
 def test_model_state_is_restored(test_data):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.BatchNorm1d(16), nn.ReLU(),
-                          nn.Linear(16, K))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(192, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, K)
+    )
     model.train()
     model[2].eval()  # a mixed-mode model must come back mixed
     model[4].weight.requires_grad_(False)
@@ -394,10 +425,19 @@ def test_model_state_is_restored(test_data):
 
 def test_training_helpers_agree_with_evaluate_model(trained, test_data):
     x, y = test_data
-    report = evaluate_model(trained, x, y, protocol="dnr", sanity=False, progress=False,
-                            batch_size=16)
+    report = evaluate_model(
+        trained, x, y, protocol="dnr", sanity=False, progress=False, batch_size=16
+    )
     assert clean_accuracy(trained, x, y, batch_size=16) == report.result("clean").accuracy
-    acc = pgd_accuracy(trained, x, y, eps=0.031, step_size=0.01, steps=7, batch_size=16,
-                       generator=torch.Generator().manual_seed(0))
+    acc = pgd_accuracy(
+        trained,
+        x,
+        y,
+        eps=0.031,
+        step_size=0.01,
+        steps=7,
+        batch_size=16,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert 0.0 <= acc <= report.result("clean").accuracy
     assert acc == pytest.approx(report.result("pgd7").accuracy, abs=3 / 64)

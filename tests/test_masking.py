@@ -49,13 +49,15 @@ def sgd(model: nn.Module) -> torch.optim.SGD:
 def make(density: float = 0.1, seed: int = 0, **kw) -> tuple[nn.Module, torch.optim.SGD, Masking]:
     model = tiny_net(seed)
     opt = sgd(model)
-    masking = Masking(model, opt, density=density,
-                      generator=torch.Generator().manual_seed(seed), **kw)
+    masking = Masking(
+        model, opt, density=density, generator=torch.Generator().manual_seed(seed), **kw
+    )
     return model, opt, masking
 
 
-def train_steps(model: nn.Module, opt: torch.optim.Optimizer, masking: Masking, n: int,
-                seed: int = 0) -> None:
+def train_steps(
+    model: nn.Module, opt: torch.optim.Optimizer, masking: Masking, n: int, seed: int = 0
+) -> None:
     g = torch.Generator().manual_seed(seed)
     for _ in range(n):
         x = torch.rand(8, 3, 8, 8, generator=g)
@@ -66,8 +68,12 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, masking: Masking, 
         masking.apply_()
 
 
-def randomize_momenta(model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
-                      scales: dict[str, float] | None = None) -> None:
+def randomize_momenta(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    g: torch.Generator,
+    scales: dict[str, float] | None = None,
+) -> None:
     for name, p in model.named_parameters():
         scale = (scales or {}).get(name, 1.0)
         opt.state[p]["momentum_buffer"] = torch.randn(p.shape, generator=g) * scale
@@ -177,7 +183,7 @@ def test_budget_exact_after_many_rewirings(init: str, density: float) -> None:
     total_rewires = 60
     for t in range(total_rewires):
         with torch.no_grad():  # random weights at the active positions
-            for name, p in model.named_parameters():
+            for _name, p in model.named_parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
         masking.apply_()
         randomize_momenta(model, opt, g, scales if t % 2 else None)
@@ -185,21 +191,30 @@ def test_budget_exact_after_many_rewirings(init: str, density: float) -> None:
         stats = masking.rewire(rate)
         assert stats.total_lost == stats.total_regrown
         assert stats.total_active == masking.target_active
-        assert sum(stats.layer_density[n] * p.numel() for n, p in model.named_parameters()
-                   if n in PRUNABLE) == pytest.approx(masking.target_active)
+        assert sum(
+            stats.layer_density[n] * p.numel() for n, p in model.named_parameters() if n in PRUNABLE
+        ) == pytest.approx(masking.target_active)
         assert_invariants(model, masking)
 
 
-@pytest.mark.parametrize(("redistribution", "regrown"), [
-    (1.0, (75, 25)),  # the paper: g = ŝ·R
-    (0.4, (60, 40)),  # damped: 0.6·(50, 50) + 0.4·(75, 25)
-    (0.0, (50, 50)),  # counts frozen: every layer regrows what it lost
-])
+@pytest.mark.parametrize(
+    ("redistribution", "regrown"),
+    [
+        (1.0, (75, 25)),  # the paper: g = ŝ·R
+        (0.4, (60, 40)),  # damped: 0.6·(50, 50) + 0.4·(75, 25)
+        (0.0, (50, 50)),  # counts frozen: every layer regrows what it lost
+    ],
+)
 def test_redistribution_known_answer_favours_largest_momentum(redistribution, regrown) -> None:
     model = nn.Sequential(nn.Linear(40, 25, bias=False), nn.Linear(25, 40, bias=False))
     opt = sgd(model)
-    masking = Masking(model, opt, density=0.1, generator=torch.Generator().manual_seed(0),
-                      redistribution=redistribution)
+    masking = Masking(
+        model,
+        opt,
+        density=0.1,
+        generator=torch.Generator().manual_seed(0),
+        redistribution=redistribution,
+    )
     assert list(masking.layer_densities().values()) == [0.1, 0.1]  # 100 of 1000 each
     opt.state[model[0].weight]["momentum_buffer"] = torch.full((25, 40), 3.0)
     opt.state[model[1].weight]["momentum_buffer"] = torch.full((40, 25), -1.0)
@@ -230,8 +245,15 @@ def test_rewire_prunes_smallest_and_regrows_largest_momentum() -> None:
     model = nn.Sequential(nn.Linear(10, 10, bias=False))
     opt = sgd(model)
     # The paper's rule exactly: no channel protection, regrown weights restart at 0.
-    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0),
-                      protect_channels=False, keep_regrown_values=False, grow_momentum="keep")
+    masking = Masking(
+        model,
+        opt,
+        density=0.3,
+        generator=torch.Generator().manual_seed(0),
+        protect_channels=False,
+        keep_regrown_values=False,
+        grow_momentum="keep",
+    )
     w = model[0].weight
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -266,8 +288,14 @@ def test_rewire_prunes_smallest_and_regrows_largest_momentum() -> None:
 def test_just_pruned_positions_are_eligible_for_regrowth() -> None:
     model = nn.Sequential(nn.Linear(10, 10, bias=False))
     opt = sgd(model)
-    masking = Masking(model, opt, density=0.3, generator=torch.Generator().manual_seed(0),
-                      protect_channels=False, keep_regrown_values=False)
+    masking = Masking(
+        model,
+        opt,
+        density=0.3,
+        generator=torch.Generator().manual_seed(0),
+        protect_channels=False,
+        keep_regrown_values=False,
+    )
     w = model[0].weight
     old = masking.masks["0.weight"].clone()
     with torch.no_grad():
@@ -285,8 +313,9 @@ def test_just_pruned_positions_are_eligible_for_regrowth() -> None:
     # With regrow_pruned=False the same situation must grow elsewhere.
     model2 = nn.Sequential(nn.Linear(10, 10, bias=False))
     opt2 = sgd(model2)
-    m2 = Masking(model2, opt2, density=0.3, generator=torch.Generator().manual_seed(0),
-                 regrow_pruned=False)
+    m2 = Masking(
+        model2, opt2, density=0.3, generator=torch.Generator().manual_seed(0), regrow_pruned=False
+    )
     old2 = m2.masks["0.weight"].clone()
     with torch.no_grad():
         model2[0].weight.copy_(torch.arange(1.0, 101.0).view(10, 10))
@@ -349,8 +378,9 @@ def test_state_dict_roundtrip_resumes_exactly() -> None:
         train_steps(model, opt, masking, 2, seed=t)
         randomize_momenta(model, opt, g)
         masking.rewire(0.3)
-    ckpt = _roundtrip({"model": model.state_dict(), "opt": opt.state_dict(),
-                       "masking": masking.state_dict()})
+    ckpt = _roundtrip(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "masking": masking.state_dict()}
+    )
 
     model2 = tiny_net(seed=99)  # different init and different masks
     opt2 = sgd(model2)
@@ -412,8 +442,9 @@ class _Wrapper(nn.Module):
 def test_wrapped_model_names_have_no_module_prefix() -> None:
     inner = tiny_net()
     wrapped = _Wrapper(inner)
-    masking = Masking(wrapped, sgd(wrapped), density=0.1,
-                      generator=torch.Generator().manual_seed(0))
+    masking = Masking(
+        wrapped, sgd(wrapped), density=0.1, generator=torch.Generator().manual_seed(0)
+    )
     assert masking.layer_names == PRUNABLE
     plain_model, _, plain = make(0.1, seed=1)
     plain.load_state_dict(_roundtrip(masking.state_dict()))
@@ -445,8 +476,13 @@ def test_vgg16_small_width_budget() -> None:
     models = pytest.importorskip("dnr.models")
     model = models.create_model("vgg16", num_classes=10, width=0.0625)
     opt = sgd(model)
-    masking = Masking(model, opt, density=0.05, exclude=["features.0.weight"],
-                      generator=torch.Generator().manual_seed(0))
+    masking = Masking(
+        model,
+        opt,
+        density=0.05,
+        exclude=["features.0.weight"],
+        generator=torch.Generator().manual_seed(0),
+    )
     names = masking.layer_names
     assert "features.0.weight" not in names and "classifier.weight" in names
     assert len(names) == 12 + 1  # 13 convs minus the excluded stem, plus the head
@@ -471,14 +507,21 @@ def test_no_output_channel_starts_dead(init: str) -> None:
 
     for seed in range(3):
         vgg = create_model("vgg16", num_classes=10, width=0.25, mean=(0.5,) * 3, std=(0.2,) * 3)
-        masking = Masking(vgg, sgd(vgg), density=0.05, init=init,
-                          generator=torch.Generator().manual_seed(seed))
+        masking = Masking(
+            vgg, sgd(vgg), density=0.05, init=init, generator=torch.Generator().manual_seed(seed)
+        )
         assert sum(_dead_rows(masking).values()) == 0
         assert masking.num_active == round(0.05 * masking.num_prunable)
     # The unprotected (paper) init leaves first-layer filters empty at this budget.
     vgg = create_model("vgg16", num_classes=10, width=0.25, mean=(0.5,) * 3, std=(0.2,) * 3)
-    paper = Masking(vgg, sgd(vgg), density=0.05, init="uniform", protect_channels=False,
-                    generator=torch.Generator().manual_seed(0))
+    paper = Masking(
+        vgg,
+        sgd(vgg),
+        density=0.05,
+        init="uniform",
+        protect_channels=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert _dead_rows(paper)["features.0.weight"] > 0
 
 
@@ -579,17 +622,30 @@ def test_a_state_saved_before_the_options_existed_restores_the_paper_rewiring() 
         del state[k]
     restored = make(0.1)[2]
     restored.load_state_dict(state)
-    assert (restored.keep_regrown_values, restored.protect_channels, restored.redistribution,
-            restored.grow_momentum) == (False, False, 1.0, "keep")
+    assert (
+        restored.keep_regrown_values,
+        restored.protect_channels,
+        restored.redistribution,
+        restored.grow_momentum,
+    ) == (False, False, 1.0, "keep")
 
 
 def test_rewiring_options_travel_with_the_state_dict() -> None:
-    _, _, masking = make(0.1, redistribution=0.4, grow_momentum="zero", protect_channels=False,
-                         keep_regrown_values=False)
+    _, _, masking = make(
+        0.1,
+        redistribution=0.4,
+        grow_momentum="zero",
+        protect_channels=False,
+        keep_regrown_values=False,
+    )
     restored = make(0.1)[2]
     restored.load_state_dict(_roundtrip(masking.state_dict()))
-    assert (restored.redistribution, restored.grow_momentum, restored.protect_channels,
-            restored.keep_regrown_values) == (0.4, "zero", False, False)
+    assert (
+        restored.redistribution,
+        restored.grow_momentum,
+        restored.protect_channels,
+        restored.keep_regrown_values,
+    ) == (0.4, "zero", False, False)
     with pytest.raises(ValueError):
         make(0.1, redistribution=1.5)
     with pytest.raises(ValueError):

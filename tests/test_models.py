@@ -18,8 +18,26 @@ from dnr.models import (
 )
 from dnr.registry import MODELS
 
-VGG16_SPEC = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"]
+VGG16_SPEC = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+]
 
 
 def vgg16_expected(num_classes: int) -> tuple[int, int]:
@@ -83,8 +101,9 @@ def test_vgg16_param_count_matches_spec():
     model = create_model("vgg16", num_classes=10)
     weights, total = vgg16_expected(10)
     assert abs(weights - 14.7e6) < 0.05e6  # the paper's ~14.7M conv+linear weights
-    counted = sum(p.numel() for n, p in model.named_parameters()
-                  if n.endswith("weight") and p.ndim > 1)
+    counted = sum(
+        p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1
+    )
     assert counted == weights
     assert n_params(model) == total
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -106,10 +125,12 @@ def test_resnet18_param_count_matches_spec():
 
 @pytest.mark.parametrize("num_classes", [10, 100, 200])
 def test_param_count_follows_num_classes(num_classes):
-    assert n_params(create_model("resnet18", num_classes=num_classes)) == \
-        resnet18_expected(num_classes)
-    assert n_params(create_model("vgg16", num_classes=num_classes)) == \
-        vgg16_expected(num_classes)[1]
+    assert n_params(create_model("resnet18", num_classes=num_classes)) == resnet18_expected(
+        num_classes
+    )
+    assert (
+        n_params(create_model("vgg16", num_classes=num_classes)) == vgg16_expected(num_classes)[1]
+    )
 
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet18"])
@@ -136,10 +157,18 @@ def test_unknown_name_lists_known_models():
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(input_size=48), dict(input_size=224), dict(num_classes=0), dict(width=0.0),
-    dict(width=-1.0), dict(mean=(0.5, 0.5)), dict(std=(0.1, 0.0, 0.1)),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(input_size=48),
+        dict(input_size=224),
+        dict(num_classes=0),
+        dict(width=0.0),
+        dict(width=-1.0),
+        dict(mean=(0.5, 0.5)),
+        dict(std=(0.1, 0.0, 0.1)),
+    ],
+)
 def test_invalid_arguments(kwargs):
     args = dict(num_classes=10) | kwargs
     with pytest.raises(ValueError):
@@ -151,7 +180,8 @@ def test_normalize_layer():
     assert set(norm.state_dict()) == {"mean", "std"}
     x = torch.rand(2, 3, 4, 4)
     expected = (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(
-        1, 3, 1, 1)
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(norm(x), expected)
 
 
@@ -161,8 +191,9 @@ def test_arch_config_round_trip(name):
     mean, std = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
     m1 = create_model(name, num_classes=7, input_size=64, width=0.125, mean=mean, std=std)
     cfg = json.loads(json.dumps(m1.arch_config))  # what model.json holds
-    assert cfg == dict(name=name, num_classes=7, input_size=64, width=0.125,
-                       mean=list(mean), std=list(std))
+    assert cfg == dict(
+        name=name, num_classes=7, input_size=64, width=0.125, mean=list(mean), std=list(std)
+    )
     # train a BN step so running stats are not at their defaults
     m1.train()
     m1(torch.rand(4, 3, 64, 64))
@@ -187,6 +218,7 @@ def test_register_model_custom():
         model = create_model(name, num_classes=3)
         assert model.arch_config["name"] == name
         with pytest.raises(ValueError):
+
             @register_model(name=name)
             def other(**kwargs):
                 return nn.Sequential()

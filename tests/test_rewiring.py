@@ -218,7 +218,9 @@ def test_redistribute_largest_score_gets_most() -> None:
 def test_redistribute_cap_and_overflow() -> None:
     # layer 0 wants 50 but holds 20; its 30 overflow splits 3:2 -> 48, 32.
     assert redistribute(100, _t([0.5, 0.3, 0.2]), torch.tensor([20, 100, 100])).tolist() == [
-        20, 48, 32,
+        20,
+        48,
+        32,
     ]
 
 
@@ -226,7 +228,9 @@ def test_redistribute_cascading_overflow() -> None:
     # round 1: 70 > 10 caps layer 0; round 2: 90 split 2:1 -> 60 > 30 caps layer 1;
     # round 3: the remaining 60 all go to layer 2.
     assert redistribute(100, _t([0.7, 0.2, 0.1]), torch.tensor([10, 30, 100])).tolist() == [
-        10, 30, 60,
+        10,
+        30,
+        60,
     ]
 
 
@@ -291,8 +295,16 @@ def test_random_mask_cover_rows_gives_every_row_an_entry() -> None:
         assert int(m.sum()) == 22
         assert bool(m.reshape(16, -1).any(1).all())
     # Without covering, the same budget leaves rows empty (the failure this option prevents).
-    empty = [int((~random_mask((16, 3, 3, 3), 22, torch.Generator().manual_seed(s))
-                   .reshape(16, -1).any(1)).sum()) for s in range(5)]
+    empty = [
+        int(
+            (
+                ~random_mask((16, 3, 3, 3), 22, torch.Generator().manual_seed(s))
+                .reshape(16, -1)
+                .any(1)
+            ).sum()
+        )
+        for s in range(5)
+    ]
     assert max(empty) > 0
     # Fewer entries than rows: k distinct rows, one entry each.
     m = random_mask((10, 20), 4, torch.Generator().manual_seed(0), cover_rows=True)
@@ -302,10 +314,13 @@ def test_random_mask_cover_rows_gives_every_row_an_entry() -> None:
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("init", "shapes", "density"), [
-    ("uniform", [(16, 3, 3, 3), (16, 16, 3, 3), (64, 16, 3, 3), (10, 64)], 0.02),
-    ("erk", [(16, 3, 3, 3), (512, 64, 3, 3), (64, 64, 3, 3), (10, 64)], 0.002),
-])
+@pytest.mark.parametrize(
+    ("init", "shapes", "density"),
+    [
+        ("uniform", [(16, 3, 3, 3), (16, 16, 3, 3), (64, 16, 3, 3), (10, 64)], 0.02),
+        ("erk", [(16, 3, 3, 3), (512, 64, 3, 3), (64, 64, 3, 3), (10, 64)], 0.002),
+    ],
+)
 def test_layer_budgets_respect_per_layer_minimums(init: str, shapes, density: float) -> None:
     numels = [math.prod(s) for s in shapes]
     floors = [s[0] for s in shapes]
@@ -321,11 +336,13 @@ def test_layer_budgets_respect_per_layer_minimums(init: str, shapes, density: fl
 
 def test_channel_keepers_pick_each_rows_largest_active_weight() -> None:
     w = torch.tensor([[0.1, -0.9, 0.5], [0.3, 0.2, 0.0], [0.7, 0.7, 0.1], [1.0, 2.0, 3.0]])
-    mask = torch.tensor([[True, True, True], [False, True, False], [True, True, False],
-                         [False, False, False]])
+    mask = torch.tensor(
+        [[True, True, True], [False, True, False], [True, True, False], [False, False, False]]
+    )
     keep = channel_keepers(w, mask)
-    expected = torch.tensor([[False, True, False], [False, True, False], [True, False, False],
-                             [False, False, False]])  # tie -> lower index; empty row: none
+    expected = torch.tensor(
+        [[False, True, False], [False, True, False], [True, False, False], [False, False, False]]
+    )  # tie -> lower index; empty row: none
     assert torch.equal(keep, expected)
 
 
@@ -340,14 +357,16 @@ def test_magnitude_prune_never_takes_protected_entries() -> None:
 def test_regrowth_shares_interpolate_between_frozen_and_paper() -> None:
     s_hat = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
     r = torch.tensor([10, 30, 60])
-    assert torch.allclose(regrowth_shares(s_hat, r, 0.0), torch.tensor([0.1, 0.3, 0.6],
-                                                                        dtype=torch.float64))
+    assert torch.allclose(
+        regrowth_shares(s_hat, r, 0.0), torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
+    )
     assert torch.allclose(regrowth_shares(s_hat, r, 1.0), s_hat)
     half = regrowth_shares(s_hat, r, 0.5)
     assert torch.allclose(half, torch.tensor([0.4, 0.25, 0.35], dtype=torch.float64))
     assert float(half.sum()) == pytest.approx(1.0)
     # Frozen shares put back exactly what each layer lost.
-    assert redistribute(100, regrowth_shares(s_hat, r, 0.0), torch.tensor([50, 50, 80])).tolist() \
-        == [10, 30, 60]
+    assert redistribute(
+        100, regrowth_shares(s_hat, r, 0.0), torch.tensor([50, 50, 80])
+    ).tolist() == [10, 30, 60]
     with pytest.raises(ValueError):
         regrowth_shares(s_hat, r, 1.5)

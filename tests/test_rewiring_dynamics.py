@@ -19,16 +19,23 @@ from dnr.data import BatchLoader, load_dataset
 from dnr.models import create_model, refresh_batchnorm_stats
 from dnr.sparsity import Masking
 
-PAPER = dict(keep_regrown_values=False, protect_channels=False, grow_momentum="keep",
-             redistribution=1.0)
+PAPER = dict(
+    keep_regrown_values=False, protect_channels=False, grow_momentum="keep", redistribution=1.0
+)
 
 
 def test_eval_loss_right_after_a_rewiring_stays_close_to_before() -> None:
     data = load_dataset(load_config(None, ["data.name=digits", "data.val_size=200"]).data)
     torch.manual_seed(0)
     meta = data.meta
-    model = create_model("vgg16", num_classes=10, width=0.125, input_size=meta.image_size,
-                         mean=meta.mean, std=meta.std)
+    model = create_model(
+        "vgg16",
+        num_classes=10,
+        width=0.125,
+        input_size=meta.image_size,
+        mean=meta.mean,
+        std=meta.std,
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     masking = Masking(model, opt, density=0.05, generator=torch.Generator().manual_seed(0))
     loader = BatchLoader(data.train, 64, "cpu", shuffle=True, augment=False, seed=0)

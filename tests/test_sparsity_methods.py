@@ -15,6 +15,7 @@ from torch import nn
 from conftest import tiny_overrides
 from dnr.artifacts import RunDir, load_checkpoint
 from dnr.config import ConfigError, load_config
+from dnr.data import load_dataset
 from dnr.registry import SPARSITY_METHODS
 from dnr.sparsity import (
     Progress,
@@ -25,7 +26,6 @@ from dnr.sparsity import (
     register_method,
 )
 from dnr.training import build_optimizer, model_for, stage_plan, train, train_step
-from dnr.data import load_dataset
 
 QUIET = {"progress": False, "log": lambda _msg: None}
 
@@ -86,8 +86,9 @@ def toy_method():
         SPARSITY_METHODS.unregister(FrozenFirstLayer.name)
 
 
-def test_a_method_registered_outside_the_package_trains_through_dnr_train(tmp_path, toy_method,
-                                                                          monkeypatch) -> None:
+def test_a_method_registered_outside_the_package_trains_through_dnr_train(
+    tmp_path, toy_method, monkeypatch
+) -> None:
     built: list[FrozenFirstLayer] = []
     real_init = toy_method.__init__
 
@@ -97,8 +98,9 @@ def test_a_method_registered_outside_the_package_trains_through_dnr_train(tmp_pa
 
     monkeypatch.setattr(toy_method, "__init__", spy)
     assert "toy-frozen-first" in list_methods()
-    cfg = load_config(None, tiny_overrides(sparsity__method="toy-frozen-first", train__epochs=3,
-                                           data__subset=128))
+    cfg = load_config(
+        None, tiny_overrides(sparsity__method="toy-frozen-first", train__epochs=3, data__subset=128)
+    )
     lines: list[str] = []
     result = train(cfg, tmp_path / "run", progress=False, log=lines.append)
 
@@ -117,7 +119,9 @@ def test_a_method_registered_outside_the_package_trains_through_dnr_train(tmp_pa
     best = result.best_epoch
     assert (weights[first].abs().sum() == 0) == (best > 1)
     meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())
-    assert meta["sparsity"]["method"] == "toy-frozen-first" and meta["sparsity"]["mode"] == "channel"
+    assert (
+        meta["sparsity"]["method"] == "toy-frozen-first" and meta["sparsity"]["mode"] == "channel"
+    )
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     assert state["sparsity"] == {"method": "toy-frozen-first", "frozen": True}
 
@@ -144,8 +148,7 @@ def test_registering_a_non_method_is_refused() -> None:
 def _built(cfg):
     model = model_for(cfg, load_dataset(cfg.data))
     optimizer = build_optimizer(cfg, model)
-    return model, optimizer, build_sparsity(cfg, model, optimizer,
-                                            torch.Generator().manual_seed(0))
+    return model, optimizer, build_sparsity(cfg, model, optimizer, torch.Generator().manual_seed(0))
 
 
 def test_static_method_never_moves_its_mask(tiny_config) -> None:
@@ -187,8 +190,10 @@ def test_init_from_takes_weights_and_optionally_masks(tmp_path) -> None:
     src_masks = {n: m.cpu() for n, m in source.sparsity.masking.masks.items()}
 
     # masks asked for: the new run (static, another seed) keeps the source's masks
-    cfg = load_config(None, [*base, f"train.init_from={tmp_path / 'src'}", "train.init_masks=true",
-                             "train.seed=7"])
+    cfg = load_config(
+        None,
+        [*base, f"train.init_from={tmp_path / 'src'}", "train.init_masks=true", "train.seed=7"],
+    )
     result = train(cfg, tmp_path / "b", **QUIET)
     for name, mask in src_masks.items():
         assert torch.equal(result.sparsity.masking.masks[name].cpu(), mask), name
@@ -206,11 +211,14 @@ def test_init_from_takes_weights_and_optionally_masks(tmp_path) -> None:
         assert torch.equal(value, src_weights[name]), name
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["model.width=0.125"], "architecture differs in width"),
-    (["sparsity.density=0.2", "train.init_masks=true"], "do not fit"),
-    (["train.init_masks=true", "sparsity.method=dense"], "has no masks to take"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["model.width=0.125"], "architecture differs in width"),
+        (["sparsity.density=0.2", "train.init_masks=true"], "do not fit"),
+        (["train.init_masks=true", "sparsity.method=dense"], "has no masks to take"),
+    ],
+)
 def test_init_from_mismatches_are_config_errors(tmp_path, extra, message) -> None:
     base = tiny_overrides(sparsity__method="static", train__epochs=1, data__subset=96)
     train(load_config(None, base), tmp_path / "src", **QUIET)

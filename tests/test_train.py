@@ -11,14 +11,20 @@ from safetensors.torch import load_file
 
 import dnr.sparsity.dnr as dnr_module
 import dnr.training.step as step_module
-from dnr.sparsity import build_sparsity
-from dnr.training import build_optimizer, hybrid_loss, model_for, schedule_warning
+from conftest import tiny_overrides
 from dnr.artifacts import RunDir, load_checkpoint, load_model
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
-from dnr.training import RunExistsError, learning_rate, train
-
-from conftest import tiny_overrides
+from dnr.sparsity import build_sparsity
+from dnr.training import (
+    RunExistsError,
+    build_optimizer,
+    hybrid_loss,
+    learning_rate,
+    model_for,
+    schedule_warning,
+    train,
+)
 
 TIMING_KEYS = {"images_per_sec", "train_seconds", "wall_seconds"}
 
@@ -35,16 +41,30 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=4, train__lr=0.05))
     result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     run = RunDir(tmp_path / "run")
-    for path in (run.config, run.metrics, run.last_checkpoint, run.best_checkpoint,
-                 run.model_weights, run.model_meta):
+    for path in (
+        run.config,
+        run.metrics,
+        run.last_checkpoint,
+        run.best_checkpoint,
+        run.model_weights,
+        run.model_meta,
+    ):
         assert path.is_file(), path
     records = _metrics(run.path)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert result.history == records  # the returned history is what metrics.jsonl holds
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     for r in records:
-        assert {"lr", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
-                "val_pgd_acc", "images_per_sec", "wall_seconds"} <= set(r)
+        assert {
+            "lr",
+            "train_loss",
+            "train_clean_acc",
+            "train_adv_acc",
+            "val_clean_acc",
+            "val_pgd_acc",
+            "images_per_sec",
+            "wall_seconds",
+        } <= set(r)
         assert 0 <= r["val_pgd_acc"] <= r["val_clean_acc"] + 1e-9 <= 1 + 1e-9
     # The deployed model is the best epoch by validation PGD accuracy.
     best_epoch = max(records, key=lambda r: r["val_pgd_acc"])["epoch"]
@@ -53,7 +73,9 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
     assert meta["architecture"]["name"] == "vgg16" and meta["architecture"]["num_classes"] == 10
     # Checkpoints load without unpickling arbitrary objects and carry resume state.
     state = torch.load(run.last_checkpoint, weights_only=True)
-    assert state["state"]["epochs_done"] == 4 and "momentum_buffer" in str(state["optimizer"]["state"][0].keys())
+    assert state["state"]["epochs_done"] == 4 and "momentum_buffer" in str(
+        state["optimizer"]["state"][0].keys()
+    )
 
 
 def test_load_model_round_trip_identical_logits(tmp_path) -> None:
@@ -100,15 +122,25 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
     assert meta["sparsity"]["achieved_density"] == round(0.1 * total) / total
 
 
-@pytest.mark.parametrize(("until", "every", "expected"), [
-    (1.0, 0, [1, 1, 1, 0]),   # the paper: every epoch but the last
-    (0.5, 0, [1, 0, 0, 0]),   # 24 steps, masks fixed from step 12: only epoch 1's end (step 6)
-    (0.5, 2, [3, 2, 0, 0]),   # every 2 steps: steps 2, 4, 6, 8, 10
-])
+@pytest.mark.parametrize(
+    ("until", "every", "expected"),
+    [
+        (1.0, 0, [1, 1, 1, 0]),  # the paper: every epoch but the last
+        (0.5, 0, [1, 0, 0, 0]),  # 24 steps, masks fixed from step 12: only epoch 1's end (step 6)
+        (0.5, 2, [3, 2, 0, 0]),  # every 2 steps: steps 2, 4, 6, 8, 10
+    ],
+)
 def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -> None:
-    cfg = load_config(None, tiny_overrides(
-        sparsity__method="dnr", train__epochs=4, sparsity__rewire_until=until,
-        sparsity__rewire_every=every, sparsity__bn_refresh_batches=1))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            sparsity__method="dnr",
+            train__epochs=4,
+            sparsity__rewire_until=until,
+            sparsity__rewire_every=every,
+            sparsity__bn_refresh_batches=1,
+        ),
+    )
     train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     records = _metrics(tmp_path / "run")
     assert [len(r.get("rewire", [])) for r in records] == expected
@@ -117,8 +149,9 @@ def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -
     assert records[-1]["layer_density"] == records[-2]["layer_density"]
 
 
-def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(tmp_path,
-                                                                         monkeypatch) -> None:
+def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(
+    tmp_path, monkeypatch
+) -> None:
     calls: list[int] = []
     real = dnr_module.refresh_batchnorm_stats
 
@@ -128,14 +161,22 @@ def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(tmp_pat
         return used
 
     monkeypatch.setattr(dnr_module, "refresh_batchnorm_stats", spy)
-    cfg = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=3,
-                                           sparsity__rewire_until=1.0,
-                                           sparsity__bn_refresh_batches=3))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            sparsity__method="dnr",
+            train__epochs=3,
+            sparsity__rewire_until=1.0,
+            sparsity__bn_refresh_batches=3,
+        ),
+    )
     train(cfg, tmp_path / "on", progress=False, log=lambda _: None)
     assert calls == [3, 3]  # after each of the two rewirings, three batches each
     calls.clear()
-    off = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=3,
-                                           sparsity__bn_refresh_batches=0))
+    off = load_config(
+        None,
+        tiny_overrides(sparsity__method="dnr", train__epochs=3, sparsity__bn_refresh_batches=0),
+    )
     train(off, tmp_path / "off", progress=False, log=lambda _: None)
     assert calls == []
 
@@ -236,7 +277,9 @@ def test_fractional_milestones_decay_at_the_same_point_of_any_run(epochs: int) -
 
 
 def test_absolute_milestones_still_work_inside_the_run_and_are_rejected_outside() -> None:
-    cfg = load_config(None, ["train.epochs=10", "train.milestones=[4, 8.0]", "train.warmup_epochs=0"])
+    cfg = load_config(
+        None, ["train.epochs=10", "train.milestones=[4, 8.0]", "train.warmup_epochs=0"]
+    )
     assert learning_rate(cfg, 3.9) == pytest.approx(0.1)
     assert learning_rate(cfg, 4) == pytest.approx(0.01)
     assert learning_rate(cfg, 8) == pytest.approx(0.001)
@@ -244,8 +287,12 @@ def test_absolute_milestones_still_work_inside_the_run_and_are_rejected_outside(
     assert learning_rate(one, 0.99) == pytest.approx(0.1)  # 1 is epoch 1, not "the end"
     assert learning_rate(one, 1.0) == pytest.approx(0.01)
     # A cosine schedule does not read milestones, so old absolute ones do not stop it.
-    assert load_config(None, ["train.epochs=3", "train.schedule=cosine",
-                              "train.milestones=[100, 150]"]).train.schedule == "cosine"
+    assert (
+        load_config(
+            None, ["train.epochs=3", "train.schedule=cosine", "train.milestones=[100, 150]"]
+        ).train.schedule
+        == "cosine"
+    )
     full = load_config(None, ["train.epochs=2", "train.warmup_epochs=2", "train.schedule=cosine"])
     assert learning_rate(full, 1.0, 0.5) == pytest.approx(0.05 * 0.75)
     with pytest.raises(ConfigError, match="train.milestones: 100 .*3-epoch run"):
@@ -260,16 +307,18 @@ def test_linear_warmup_counts_the_current_step() -> None:
     assert learning_rate(cfg, 0, step) == pytest.approx(0.1 * 0.1, rel=1e-3)  # 1st of 10 steps
     assert learning_rate(cfg, 0.2, step) == pytest.approx(0.1 * 0.5, rel=1e-2)
     assert learning_rate(cfg, 0.45, step) == pytest.approx(learning_rate(cfg, 0.45) / 0.9)
-    no_warmup = load_config(None, ["train.epochs=10", "train.schedule=cosine",
-                                   "train.warmup_epochs=0"])
+    no_warmup = load_config(
+        None, ["train.epochs=10", "train.schedule=cosine", "train.warmup_epochs=0"]
+    )
     assert learning_rate(cfg, 0.5, step) == pytest.approx(learning_rate(no_warmup, 0.5))
     with pytest.raises(ConfigError, match="warmup_epochs"):
         load_config(None, ["train.epochs=2", "train.warmup_epochs=3"])
 
 
 def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) -> None:
-    cfg = load_config(None, tiny_overrides(sparsity__method="dnr", train__epochs=2,
-                                           sparsity__rewire_until=0.4))
+    cfg = load_config(
+        None, tiny_overrides(sparsity__method="dnr", train__epochs=2, sparsity__rewire_until=0.4)
+    )
     lines: list[str] = []
     train(cfg, tmp_path / "run", progress=False, log=lines.append)
     assert any("no rewiring falls before sparsity.rewire_until=0.4" in line for line in lines)
@@ -282,16 +331,21 @@ def test_resume_names_the_keys_that_differ(tmp_path) -> None:
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     del state["config"]["sparsity"]["redistribution"]  # as saved by an older version
     from dnr.artifacts import save_checkpoint
+
     save_checkpoint(RunDir(tmp_path / "run").last_checkpoint, state)
     other = load_config(None, tiny_overrides(train__epochs=2))
-    with pytest.raises(ConfigError, match=r"differs in sparsity.redistribution is new since "
-                                          r"that run started, train.epochs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"differs in sparsity.redistribution is new since "
+        r"that run started, train.epochs",
+    ):
         train(other, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
 
 
 def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
-    cfg = load_config(None, tiny_overrides(train__schedule="multistep", train__gamma=1.0,
-                                           train__epochs=1))
+    cfg = load_config(
+        None, tiny_overrides(train__schedule="multistep", train__gamma=1.0, train__epochs=1)
+    )
     assert "never decays" in schedule_warning(cfg)
     lines: list[str] = []
     train(cfg, tmp_path / "run", progress=False, log=lines.append)

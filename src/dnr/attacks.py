@@ -161,8 +161,9 @@ def pgd(
         for _ in range(restarts):
             x_adv = x0.clone()
             if random_start:
-                noise = torch.rand(x.shape, generator=generator, device=noise_device,
-                                   dtype=torch.float32)
+                noise = torch.rand(
+                    x.shape, generator=generator, device=noise_device, dtype=torch.float32
+                )
                 x_adv = x_adv + (2 * noise - 1).to(device=x.device, dtype=dtype) * eps
                 x_adv = torch.clamp(x_adv, lo, hi)
             for _ in range(steps):

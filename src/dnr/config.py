@@ -7,19 +7,17 @@ typo on the command line is a one-line error naming the key instead of a silent 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
-from dnr.fileio import atomic_write_text
-
-from dnr.devices import resolve_device  # noqa: F401  (re-export: moved to dnr.devices)
+from dnr.coerce import coerce
+from dnr.devices import is_device_name
 from dnr.errors import ConfigError
+from dnr.fileio import atomic_write_text
 from dnr.registry import DATASETS, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
 
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "validate"]
@@ -135,74 +133,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------- coercion
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against annotation ``tp``; convert where the intent is unambiguous."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(key, value, option)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(
-                f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
-            )
-        return value
-    if tp is Any:
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping such as {{name: value}}, got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    if origin is list:
-        (item_type,) = get_args(tp)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]  # a single path/number where a list is expected
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-
-
 def _section_fields(section_cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(section_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
@@ -230,10 +160,8 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     section = getattr(cfg, section_name)
     fields = _section_fields(type(section))
     if field_name not in fields:
-        raise ConfigError(
-            f"unknown key {dotted!r}; {section_name} has {', '.join(sorted(fields))}"
-        )
-    setattr(section, field_name, _coerce(dotted, value, fields[field_name]))
+        raise ConfigError(f"unknown key {dotted!r}; {section_name} has {', '.join(sorted(fields))}")
+    setattr(section, field_name, coerce(dotted, value, fields[field_name]))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -330,11 +258,12 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in registry:
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of "
-                              f"{', '.join(registry.names())}")
+            raise ConfigError(
+                f"{key}: {value!r} is not allowed; choose one of {', '.join(registry.names())}"
+            )
         setattr(getattr(cfg, section), name, value.lower())
     _check(
-        t.device in ("auto", "cpu", "cuda", "mps") or bool(re.fullmatch(r"cuda:\d+", t.device)),
+        is_device_name(t.device),
         f"train.device: {t.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps",
     )
     if d.name == "npz":
@@ -366,8 +295,10 @@ def validate(cfg: Config) -> None:
         f"train.warmup_epochs: must be in [0, train.epochs={t.epochs}], got {t.warmup_epochs}",
     )
     _check(t.val_every >= 1, f"train.val_every: must be >= 1, got {t.val_every}")
-    _check(not t.init_masks or bool(t.init_from),
-           "train.init_masks: needs train.init_from=RUN_DIR to take the masks from")
+    _check(
+        not t.init_masks or bool(t.init_from),
+        "train.init_masks: needs train.init_from=RUN_DIR to take the masks from",
+    )
     _check(0 < s.density <= 1, f"sparsity.density: must be in (0, 1], got {s.density}")
     _check(0 <= s.prune_rate < 1, f"sparsity.prune_rate: must be in [0, 1), got {s.prune_rate}")
     _check(

@@ -53,8 +53,10 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(f"device: {name} requested but CUDA is not available ({build})")
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device: {name} requested but only "
-                              f"{torch.cuda.device_count()} CUDA device(s) are visible")
+            raise ConfigError(
+                f"device: {name} requested but only "
+                f"{torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     if name == "mps" and not mps_ok:
         raise ConfigError("device: mps requested but MPS is not available")
     return torch.device(name)
@@ -119,10 +121,16 @@ def cpu_fallback_warning(requested: str, device: torch.device | str) -> str | No
     if hint is None:
         return None
     if torch.version.cuda is None:
-        cause = (f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build "
-                 "(https://pytorch.org/get-started/locally/)")
+        cause = (
+            f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build "
+            "(https://pytorch.org/get-started/locally/)"
+        )
     else:
-        cause = (f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no GPU; "
-                 "check the driver and CUDA_VISIBLE_DEVICES")
-    return (f"WARNING: running on CPU although this machine seems to have an NVIDIA GPU "
-            f"({hint}): {cause}, or set train.device=cpu if CPU is intended")
+        cause = (
+            f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no GPU; "
+            "check the driver and CUDA_VISIBLE_DEVICES"
+        )
+    return (
+        f"WARNING: running on CPU although this machine seems to have an NVIDIA GPU "
+        f"({hint}): {cause}, or set train.device=cpu if CPU is intended"
+    )

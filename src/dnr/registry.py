@@ -57,7 +57,9 @@ class Registry(Generic[T]):
         """
 
         def decorator(o: T) -> T:
-            key = (name or getattr(o, "name", None) or getattr(o, "__name__")).lower()
+            key = str(name or getattr(o, "name", None) or getattr(o, "__name__", "")).lower()
+            if not key:
+                raise ValueError(f"cannot tell the {self.kind} name of {o!r}; pass name=")
             if key in self._entries and self._entries[key] is not o:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
             self._entries[key] = o

@@ -32,7 +32,9 @@ def compression_table(meta: dict[str, Any]) -> str:
         shape = "x".join(str(d) for d in info["shape"])
         rows.append([name, shape, f"{info['density']:.4f}", f"{kept:,} / {numel:,}"])
     ratio = all_total / max(kept_total, 1)
-    rows.append(["**total**", "", f"{kept_total / all_total:.4f}", f"{kept_total:,} / {all_total:,}"])
+    rows.append(
+        ["**total**", "", f"{kept_total / all_total:.4f}", f"{kept_total:,} / {all_total:,}"]
+    )
     lines = [
         _table(["layer", "shape", "density", "weights kept"], rows),
         "",

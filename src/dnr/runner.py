@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -28,12 +29,12 @@ from dnr.config import (
     apply_overrides,
     from_dict,
     load_config,
-    resolve_device,
 )
 from dnr.data import DatasetSplits, load_dataset
-from dnr.robustness import EvalReport, EvaluationError, evaluate_model
+from dnr.devices import resolve_device
 from dnr.fileio import atomic_write_json
 from dnr.report import plot_layer_density, write_report
+from dnr.robustness import EvalReport, EvaluationError, evaluate_model
 from dnr.training import TrainResult, train
 
 
@@ -214,13 +215,15 @@ def run_demo(
 def format_demo(summary: dict[str, Any], out_dir: str | Path) -> str:
     runs = summary["runs"]
     names = list(next(iter(runs.values()))["accuracy"])
-    header = f"{'method':<8}" + "".join(f"{n:>10}" for n in names) + f"{'density':>10}{'compression':>13}"
+    header = (
+        f"{'method':<8}"
+        + "".join(f"{n:>10}" for n in names)
+        + f"{'density':>10}{'compression':>13}"
+    )
     lines = [header]
     for method, info in runs.items():
         cells = "".join(f"{100 * info['accuracy'][n]:>9.1f}%" for n in names)
-        lines.append(
-            f"{method:<8}{cells}{info['density']:>10.4f}{1 / info['density']:>12.1f}x"
-        )
+        lines.append(f"{method:<8}{cells}{info['density']:>10.4f}{1 / info['density']:>12.1f}x")
     lines.append("artifacts: " + ", ".join(str(Path(out_dir) / m) for m in runs))
     lines.append(f"summary:   dnr report {Path(out_dir) / 'dnr'}")
     return "\n".join(lines)

@@ -39,12 +39,19 @@ def load_raw_digits() -> tuple[np.ndarray, np.ndarray]:
         with resource.open("rb") as handle, np.load(handle, allow_pickle=False) as z:
             images, labels = z["images"], z["labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"{resource}: cannot read the bundled digits ({err}); "
-                        "reinstall torch-dnr") from None
-    if (images.dtype != np.uint8 or images.shape != (_NUM_DIGITS, 8, 8)
-            or labels.dtype != np.int64 or labels.shape != (_NUM_DIGITS,)):
-        raise DataError(f"{resource}: unexpected contents {images.dtype} {images.shape}, "
-                        f"{labels.dtype} {labels.shape}; reinstall torch-dnr")
+        raise DataError(
+            f"{resource}: cannot read the bundled digits ({err}); reinstall torch-dnr"
+        ) from None
+    if (
+        images.dtype != np.uint8
+        or images.shape != (_NUM_DIGITS, 8, 8)
+        or labels.dtype != np.int64
+        or labels.shape != (_NUM_DIGITS,)
+    ):
+        raise DataError(
+            f"{resource}: unexpected contents {images.dtype} {images.shape}, "
+            f"{labels.dtype} {labels.shape}; reinstall torch-dnr"
+        )
     return images, labels
 
 

@@ -64,8 +64,14 @@ class SourceData:
     meta: DatasetMeta
 
     @classmethod
-    def from_numpy(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                   y_test: np.ndarray, meta: DatasetMeta) -> SourceData:
+    def from_numpy(
+        cls,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_test: np.ndarray,
+        y_test: np.ndarray,
+        meta: DatasetMeta,
+    ) -> SourceData:
         """Wrap decoded arrays without copying them."""
         t = torch.from_numpy
         return cls(t(x_train), t(y_train), t(x_test), t(y_test), meta)

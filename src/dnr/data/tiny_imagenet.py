@@ -189,8 +189,13 @@ def _save_cache(path: Path, x_train: np.ndarray, x_test: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def _tiny_pixels(folder: Path, train_files: list[Path], y_train: np.ndarray,
-                 test_files: list[Path], y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _tiny_pixels(
+    folder: Path,
+    train_files: list[Path],
+    y_train: np.ndarray,
+    test_files: list[Path],
+    y_test: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Decoded images from the cache when it matches the file list, else decode and cache."""
     key = _cache_key(folder, train_files + test_files, np.concatenate([y_train, y_test]))
     name = f"tiny-imagenet-{key}.npz"
@@ -200,8 +205,12 @@ def _tiny_pixels(folder: Path, train_files: list[Path], y_train: np.ndarray,
             if cached is not None:
                 return cached
 
-    log.warning("decoding %d JPEGs in %s once; they are cached as %s",
-                len(train_files) + len(test_files), folder, name)
+    log.warning(
+        "decoding %d JPEGs in %s once; they are cached as %s",
+        len(train_files) + len(test_files),
+        folder,
+        name,
+    )
     x_train, x_test = _decode_all(train_files), _decode_all(test_files)
     target = cache_dir_for(folder) / name
     try:

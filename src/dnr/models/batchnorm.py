@@ -26,8 +26,11 @@ def refresh_batchnorm_stats(model: nn.Module, batches: Iterable[Tensor]) -> int:
     they were. Returns the number of batches used. (``torch.optim.swa_utils.update_bn`` does
     the averaging too, but restores only the top module's mode and cannot undo an empty run.)
     """
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not bns:
         return 0
     modes = {module: module.training for module in model.modules()}

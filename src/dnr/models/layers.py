@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from dnr.constants import CIFAR_MEAN, CIFAR_STD  # noqa: F401  (re-exported)
 
 
-
 class Normalize(nn.Module):
     """Map [0,1] images to ``(x - mean) / std`` per channel.
 

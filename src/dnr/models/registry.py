@@ -83,16 +83,25 @@ def create_model(
 
     try:
         model = constructor(
-            num_classes=int(num_classes), input_size=int(input_size), width=width,
-            mean=mean_l, std=std_l, **kwargs,
+            num_classes=int(num_classes),
+            input_size=int(input_size),
+            width=width,
+            mean=mean_l,
+            std=std_l,
+            **kwargs,
         )
     except TypeError as err:  # an extra keyword the constructor does not take
         if not kwargs:
             raise
         raise ValueError(f"model {key!r} does not accept {sorted(kwargs)}: {err}") from None
     arch_config: dict[str, Any] = dict(
-        name=key, num_classes=int(num_classes), input_size=int(input_size), width=width,
-        mean=mean_l, std=std_l, **kwargs,
+        name=key,
+        num_classes=int(num_classes),
+        input_size=int(input_size),
+        width=width,
+        mean=mean_l,
+        std=std_l,
+        **kwargs,
     )
     model.arch_config = arch_config
     return model

@@ -80,8 +80,12 @@ class ResNet(nn.Module):
 
 @register_model
 def resnet18(
-    *, num_classes: int, input_size: int = 32, width: float = 1.0,
-    mean: Sequence[float], std: Sequence[float],
+    *,
+    num_classes: int,
+    input_size: int = 32,
+    width: float = 1.0,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> ResNet:
     del input_size  # global pooling makes the architecture size-independent
     return ResNet((2, 2, 2, 2), num_classes=num_classes, width=width, mean=mean, std=std)

@@ -11,7 +11,24 @@ from dnr.models.registry import register_model
 
 #: Conv output channels, "M" = 2x2 max-pool. Five pools: 32 -> 1, 64 -> 2.
 VGG16_CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 
 
@@ -65,8 +82,13 @@ class VGG(nn.Module):
 
 @register_model
 def vgg16(
-    *, num_classes: int, input_size: int = 32, width: float = 1.0,
-    mean: Sequence[float], std: Sequence[float],
+    *,
+    num_classes: int,
+    input_size: int = 32,
+    width: float = 1.0,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> VGG:
-    return VGG(VGG16_CFG, num_classes=num_classes, input_size=input_size, width=width,
-               mean=mean, std=std)
+    return VGG(
+        VGG16_CFG, num_classes=num_classes, input_size=input_size, width=width, mean=mean, std=std
+    )

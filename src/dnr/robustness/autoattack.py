@@ -31,8 +31,13 @@ from dnr.robustness.engine import EvaluationError, batches, progress_bar, to_flo
 from dnr.robustness.protocols import AttackSpec
 from dnr.robustness.results import AttackResult, mean
 
-__all__ = ["AUTOATTACK_VERSION", "import_autoattack", "package_version", "run_autoattack",
-           "square_broken"]
+__all__ = [
+    "AUTOATTACK_VERSION",
+    "import_autoattack",
+    "package_version",
+    "run_autoattack",
+    "square_broken",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,10 @@ class _AutoAttackLog(logging.Handler):
 
     @property
     def warnings(self) -> list[str]:
-        return [msg if count == 1 else f"{msg} (reported {count} times)"
-                for msg, count in self._warnings.values()]
+        return [
+            msg if count == 1 else f"{msg} (reported {count} times)"
+            for msg, count in self._warnings.values()
+        ]
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
@@ -88,27 +95,45 @@ class _AutoAttackLog(logging.Handler):
             self.bar.update(1)
 
 
-def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
-                   clean: Tensor, norm: str, seed: int, batch_size: int,
-                   device: torch.device, num_classes: int, progress: bool) -> AttackResult:
+def run_autoattack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: AttackSpec,
+    *,
+    clean: Tensor,
+    norm: str,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int,
+    progress: bool,
+) -> AttackResult:
     """Standard AutoAttack through the reference ``run_standard_evaluation``."""
     AutoAttack = import_autoattack()
     started = time.perf_counter()
     x_float = to_float(x.cpu())
     y_cpu = y.cpu()
-    adversary = AutoAttack(model, norm=norm, eps=spec.eps, version=AUTOATTACK_VERSION,
-                           device=device, seed=seed)
+    adversary = AutoAttack(
+        model, norm=norm, eps=spec.eps, version=AUTOATTACK_VERSION, device=device, seed=seed
+    )
     attacks = list(adversary.attacks_to_run)
     settings: dict[str, Any] = {
         "attack": "autoattack",
         "implementation": f"pyautoattack {package_version('pyautoattack')}",
-        "version": AUTOATTACK_VERSION, "attacks": attacks, "norm": norm, "eps": spec.eps,
-        "seed": seed, "batch_size": batch_size,
+        "version": AUTOATTACK_VERSION,
+        "attacks": attacks,
+        "norm": norm,
+        "eps": spec.eps,
+        "seed": seed,
+        "batch_size": batch_size,
     }
     if num_classes < 10:  # the standard 9 target classes need 10 classes
         if num_classes < 4:
-            raise EvaluationError(f"standard AutoAttack needs >= 4 classes (targeted DLR "
-                                  f"loss); the model has {num_classes}")
+            raise EvaluationError(
+                f"standard AutoAttack needs >= 4 classes (targeted DLR "
+                f"loss); the model has {num_classes}"
+            )
         adversary.apgd_targeted.n_target_classes = num_classes - 1
         adversary.fab.n_target_classes = num_classes - 1
         settings["n_target_classes"] = num_classes - 1
@@ -124,27 +149,39 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
         try:
             with torch.random.fork_rng(devices=fork_devices):
                 _x_adv, y_adv = adversary.run_standard_evaluation(
-                    x_float, y_cpu, batch_size=batch_size)
+                    x_float, y_cpu, batch_size=batch_size
+                )
         finally:
             logger.removeHandler(handler)
             logger.setLevel(saved[0])
             logger.propagate = saved[1]
     for message in handler.warnings:
         log.warning("AutoAttack: %s", message)
-    robust = (y_adv.cpu() == y_cpu)  # y_adv: clean prediction where never broken
+    robust = y_adv.cpu() == y_cpu  # y_adv: clean prediction where never broken
     details: dict[str, Any] = {"reference_warnings": handler.warnings}
     if sum(handler.broken.values()) == int(clean.sum()) - int(robust.sum()):
         details["broken_by"] = {a: handler.broken.get(a, 0) for a in attacks}
     if bool((robust & ~clean).any()):
         details["note"] = "AutoAttack's clean pass disagreed with ours on some examples"
     correct = robust & clean
-    return AttackResult(spec.name, mean(correct), correct, settings, details,
-                        seconds=time.perf_counter() - started)
+    return AttackResult(
+        spec.name, mean(correct), correct, settings, details, seconds=time.perf_counter() - started
+    )
 
 
-def square_broken(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, *, eps: float,
-                  norm: str, queries: int, seed: int, batch_size: int,
-                  device: torch.device) -> int | None:
+def square_broken(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor,
+    *,
+    eps: float,
+    norm: str,
+    queries: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+) -> int | None:
     """How many ``targets`` examples a ``queries``-query Square attack breaks (None when
     pyautoattack is not installed)."""
     try:
@@ -152,9 +189,18 @@ def square_broken(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, *, ep
     except ImportError:
         return None
     idx = targets.nonzero().flatten()
-    attack = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm=norm,
-                          n_restarts=1, seed=seed, verbose=False, device=device,
-                          resc_schedule=False)
+    attack = SquareAttack(
+        model,
+        p_init=0.8,
+        n_queries=queries,
+        eps=eps,
+        norm=norm,
+        n_restarts=1,
+        seed=seed,
+        verbose=False,
+        device=device,
+        resc_schedule=False,
+    )
     broken = 0
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.no_grad():

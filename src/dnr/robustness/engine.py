@@ -80,8 +80,10 @@ def check_images(x: Tensor, y: Tensor) -> None:
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise EvaluationError(f"labels must be ({x.shape[0]},), got shape {tuple(y.shape)}")
     if x.is_floating_point() and x.numel() and (x.min() < 0 or x.max() > 1):
-        raise EvaluationError("float images must lie in [0,1] (models normalize internally); "
-                              f"got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise EvaluationError(
+            "float images must lie in [0,1] (models normalize internally); "
+            f"got range [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+        )
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -121,8 +123,7 @@ def fp32_eval(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """
     tensors = list(model.parameters()) + list(model.buffers())
     needs_copy = any(
-        (t.is_floating_point() and t.dtype != torch.float32) or t.device != device
-        for t in tensors
+        (t.is_floating_point() and t.dtype != torch.float32) or t.device != device for t in tensors
     )
     m = copy.deepcopy(model).to(device=device, dtype=torch.float32) if needs_copy else model
     with _ieee_fp32(device), attack_mode(m), contextlib.ExitStack() as stack:
@@ -140,15 +141,18 @@ def _ieee_fp32(device: torch.device) -> Iterator[None]:
     """
     saved: list[tuple[Any, str, Any]] = []
     if device.type == "cuda":
-        backends: list[Any] = [getattr(torch.backends.cudnn, "conv", None),
-                               getattr(torch.backends.cuda, "matmul", None)]
+        backends: list[Any] = [
+            getattr(torch.backends.cudnn, "conv", None),
+            getattr(torch.backends.cuda, "matmul", None),
+        ]
         if all(b is not None and hasattr(b, "fp32_precision") for b in backends):
             saved = [(b, "fp32_precision", b.fp32_precision) for b in backends]
             value: Any = "ieee"
         else:
-            saved = [(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32),
-                     (torch.backends.cuda.matmul, "allow_tf32",
-                      torch.backends.cuda.matmul.allow_tf32)]
+            saved = [
+                (torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32),
+                (torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32),
+            ]
             value = False
         for obj, attr, _ in saved:
             setattr(obj, attr, value)
@@ -159,8 +163,9 @@ def _ieee_fp32(device: torch.device) -> Iterator[None]:
             setattr(obj, attr, old)
 
 
-def default_batch_size(model: nn.Module, example_shape: Sequence[int],
-                       device: torch.device | str) -> int:
+def default_batch_size(
+    model: nn.Module, example_shape: Sequence[int], device: torch.device | str
+) -> int:
     """A batch size that fits: activation memory of one example (measured with forward
     hooks) × 3 for the backward pass, within half the free GPU memory (2 GiB on CPU),
     clamped to [8, 512]. Override with ``batch_size=`` when it guesses wrong."""
@@ -197,32 +202,60 @@ def spec_settings(spec: AttackSpec, norm: str, seed: int, batch_size: int) -> di
     if spec.kind == "clean":
         return {"batch_size": batch_size}
     if spec.kind == "fgsm":
-        return {"attack": "fgsm", "norm": norm, "eps": spec.eps, "loss": spec.loss,
-                "batch_size": batch_size}
+        return {
+            "attack": "fgsm",
+            "norm": norm,
+            "eps": spec.eps,
+            "loss": spec.loss,
+            "batch_size": batch_size,
+        }
     if spec.kind == "pgd":
-        return {"attack": "pgd", "norm": norm, "eps": spec.eps, "step_size": spec.step_size,
-                "steps": spec.steps, "restarts": spec.restarts,
-                "random_start": spec.random_start, "loss": spec.loss,
-                "seed": derive_seed(seed, spec.name), "batch_size": batch_size}
+        return {
+            "attack": "pgd",
+            "norm": norm,
+            "eps": spec.eps,
+            "step_size": spec.step_size,
+            "steps": spec.steps,
+            "restarts": spec.restarts,
+            "random_start": spec.random_start,
+            "loss": spec.loss,
+            "seed": derive_seed(seed, spec.name),
+            "batch_size": batch_size,
+        }
     raise AssertionError(spec.kind)
 
 
 @torch.no_grad()
-def predict_correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
-                    device: torch.device, progress: bool = False) -> Tensor:
+def predict_correct(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> Tensor:
     """Bool (CPU) per example: is the clean input classified correctly."""
     out = torch.zeros(len(y), dtype=torch.bool)
     with progress_bar(math.ceil(len(y) / batch_size), "clean", progress) as bar:
         for s in batches(len(y), batch_size):
             xb = to_float(x[s].to(device, non_blocking=True))
-            out[s] = (model(xb).argmax(1).cpu() == y[s].cpu())
+            out[s] = model(xb).argmax(1).cpu() == y[s].cpu()
             bar.update(1)
     return out
 
 
-def attack_correct(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
-                   batch_size: int, device: torch.device, generator: torch.Generator | None,
-                   attack_mask: Tensor, progress: bool = False) -> Tensor:
+def attack_correct(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: AttackSpec,
+    *,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator | None,
+    attack_mask: Tensor,
+    progress: bool = False,
+) -> Tensor:
     """Bool (CPU) per example: still correct after ``spec`` (only ``attack_mask`` examples
     are attacked; the rest count as incorrect). Restarts run on survivors only."""
     correct = torch.zeros(len(y), dtype=torch.bool)
@@ -240,10 +273,18 @@ def attack_correct(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
                 if spec.kind == "fgsm":
                     x_adv = fgsm(model, xb[live], yb[live], eps=spec.eps)
                 else:
-                    x_adv = pgd(model, xb[live], yb[live], eps=spec.eps,
-                                step_size=spec.step_size, steps=spec.steps,
-                                random_start=spec.random_start, restarts=1,
-                                loss=spec.loss, generator=generator)  # type: ignore[arg-type]
+                    x_adv = pgd(
+                        model,
+                        xb[live],
+                        yb[live],
+                        eps=spec.eps,
+                        step_size=spec.step_size,
+                        steps=spec.steps,
+                        random_start=spec.random_start,
+                        restarts=1,
+                        loss=spec.loss,
+                        generator=generator,
+                    )
                 with torch.no_grad():
                     hit = model(x_adv).argmax(1) != yb[live]
                 alive[live[hit]] = False
@@ -252,15 +293,38 @@ def attack_correct(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
     return correct
 
 
-def run_attack(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, clean: Tensor,
-               norm: str, seed: int, batch_size: int, device: torch.device,
-               progress: bool) -> AttackResult:
+def run_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: AttackSpec,
+    *,
+    clean: Tensor,
+    norm: str,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> AttackResult:
     """One FGSM/PGD attack on the clean-correct examples, as an :class:`AttackResult`."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(derive_seed(seed, spec.name))
-    correct = attack_correct(model, x, y, spec, batch_size=batch_size, device=device,
-                             generator=generator, attack_mask=clean, progress=progress)
+    correct = attack_correct(
+        model,
+        x,
+        y,
+        spec,
+        batch_size=batch_size,
+        device=device,
+        generator=generator,
+        attack_mask=clean,
+        progress=progress,
+    )
     correct &= clean
-    return AttackResult(spec.name, mean(correct), correct,
-                        spec_settings(spec, norm, seed, batch_size),
-                        seconds=time.perf_counter() - started)
+    return AttackResult(
+        spec.name,
+        mean(correct),
+        correct,
+        spec_settings(spec, norm, seed, batch_size),
+        seconds=time.perf_counter() - started,
+    )

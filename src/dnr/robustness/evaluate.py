@@ -75,14 +75,15 @@ def evaluate_model(
     """
     started = time.perf_counter()
     if protocol not in PROTOCOLS:
-        raise EvaluationError(f"unknown protocol {protocol!r}; choose one of "
-                              f"{PROTOCOLS.names()}")
+        raise EvaluationError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS.names()}")
     protocol = PROTOCOLS.get(protocol).name
     norm = _normalize_norm(norm)
     if norm == "L2" and protocol != "autoattack":
-        raise EvaluationError(f"norm 'L2' is only supported by protocol 'autoattack' (the "
-                              f"reference implementation); protocol {protocol!r} uses our "
-                              "FGSM/PGD, which are l-inf only")
+        raise EvaluationError(
+            f"norm 'L2' is only supported by protocol 'autoattack' (the "
+            f"reference implementation); protocol {protocol!r} uses our "
+            "FGSM/PGD, which are l-inf only"
+        )
     if eps is not None and not (math.isfinite(eps) and eps > 0):
         raise EvaluationError(f"eps must be a positive number, got {eps!r}")
     if restarts is not None and restarts < 1:
@@ -113,31 +114,83 @@ def evaluate_model(
         results: list[AttackResult] = []
         t0 = time.perf_counter()
         clean = predict_correct(m, x, y, batch_size, device, progress=show)
-        results.append(AttackResult("clean", mean(clean), clean,
-                                    spec_settings(specs[0], norm, seed, batch_size),
-                                    seconds=time.perf_counter() - t0))
+        results.append(
+            AttackResult(
+                "clean",
+                mean(clean),
+                clean,
+                spec_settings(specs[0], norm, seed, batch_size),
+                seconds=time.perf_counter() - t0,
+            )
+        )
         for spec in specs[1:]:
             if spec.kind == "autoattack":
-                r = run_autoattack(m, x, y, spec, clean=clean, norm=norm, seed=seed,
-                                   batch_size=batch_size, device=device,
-                                   num_classes=num_classes, progress=show)
+                r = run_autoattack(
+                    m,
+                    x,
+                    y,
+                    spec,
+                    clean=clean,
+                    norm=norm,
+                    seed=seed,
+                    batch_size=batch_size,
+                    device=device,
+                    num_classes=num_classes,
+                    progress=show,
+                )
             else:
-                r = run_attack(m, x, y, spec, clean=clean, norm=norm, seed=seed,
-                               batch_size=batch_size, device=device, progress=show)
+                r = run_attack(
+                    m,
+                    x,
+                    y,
+                    spec,
+                    clean=clean,
+                    norm=norm,
+                    seed=seed,
+                    batch_size=batch_size,
+                    device=device,
+                    progress=show,
+                )
             results.append(r)
-        checks = (run_sanity_checks(m, x, y, results, specs, protocol=protocol, norm=norm,
-                                    seed=seed, batch_size=batch_size, device=device,
-                                    num_classes=num_classes, progress=show)
-                  if sanity else [])
+        checks = (
+            run_sanity_checks(
+                m,
+                x,
+                y,
+                results,
+                specs,
+                protocol=protocol,
+                norm=norm,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                num_classes=num_classes,
+                progress=show,
+            )
+            if sanity
+            else []
+        )
 
-    versions = {"torch": torch.__version__, "python": platform.python_version(),
-                "pyautoattack": package_version("pyautoattack"),
-                "dnr": package_version("torch-dnr")}
-    return EvalReport(protocol=protocol, results=results, sanity=checks,
-                      subset_indices=indices, num_examples=n, seed=int(seed),
-                      versions=versions, device=str(device), norm=norm,
-                      num_classes=num_classes, batch_size=batch_size,
-                      seconds=time.perf_counter() - started)
+    versions = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "pyautoattack": package_version("pyautoattack"),
+        "dnr": package_version("torch-dnr"),
+    }
+    return EvalReport(
+        protocol=protocol,
+        results=results,
+        sanity=checks,
+        subset_indices=indices,
+        num_examples=n,
+        seed=int(seed),
+        versions=versions,
+        device=str(device),
+        norm=norm,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
@@ -149,19 +202,37 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256
         return mean(predict_correct(m, x, y.long(), batch_size, device))
 
 
-def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step_size: float,
-                 steps: int, batch_size: int = 256, random_start: bool = True,
-                 generator: torch.Generator | None = None) -> float:
+def pgd_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    batch_size: int = 256,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> float:
     """PGD (CE, 1 restart) robust accuracy in fp32, counted as in :func:`evaluate_model`
     (clean and adversarial correct)."""
     if len(y) == 0:
         return 0.0
     device = model_device(model)
     y = y.long()
-    spec = AttackSpec("pgd", "pgd", eps=eps, step_size=step_size, steps=steps,
-                      random_start=random_start)
+    spec = AttackSpec(
+        "pgd", "pgd", eps=eps, step_size=step_size, steps=steps, random_start=random_start
+    )
     with fp32_eval(model, device) as m:
         clean = predict_correct(m, x, y, batch_size, device)
-        correct = attack_correct(m, x, y, spec, batch_size=batch_size, device=device,
-                                 generator=generator, attack_mask=clean)
+        correct = attack_correct(
+            m,
+            x,
+            y,
+            spec,
+            batch_size=batch_size,
+            device=device,
+            generator=generator,
+            attack_mask=clean,
+        )
     return mean(correct & clean)

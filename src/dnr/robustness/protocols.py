@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from dnr.attacks import LossName
 from dnr.registry import PROTOCOLS
 
 __all__ = [
@@ -47,12 +48,11 @@ class AttackSpec:
     step_size: float = 0.0
     steps: int = 0
     restarts: int = 1
-    loss: str = "ce"
+    loss: LossName = "ce"
     random_start: bool = True
 
 
-def attack_catalogue(eps: float | None, norm: str,
-                     restarts: int | None) -> dict[str, AttackSpec]:
+def attack_catalogue(eps: float | None, norm: str, restarts: int | None) -> dict[str, AttackSpec]:
     """Every attack a protocol can name, at ``eps`` (None: each attack's default).
 
     ``restarts`` overrides the pgd20 / pgd50 / cw restarts.
@@ -69,12 +69,21 @@ def attack_catalogue(eps: float | None, norm: str,
         AttackSpec("clean", "clean"),
         AttackSpec("fgsm", "fgsm", eps=dnr_eps, random_start=False),
         AttackSpec("pgd7", "pgd", eps=dnr_eps, step_size=dnr_step, steps=7),
-        AttackSpec("pgd20", "pgd", eps=std_eps, step_size=std_step, steps=20,
-                   restarts=restarts or 5),
-        AttackSpec("pgd50", "pgd", eps=std_eps, step_size=std_step, steps=50,
-                   restarts=restarts or 10),
-        AttackSpec("cw", "pgd", eps=std_eps, step_size=std_step, steps=30,
-                   restarts=restarts or 1, loss="cw"),
+        AttackSpec(
+            "pgd20", "pgd", eps=std_eps, step_size=std_step, steps=20, restarts=restarts or 5
+        ),
+        AttackSpec(
+            "pgd50", "pgd", eps=std_eps, step_size=std_step, steps=50, restarts=restarts or 10
+        ),
+        AttackSpec(
+            "cw",
+            "pgd",
+            eps=std_eps,
+            step_size=std_step,
+            steps=30,
+            restarts=restarts or 1,
+            loss="cw",
+        ),
         AttackSpec("autoattack", "autoattack", eps=aa_eps),
     ]
     return {s.name: s for s in specs}
@@ -94,18 +103,34 @@ class Protocol:
 
 
 for _protocol in (
-    Protocol("dnr", "released DNR code: clean, FGSM eps 0.031, PGD eps 0.031 7 steps of 0.01 "
-             "random start", ("clean", "fgsm", "pgd7")),
-    Protocol("pgd20", "PGD eps 8/255, step 2/255, 20 steps, 5 restarts, random start",
-             ("clean", "pgd20")),
-    Protocol("pgd50", "PGD eps 8/255, step 2/255, 50 steps, 10 restarts, random start",
-             ("clean", "pgd50")),
-    Protocol("cw", "PGD on the CW margin loss, eps 8/255, step 2/255, 30 steps, random start",
-             ("clean", "cw")),
-    Protocol("autoattack", "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) via "
-             "pyautoattack", ("clean", "autoattack")),
-    Protocol("full", "all of the above and the per-example worst case",
-             ("clean", "fgsm", "pgd7", "pgd20", "pgd50", "cw", "autoattack")),
+    Protocol(
+        "dnr",
+        "released DNR code: clean, FGSM eps 0.031, PGD eps 0.031 7 steps of 0.01 random start",
+        ("clean", "fgsm", "pgd7"),
+    ),
+    Protocol(
+        "pgd20", "PGD eps 8/255, step 2/255, 20 steps, 5 restarts, random start", ("clean", "pgd20")
+    ),
+    Protocol(
+        "pgd50",
+        "PGD eps 8/255, step 2/255, 50 steps, 10 restarts, random start",
+        ("clean", "pgd50"),
+    ),
+    Protocol(
+        "cw",
+        "PGD on the CW margin loss, eps 8/255, step 2/255, 30 steps, random start",
+        ("clean", "cw"),
+    ),
+    Protocol(
+        "autoattack",
+        "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) via pyautoattack",
+        ("clean", "autoattack"),
+    ),
+    Protocol(
+        "full",
+        "all of the above and the per-example worst case",
+        ("clean", "fgsm", "pgd7", "pgd20", "pgd50", "cw", "autoattack"),
+    ),
 ):
     PROTOCOLS.register(_protocol)
 del _protocol

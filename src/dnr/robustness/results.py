@@ -41,9 +41,18 @@ def _format_settings(settings: dict[str, Any]) -> str:
         elif isinstance(v, float):
             v = f"{v:.4g}"
         elif isinstance(v, (list, tuple)):
-            v = "[" + ", ".join(format_eps(e) if k.startswith("eps") and isinstance(e, float)
-                                else f"{e:.4g}" if isinstance(e, float) else str(e)
-                                for e in v) + "]"
+            v = (
+                "["
+                + ", ".join(
+                    format_eps(e)
+                    if k.startswith("eps") and isinstance(e, float)
+                    else f"{e:.4g}"
+                    if isinstance(e, float)
+                    else str(e)
+                    for e in v
+                )
+                + "]"
+            )
         parts.append(f"{k}={v}")
     return ", ".join(parts)
 
@@ -85,8 +94,12 @@ class SanityCheck:
     explanation: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "numbers": dict(self.numbers),
-                "explanation": self.explanation}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "numbers": dict(self.numbers),
+            "explanation": self.explanation,
+        }
 
 
 @dataclass
@@ -123,9 +136,11 @@ class EvalReport:
             name="worst_case",
             accuracy=mean(correct),
             correct=correct,
-            settings={"combines": [r.name for r in self.results],
-                      "eps": max(float(r.settings.get("eps", 0.0)) for r in attacks),
-                      "norm": self.norm},
+            settings={
+                "combines": [r.name for r in self.results],
+                "eps": max(float(r.settings.get("eps", 0.0)) for r in attacks),
+                "norm": self.norm,
+            },
         )
 
     @property
@@ -138,8 +153,7 @@ class EvalReport:
         worst = self.worst_case
         if worst is not None:
             results.append(worst.to_dict())
-        description = (PROTOCOLS.get(self.protocol).description
-                       if self.protocol in PROTOCOLS else "")
+        description = PROTOCOLS.get(self.protocol).description if self.protocol in PROTOCOLS else ""
         return {
             "protocol": self.protocol,
             "protocol_description": description,
@@ -159,14 +173,25 @@ class EvalReport:
         }
 
     def to_markdown(self) -> str:
-        rows = [[r.name, f"{100 * r.accuracy:.2f}%", str(r.num_correct),
-                 _format_settings(r.settings)] for r in self.results]
+        rows = [
+            [r.name, f"{100 * r.accuracy:.2f}%", str(r.num_correct), _format_settings(r.settings)]
+            for r in self.results
+        ]
         worst = self.worst_case
         if worst is not None:
-            rows.append(["**worst case**", f"**{100 * worst.accuracy:.2f}%**",
-                         str(worst.num_correct), "robust only if it survives every attack above"])
-        subset = ("all examples" if self.subset_indices is None
-                  else f"seeded random subset (seed {self.seed})")
+            rows.append(
+                [
+                    "**worst case**",
+                    f"**{100 * worst.accuracy:.2f}%**",
+                    str(worst.num_correct),
+                    "robust only if it survives every attack above",
+                ]
+            )
+        subset = (
+            "all examples"
+            if self.subset_indices is None
+            else f"seeded random subset (seed {self.seed})"
+        )
         lines = [
             f"Protocol `{self.protocol}`, {self.norm}, {self.num_examples} examples "
             f"({subset}), device {self.device}, fp32.",
@@ -174,9 +199,14 @@ class EvalReport:
             markdown_table(["attack", "accuracy", "correct", "settings"], rows),
         ]
         if self.sanity:
-            lines += ["", markdown_table(
-                ["sanity check", "status", "numbers", "explanation"],
-                [[c.name, c.status, _format_settings(c.numbers), c.explanation]
-                 for c in self.sanity],
-            )]
+            lines += [
+                "",
+                markdown_table(
+                    ["sanity check", "status", "numbers", "explanation"],
+                    [
+                        [c.name, c.status, _format_settings(c.numbers), c.explanation]
+                        for c in self.sanity
+                    ],
+                ),
+            ]
         return "\n".join(lines)

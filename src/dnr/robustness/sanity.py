@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnr.attacks import attack_loss
+from dnr.attacks import LossName, attack_loss
 from dnr.robustness.autoattack import square_broken
 from dnr.robustness.engine import batches, run_attack, to_float
 from dnr.robustness.protocols import AttackSpec
@@ -54,13 +54,14 @@ def slack(n: int) -> int:
     return max(1, math.ceil(0.005 * n))
 
 
-def _pgd_spec(name: str, eps: float, loss: str = "ce", steps: int = GRID_STEPS) -> AttackSpec:
+def _pgd_spec(name: str, eps: float, loss: LossName = "ce", steps: int = GRID_STEPS) -> AttackSpec:
     """Cheap PGD for the checks: step 2.5·ε/steps (Madry et al.), random start."""
     return AttackSpec(name, "pgd", eps=eps, step_size=2.5 * eps / steps, steps=steps, loss=loss)
 
 
-def input_gradient_check(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
-                         device: torch.device) -> SanityCheck:
+def input_gradient_check(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device
+) -> SanityCheck:
     """Zero input gradients: softmax saturation (CE only) or shattered gradients (both)."""
     ce_nonzero = torch.zeros(len(y), dtype=torch.bool)
     cw_nonzero = torch.zeros(len(y), dtype=torch.bool)
@@ -70,36 +71,49 @@ def input_gradient_check(model: nn.Module, x: Tensor, y: Tensor, batch_size: int
             xb = to_float(x[s].to(device)).requires_grad_(True)
             yb = y[s].to(device)
             logits = model(xb)
-            (g_ce,) = torch.autograd.grad(attack_loss(logits, yb, "ce").sum(), xb,
-                                          retain_graph=True)
+            (g_ce,) = torch.autograd.grad(
+                attack_loss(logits, yb, "ce").sum(), xb, retain_graph=True
+            )
             (g_cw,) = torch.autograd.grad(attack_loss(logits, yb, "cw").sum(), xb)
             n_ce = g_ce.flatten(1).norm(dim=1).cpu()
             norms[s] = n_ce
             ce_nonzero[s] = n_ce > 0
             cw_nonzero[s] = g_cw.flatten(1).norm(dim=1).cpu() > 0
     frac_ce, frac_cw = mean(ce_nonzero), mean(cw_nonzero)
-    numbers = {"fraction_nonzero_ce": frac_ce, "fraction_nonzero_margin": frac_cw,
-               "median_grad_norm_ce": float(norms.median()) if len(norms) else 0.0,
-               "threshold": GRAD_FRACTION_MIN}
+    numbers = {
+        "fraction_nonzero_ce": frac_ce,
+        "fraction_nonzero_margin": frac_cw,
+        "median_grad_norm_ce": float(norms.median()) if len(norms) else 0.0,
+        "threshold": GRAD_FRACTION_MIN,
+    }
     if frac_ce >= GRAD_FRACTION_MIN:
-        return SanityCheck("input_gradients", "PASS", numbers,
-                           f"{100 * frac_ce:.1f}% of examples have a non-zero input gradient")
+        return SanityCheck(
+            "input_gradients",
+            "PASS",
+            numbers,
+            f"{100 * frac_ce:.1f}% of examples have a non-zero input gradient",
+        )
     if frac_cw >= GRAD_FRACTION_MIN:
-        why = ("the CE-loss input gradient is exactly zero on "
-               f"{100 * (1 - frac_ce):.1f}% of examples but the margin-loss gradient is not: "
-               "gradient masking by softmax saturation (over-confident logits); trust the "
-               "CW / AutoAttack (DLR) numbers, not CE-PGD")
+        why = (
+            "the CE-loss input gradient is exactly zero on "
+            f"{100 * (1 - frac_ce):.1f}% of examples but the margin-loss gradient is not: "
+            "gradient masking by softmax saturation (over-confident logits); trust the "
+            "CW / AutoAttack (DLR) numbers, not CE-PGD"
+        )
     else:
-        why = (f"the input gradient is exactly zero on {100 * (1 - frac_ce):.1f}% of "
-               "examples for CE and margin losses: shattered gradients (a non-differentiable "
-               "or zero-derivative operation, e.g. input quantization/thresholding); "
-               "gradient attacks cannot progress, use BPDA or black-box attacks")
+        why = (
+            f"the input gradient is exactly zero on {100 * (1 - frac_ce):.1f}% of "
+            "examples for CE and margin losses: shattered gradients (a non-differentiable "
+            "or zero-derivative operation, e.g. input quantization/thresholding); "
+            "gradient attacks cannot progress, use BPDA or black-box attacks"
+        )
     return SanityCheck("input_gradients", "WARN", numbers, why)
 
 
 @torch.no_grad()
-def determinism_check(model: nn.Module, x: Tensor, batch_size: int,
-                      device: torch.device) -> SanityCheck:
+def determinism_check(
+    model: nn.Module, x: Tensor, batch_size: int, device: torch.device
+) -> SanityCheck:
     """Two forward passes on one batch must agree; otherwise gradients are stochastic."""
     xb = to_float(x[:batch_size].to(device))
     a, b = model(xb), model(xb)
@@ -108,90 +122,141 @@ def determinism_check(model: nn.Module, x: Tensor, batch_size: int,
     same_pred = bool((a.argmax(1) == b.argmax(1)).all())
     numbers = {"max_abs_logit_diff": diff, "max_abs_logit": scale, "examples": len(xb)}
     if same_pred and diff <= 1e-4 * max(1.0, scale):
-        return SanityCheck("deterministic", "PASS", numbers,
-                           "two forward passes on the same inputs agree")
-    return SanityCheck("deterministic", "WARN", numbers,
-                       "the model's output changes between identical forward passes: "
-                       "stochastic gradients (randomized defense); evaluate with EOT "
-                       "(AutoAttack version='rand')")
+        return SanityCheck(
+            "deterministic", "PASS", numbers, "two forward passes on the same inputs agree"
+        )
+    return SanityCheck(
+        "deterministic",
+        "WARN",
+        numbers,
+        "the model's output changes between identical forward passes: "
+        "stochastic gradients (randomized defense); evaluate with EOT "
+        "(AutoAttack version='rand')",
+    )
 
 
-def eps_monotonic_check(clean: AttackResult, grid: list[AttackResult],
-                        slack_examples: int) -> SanityCheck:
+def eps_monotonic_check(
+    clean: AttackResult, grid: list[AttackResult], slack_examples: int
+) -> SanityCheck:
     """Accuracy must not rise along ``grid`` (PGD at increasing ε, after clean at ε 0)."""
     grid_eps = [r.settings["eps"] for r in grid]
     accs = [clean.accuracy] + [r.accuracy for r in grid]
     counts = [clean.num_correct] + [r.num_correct for r in grid]
     rises = [i for i in range(1, len(counts)) if counts[i] > counts[i - 1] + slack_examples]
-    numbers = {"eps": [0.0] + grid_eps, "accuracy": accs, "attack": "pgd10 random start",
-               "step_size": "2.5*eps/10", "slack_examples": slack_examples}
+    numbers = {
+        "eps": [0.0] + grid_eps,
+        "accuracy": accs,
+        "attack": "pgd10 random start",
+        "step_size": "2.5*eps/10",
+        "slack_examples": slack_examples,
+    }
     return SanityCheck(
-        "eps_monotonic", "WARN" if rises else "PASS", numbers,
+        "eps_monotonic",
+        "WARN" if rises else "PASS",
+        numbers,
         "accuracy rises with eps: the attack fails to optimise, a sign of obfuscated "
         "gradients (or stochastic gradients); a correct evaluation can only get worse "
-        "with a larger budget" if rises else "accuracy does not increase with eps")
+        "with a larger budget"
+        if rises
+        else "accuracy does not increase with eps",
+    )
 
 
 def large_eps_check(large: AttackResult, num_classes: int) -> SanityCheck:
     """At a huge ε almost any image is reachable: accuracy must be near zero."""
     big = large.settings["eps"]
     threshold = min(0.10, 1 / num_classes + 0.05)
-    numbers = {"eps": big, "accuracy": large.accuracy, "threshold": threshold,
-               "attack": "pgd10, CW margin loss, random start"}
+    numbers = {
+        "eps": big,
+        "accuracy": large.accuracy,
+        "threshold": threshold,
+        "attack": "pgd10, CW margin loss, random start",
+    }
     ok = large.accuracy <= threshold
     return SanityCheck(
-        "large_eps", "PASS" if ok else "WARN", numbers,
-        f"accuracy at eps={big:.3g} is near zero" if ok else
-        f"{100 * large.accuracy:.1f}% of examples survive eps={big:.3g}, where almost any "
+        "large_eps",
+        "PASS" if ok else "WARN",
+        numbers,
+        f"accuracy at eps={big:.3g} is near zero"
+        if ok
+        else f"{100 * large.accuracy:.1f}% of examples survive eps={big:.3g}, where almost any "
         "image is reachable: gradient masking (shattered/obfuscated gradients) makes "
-        "the attack fail, so the robust accuracy at the real eps is overstated")
+        "the attack fail, so the robust accuracy at the real eps is overstated",
+    )
 
 
-def pgd_vs_fgsm_check(fgsm_result: AttackResult, pgds: list[AttackResult],
-                      slack_examples: int) -> SanityCheck:
+def pgd_vs_fgsm_check(
+    fgsm_result: AttackResult, pgds: list[AttackResult], slack_examples: int
+) -> SanityCheck:
     """Iterative PGD (at ≥ FGSM's ε) must not be weaker than single-step FGSM."""
     worse = [r.name for r in pgds if r.num_correct > fgsm_result.num_correct + slack_examples]
-    numbers = {"fgsm_eps": fgsm_result.settings["eps"], "fgsm": fgsm_result.accuracy,
-               **{r.name: r.accuracy for r in pgds}, "slack_examples": slack_examples}
+    numbers = {
+        "fgsm_eps": fgsm_result.settings["eps"],
+        "fgsm": fgsm_result.accuracy,
+        **{r.name: r.accuracy for r in pgds},
+        "slack_examples": slack_examples,
+    }
     return SanityCheck(
-        "pgd_vs_fgsm", "WARN" if worse else "PASS", numbers,
+        "pgd_vs_fgsm",
+        "WARN" if worse else "PASS",
+        numbers,
         f"{', '.join(worse)} is weaker than single-step FGSM: the loss surface is "
         "locally non-smooth or misleading, typical of gradient masking (obfuscated "
         "gradients) where a large single step jumps past what small steps cannot"
-        if worse else "iterative PGD is at least as strong as FGSM")
+        if worse
+        else "iterative PGD is at least as strong as FGSM",
+    )
 
 
-def more_iterations_check(pgds: list[AttackResult], autoattack: AttackResult | None,
-                          slack_examples: int) -> SanityCheck | None:
+def more_iterations_check(
+    pgds: list[AttackResult], autoattack: AttackResult | None, slack_examples: int
+) -> SanityCheck | None:
     """More steps × restarts at the same ε and loss (or AutoAttack at ≥ that ε) must not
     raise accuracy. None when no two attacks are comparable (e.g. protocol ``cw``)."""
     pairs = []
     for weak in pgds:
         for strong in pgds:
-            same = (strong.settings["eps"] == weak.settings["eps"]
-                    and strong.settings["loss"] == weak.settings["loss"])
-            more = (strong.settings["steps"] * strong.settings["restarts"]
-                    > weak.settings["steps"] * weak.settings["restarts"])
+            same = (
+                strong.settings["eps"] == weak.settings["eps"]
+                and strong.settings["loss"] == weak.settings["loss"]
+            )
+            more = (
+                strong.settings["steps"] * strong.settings["restarts"]
+                > weak.settings["steps"] * weak.settings["restarts"]
+            )
             if same and more:
                 pairs.append((weak, strong))
         if autoattack is not None and autoattack.settings["eps"] >= weak.settings["eps"] - 1e-12:
             pairs.append((weak, autoattack))
     if not pairs:
         return None
-    bad = [f"{s.name} > {w.name}" for w, s in pairs
-           if s.num_correct > w.num_correct + slack_examples]
+    bad = [
+        f"{s.name} > {w.name}" for w, s in pairs if s.num_correct > w.num_correct + slack_examples
+    ]
     numbers: dict[str, Any] = {r.name: r.accuracy for pair in pairs for r in pair}
     numbers["slack_examples"] = slack_examples
     return SanityCheck(
-        "more_iterations", "WARN" if bad else "PASS", numbers,
+        "more_iterations",
+        "WARN" if bad else "PASS",
+        numbers,
         f"a stronger attack is weaker ({'; '.join(bad)}): the attack does not "
-        "converge, suggesting stochastic or obfuscated gradients" if bad else
-        "more steps, restarts and AutoAttack do not raise accuracy")
+        "converge, suggesting stochastic or obfuscated gradients"
+        if bad
+        else "more steps, restarts and AutoAttack do not raise accuracy",
+    )
 
 
-def black_box_check(model: nn.Module, x: Tensor, y: Tensor, results: list[AttackResult], *,
-                    norm: str, seed: int, batch_size: int,
-                    device: torch.device) -> SanityCheck | None:
+def black_box_check(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    results: list[AttackResult],
+    *,
+    norm: str,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+) -> SanityCheck | None:
     """Square must not break examples every white-box attack missed. Its count comes from
     AutoAttack's cascade when AutoAttack ran, else from a short Square run on the white-box
     survivors. None when neither is available (counts unparsed, pyautoattack missing)."""
@@ -201,49 +266,98 @@ def black_box_check(model: nn.Module, x: Tensor, y: Tensor, results: list[Attack
         if "broken_by" not in aa.details:
             return None
         k = aa.details["broken_by"].get("square", 0)
-        numbers = {"square_broke": k, "source": "AutoAttack cascade (5000 queries, after "
-                   "APGD-CE, APGD-T, FAB-T)", "slack_examples": slack_examples}
+        numbers = {
+            "square_broke": k,
+            "source": "AutoAttack cascade (5000 queries, after APGD-CE, APGD-T, FAB-T)",
+            "slack_examples": slack_examples,
+        }
         return _black_box_verdict(k, slack_examples, numbers)
     white = [r for r in results if r.name != "clean"]
     survivors = results[0].correct.clone()
     for r in white:
         survivors &= r.correct
     eps = max(r.settings["eps"] for r in white)
-    k = square_broken(model, x, y, survivors, eps=eps, norm=norm, queries=SQUARE_QUERIES,
-                      seed=seed, batch_size=batch_size, device=device)
+    k = square_broken(
+        model,
+        x,
+        y,
+        survivors,
+        eps=eps,
+        norm=norm,
+        queries=SQUARE_QUERIES,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
     if k is None:
         return None
-    numbers = {"square_broke": k, "white_box_survivors": int(survivors.sum()),
-               "eps": eps, "queries": SQUARE_QUERIES, "slack_examples": slack_examples}
+    numbers = {
+        "square_broke": k,
+        "white_box_survivors": int(survivors.sum()),
+        "eps": eps,
+        "queries": SQUARE_QUERIES,
+        "slack_examples": slack_examples,
+    }
     return _black_box_verdict(k, slack_examples, numbers)
 
 
 def _black_box_verdict(broken: int, slack_examples: int, numbers: dict[str, Any]) -> SanityCheck:
     if broken <= slack_examples:
-        return SanityCheck("black_box", "PASS", numbers,
-                           f"Square broke {broken} examples the white-box attacks missed")
-    return SanityCheck("black_box", "WARN", numbers,
-                       f"black-box Square broke {broken} examples every white-box attack "
-                       "missed: gradients point in uninformative directions (gradient "
-                       "masking / obfuscated gradients); the white-box numbers overstate "
-                       "robustness")
+        return SanityCheck(
+            "black_box",
+            "PASS",
+            numbers,
+            f"Square broke {broken} examples the white-box attacks missed",
+        )
+    return SanityCheck(
+        "black_box",
+        "WARN",
+        numbers,
+        f"black-box Square broke {broken} examples every white-box attack "
+        "missed: gradients point in uninformative directions (gradient "
+        "masking / obfuscated gradients); the white-box numbers overstate "
+        "robustness",
+    )
 
 
-def run_sanity_checks(model: nn.Module, x: Tensor, y: Tensor, results: list[AttackResult],
-                      specs: list[AttackSpec], *, protocol: str, norm: str, seed: int,
-                      batch_size: int, device: torch.device, num_classes: int,
-                      progress: bool) -> list[SanityCheck]:
+def run_sanity_checks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    results: list[AttackResult],
+    specs: list[AttackSpec],
+    *,
+    protocol: str,
+    norm: str,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int,
+    progress: bool,
+) -> list[SanityCheck]:
     """Every check that applies to ``protocol`` / ``norm``, given its ``results`` (clean
     first). Runs the extra PGD/FGSM/Square attacks the checks need on the fp32 ``model``."""
     n_slack = slack(len(y))
     clean = results[0].correct
-    checks = [input_gradient_check(model, x, y, batch_size, device),
-              determinism_check(model, x, batch_size, device)]
+    checks = [
+        input_gradient_check(model, x, y, batch_size, device),
+        determinism_check(model, x, batch_size, device),
+    ]
     by_name = {r.name: r for r in results}
 
     def run(spec: AttackSpec) -> AttackResult:
-        return run_attack(model, x, y, spec, clean=clean, norm="Linf", seed=seed,
-                          batch_size=batch_size, device=device, progress=progress)
+        return run_attack(
+            model,
+            x,
+            y,
+            spec,
+            clean=clean,
+            norm="Linf",
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
 
     if norm == "Linf":
         eps = max(s.eps for s in specs if s.kind != "clean")
@@ -253,14 +367,21 @@ def run_sanity_checks(model: nn.Module, x: Tensor, y: Tensor, results: list[Atta
         # margin loss: a random start at a huge eps can land where softmax saturates and
         # CE gradients vanish even for a healthy model
         big = max(LARGE_EPS, 4 * eps)
-        checks.append(large_eps_check(run(_pgd_spec(f"cw10@{format_eps(big)}", big, loss="cw")),
-                                      num_classes))
+        checks.append(
+            large_eps_check(run(_pgd_spec(f"cw10@{format_eps(big)}", big, loss="cw")), num_classes)
+        )
 
         fgsm_result = by_name.get("fgsm") or run(
-            AttackSpec(f"fgsm@{format_eps(eps)}", "fgsm", eps=eps, random_start=False))
+            AttackSpec(f"fgsm@{format_eps(eps)}", "fgsm", eps=eps, random_start=False)
+        )
         fgsm_eps = fgsm_result.settings["eps"]
-        pgds = [r for r in results if r.settings.get("attack") == "pgd"
-                and r.settings["loss"] == "ce" and r.settings["eps"] >= fgsm_eps - 1e-12]
+        pgds = [
+            r
+            for r in results
+            if r.settings.get("attack") == "pgd"
+            and r.settings["loss"] == "ce"
+            and r.settings["eps"] >= fgsm_eps - 1e-12
+        ]
         pgds += [r for r in grid if r.settings["eps"] >= fgsm_eps - 1e-12]
         checks.append(pgd_vs_fgsm_check(fgsm_result, pgds, n_slack))
 
@@ -271,8 +392,9 @@ def run_sanity_checks(model: nn.Module, x: Tensor, y: Tensor, results: list[Atta
             checks.append(more)
 
     if protocol != "dnr":
-        black_box = black_box_check(model, x, y, results, norm=norm, seed=seed,
-                                    batch_size=batch_size, device=device)
+        black_box = black_box_check(
+            model, x, y, results, norm=norm, seed=seed, batch_size=batch_size, device=device
+        )
         if black_box is not None:
             checks.append(black_box)
     return checks

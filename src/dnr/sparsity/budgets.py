@@ -46,19 +46,20 @@ def _largest_remainder(targets: Tensor, total: int | Tensor, caps: Tensor) -> Te
         return rank
 
     can_add = base < caps
-    add = can_add & (ranks(torch.where(can_add, frac, torch.full_like(frac, -1.0)), True)
-                     < deficit)
+    add = can_add & (ranks(torch.where(can_add, frac, torch.full_like(frac, -1.0)), True) < deficit)
     can_cut = base > 0
-    cut = can_cut & (ranks(torch.where(can_cut, frac, torch.full_like(frac, 2.0)), False)
-                     < -deficit)
+    cut = can_cut & (
+        ranks(torch.where(can_cut, frac, torch.full_like(frac, 2.0)), False) < -deficit
+    )
     return base + add.to(torch.long) - cut.to(torch.long)
 
 
 # --------------------------------------------------------------------------- budgets
 
 
-def _erk_densities(numels: Sequence[int], shapes: Sequence[Sequence[int]], density: float
-                   ) -> list[float]:
+def _erk_densities(
+    numels: Sequence[int], shapes: Sequence[Sequence[int]], density: float
+) -> list[float]:
     """Erdős–Rényi-kernel densities (Evci et al., RigL, 2020).
 
     density_l = eps · (Σ dims_l / Π dims_l), with eps solved so that Σ density_l·numel_l equals
@@ -147,8 +148,9 @@ def layer_budgets(
         if not bool(newly.any()):
             break
         pinned |= newly
-    extra = _largest_remainder(scaled_t - floors.to(targets.dtype), total - int(floors.sum()),
-                               caps - floors)
+    extra = _largest_remainder(
+        scaled_t - floors.to(targets.dtype), total - int(floors.sum()), caps - floors
+    )
     return (floors + extra).tolist()
 
 
@@ -178,8 +180,9 @@ def random_mask(
     if cover_rows and rows > 1:
         per_row = numel // rows
         chosen_rows = torch.randperm(rows, generator=generator, device=gen_device)[:k]
-        cols = torch.randint(0, per_row, (len(chosen_rows),), generator=generator,
-                             device=gen_device)
+        cols = torch.randint(
+            0, per_row, (len(chosen_rows),), generator=generator, device=gen_device
+        )
         flat[chosen_rows * per_row + cols] = True
         k -= len(chosen_rows)
         perm = torch.randperm(numel, generator=generator, device=gen_device)

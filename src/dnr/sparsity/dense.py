@@ -25,5 +25,6 @@ class Dense(SparsityMethod):
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         """Accepts its own state, and ``None`` (what older dense checkpoints stored)."""
         if state is not None and state.get("method", self.name) != self.name:
-            raise ValueError(f"cannot load the state of sparsity method {state['method']!r}"
-                             " into a dense run")
+            raise ValueError(
+                f"cannot load the state of sparsity method {state['method']!r} into a dense run"
+            )

@@ -31,9 +31,11 @@ def rewiring_warning(cfg: Config, steps_per_epoch: int) -> str | None:
     total = steps_per_epoch * cfg.train.epochs
     if (s.rewire_every or steps_per_epoch) < rewire_window(cfg, total):
         return None
-    return (f"warning: no rewiring falls before sparsity.rewire_until={s.rewire_until} of "
-            f"this {total}-step run, so DNR trains its initial mask like "
-            "sparsity.method=static; rewire more often (sparsity.rewire_every) or later")
+    return (
+        f"warning: no rewiring falls before sparsity.rewire_until={s.rewire_until} of "
+        f"this {total}-step run, so DNR trains its initial mask like "
+        "sparsity.method=static; rewire more often (sparsity.rewire_every) or later"
+    )
 
 
 @register_method
@@ -59,8 +61,12 @@ class DNR(MaskedMethod):
 
     def _rewire(self, progress: Progress) -> dict[str, Any]:
         s = self.cfg.sparsity
-        rate = cosine_prune_rate(progress.step, rewire_window(self.cfg, progress.total_steps),
-                                 s.prune_rate, s.prune_rate_min)
+        rate = cosine_prune_rate(
+            progress.step,
+            rewire_window(self.cfg, progress.total_steps),
+            s.prune_rate,
+            s.prune_rate_min,
+        )
         stats = self.masking.rewire(rate)
         if s.bn_refresh_batches > 0 and progress.batches is not None:
             # clean batches of the next epoch: seeded, no RNG drawn

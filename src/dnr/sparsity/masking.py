@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from dnr.config import GrowMomentum, SparsityInit
 from dnr.sparsity.budgets import layer_budgets, random_mask, redistribute
+from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.rewiring import (
     RewireStats,
     channel_keepers,
@@ -39,7 +40,6 @@ from dnr.sparsity.rewiring import (
     prune_counts,
     regrowth_shares,
 )
-from dnr.sparsity.layers import prunable_parameters
 from dnr.statedict import canonical_name
 
 __all__ = ["Masking"]
@@ -136,8 +136,9 @@ class Masking:
             min_counts=[p.shape[0] for p in self._params.values()] if protect_channels else None,
         )
         self.masks: dict[str, Tensor] = {
-            name: random_mask(tuple(p.shape), k, generator, device=p.device,
-                              cover_rows=protect_channels)
+            name: random_mask(
+                tuple(p.shape), k, generator, device=p.device, cover_rows=protect_channels
+            )
             for (name, p), k in zip(self._params.items(), budgets)
         }
         # Host-side copy of the per-layer active counts. Masks only change in rewire() and
@@ -359,8 +360,9 @@ class Masking:
         if bad:
             raise ValueError("masking state has mismatched shapes: " + "; ".join(bad))
         new_masks = {
-            n: torch.as_tensor(masks_in[n]).to(device=self._params[n].device, dtype=torch.bool,
-                                                copy=True)
+            n: torch.as_tensor(masks_in[n]).to(
+                device=self._params[n].device, dtype=torch.bool, copy=True
+            )
             for n in mine
         }
         counts = torch.stack([torch.count_nonzero(new_masks[n]) for n in mine]).cpu().tolist()
@@ -384,8 +386,9 @@ class Masking:
         if grow not in GROW_MOMENTUM:
             raise ValueError(f"masking state has unknown grow_momentum {grow!r}")
         if not 0.0 <= float(state.get("redistribution", 1.0)) <= 1.0:
-            raise ValueError(f"masking state has redistribution {state['redistribution']}"
-                             " outside [0, 1]")
+            raise ValueError(
+                f"masking state has redistribution {state['redistribution']} outside [0, 1]"
+            )
         self.grow_momentum = str(grow)
         self.masks = new_masks
         self._nnz = dict(zip(mine, counts))

@@ -77,11 +77,13 @@ def normalized_momentum(momenta: Sequence[Tensor], masks: Sequence[Tensor]) -> T
     if not momenta:
         return torch.zeros(0)
     zero = torch.zeros((), dtype=momenta[0].dtype, device=momenta[0].device)
-    s = torch.stack([
-        torch.where(k, m.detach().abs(), zero).sum(dtype=torch.float32)
-        / torch.count_nonzero(k).clamp_min(1).to(torch.float32)
-        for m, k in zip(momenta, masks)
-    ])
+    s = torch.stack(
+        [
+            torch.where(k, m.detach().abs(), zero).sum(dtype=torch.float32)
+            / torch.count_nonzero(k).clamp_min(1).to(torch.float32)
+            for m, k in zip(momenta, masks)
+        ]
+    )
     z = s.sum()
     uniform = torch.full_like(s, 1.0 / s.numel())
     return torch.where(z > 0, s / torch.where(z > 0, z, torch.ones_like(z)), uniform)

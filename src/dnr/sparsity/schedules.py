@@ -12,9 +12,7 @@ import math
 __all__ = ["cosine_prune_rate"]
 
 
-def cosine_prune_rate(
-    step: int, total_steps: int, p0: float = 0.5, p_min: float = 0.005
-) -> float:
+def cosine_prune_rate(step: int, total_steps: int, p0: float = 0.5, p_min: float = 0.005) -> float:
     """Cosine annealing from ``p0`` at step 0 to ``p_min`` at ``total_steps``.
 
     p(t) = p_min + ½ (p0 − p_min)(1 + cos(π t)),  t = clamp(step / total_steps, 0, 1).

@@ -84,8 +84,7 @@ class MaskedMethod(SparsityMethod):
             "prunable": "weights of Conv2d and Linear layers"
             + (f", except {s.exclude}" if s.exclude else ""),
             "layers": {
-                name: {"shape": list(m.layer_shapes[name]), "density": dens,
-                       "active": counts[name]}
+                name: {"shape": list(m.layer_shapes[name]), "density": dens, "active": counts[name]}
                 for name, dens in m.layer_densities().items()
             },
         }

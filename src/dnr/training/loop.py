@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dnr.config import Config, ConfigError, resolve_device
+from dnr.config import Config, ConfigError
 from dnr.data import BatchLoader, DatasetSplits, load_dataset
+from dnr.devices import cpu_fallback_warning, describe_device, resolve_device
 from dnr.robustness import clean_accuracy, pgd_accuracy
 from dnr.seeding import derive_seed
 from dnr.sparsity import Progress, SparsityMethod, Stage, build_sparsity
@@ -79,8 +81,14 @@ def train(
     show = sys.stderr.isatty() if progress is None else progress
     run = _setup(cfg, RunWriter(out_dir), resume, data, log)
     t, state = cfg.train, run.state
-    prog = Progress(step=state.step, epoch=state.epochs_done, epochs=t.epochs,
-                    steps_per_epoch=len(run.loader), batches=run.loader.epoch, log=log)
+    prog = Progress(
+        step=state.step,
+        epoch=state.epochs_done,
+        epochs=t.epochs,
+        steps_per_epoch=len(run.loader),
+        batches=run.loader.epoch,
+        log=log,
+    )
     stages = run.method.stages()
     plan = stage_plan(stages, t.epochs)
     for epoch in range(state.epochs_done, t.epochs):
@@ -121,12 +129,21 @@ def stage_plan(stages: list[Stage], epochs: int) -> list[tuple[Stage, int]]:
     return plan
 
 
-def _setup(cfg: Config, writer: RunWriter, resume: bool, data: DatasetSplits | None,
-           log: Callable[[str], None]) -> _Run:
+def _setup(
+    cfg: Config,
+    writer: RunWriter,
+    resume: bool,
+    data: DatasetSplits | None,
+    log: Callable[[str], None],
+) -> _Run:
     """Model, optimizer, method and state: fresh, from ``train.init_from``, or resumed."""
     resume_state = writer.open(cfg, resume)
     t = cfg.train
     device = resolve_device(t.device)
+    log(describe_device(device))
+    fallback = cpu_fallback_warning(t.device, device)
+    if fallback:
+        log(fallback)
     torch.manual_seed(derive_seed(t.seed, "init"))
     data = data if data is not None else load_dataset(cfg.data)
     if len(data.train.y) == 0:
@@ -136,8 +153,9 @@ def _setup(cfg: Config, writer: RunWriter, resume: bool, data: DatasetSplits | N
         load_init_weights(model, t.init_from)
     model.to(device)
     optimizer = build_optimizer(cfg, model)
-    method = build_sparsity(cfg, model, optimizer,
-                            torch.Generator().manual_seed(derive_seed(t.seed, "masks")))
+    method = build_sparsity(
+        cfg, model, optimizer, torch.Generator().manual_seed(derive_seed(t.seed, "masks"))
+    )
     if t.init_from and t.init_masks and resume_state is None:
         init_masks_from(method, t.init_from)
     state = TrainState()
@@ -148,9 +166,11 @@ def _setup(cfg: Config, writer: RunWriter, resume: bool, data: DatasetSplits | N
         state.load_state_dict(resume_state["state"])
         torch.set_rng_state(resume_state["rng_cpu"])
         state.history = writer.history(state.epochs_done)
-        log(f"resuming {writer.path} at epoch {state.epochs_done + 1}/{t.epochs}"
+        log(
+            f"resuming {writer.path} at epoch {state.epochs_done + 1}/{t.epochs}"
             if state.epochs_done < t.epochs
-            else f"{writer.path}: all {t.epochs} epochs were done; writing the final artifacts")
+            else f"{writer.path}: all {t.epochs} epochs were done; writing the final artifacts"
+        )
     else:
         writer.start(cfg)
         warning = schedule_warning(cfg)
@@ -158,25 +178,31 @@ def _setup(cfg: Config, writer: RunWriter, resume: bool, data: DatasetSplits | N
             log(warning)
         if t.val_every > 0 and len(data.val.y) == 0:
             log("note: no validation split (data.val_size=0); the last epoch is kept as best")
-    loader = BatchLoader(data.train, t.batch_size, device, shuffle=True,
-                         augment=cfg.data.augment, seed=t.seed)
+    loader = BatchLoader(
+        data.train, t.batch_size, device, shuffle=True, augment=cfg.data.augment, seed=t.seed
+    )
     return _Run(cfg, data, device, model, optimizer, method, loader, state, writer)
 
 
-def _train_epoch(run: _Run, prog: Progress, stage: Stage, start: int, show: bool
-                 ) -> dict[str, Any]:
+def _train_epoch(run: _Run, prog: Progress, stage: Stage, start: int, show: bool) -> dict[str, Any]:
     """One pass over the training data; returns the epoch's training metrics."""
     cfg, model, epoch = run.cfg, run.model, prog.epoch
     t, steps = cfg.train, len(run.loader)
     torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
     # On the training device: random starts need no host-to-device copy per step.
     attack_gen = torch.Generator(device=run.device).manual_seed(
-        derive_seed(t.seed, "attack", epoch))
+        derive_seed(t.seed, "attack", epoch)
+    )
     model.train()
     sums = torch.zeros(4, device=run.device)  # loss*n, clean correct, adv correct, n
     started = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{t.epochs}",
+        disable=not show,
+        leave=False,
+        dynamic_ncols=True,
+    )
     lr = t.lr
     for i, (x, y) in enumerate(run.loader.epoch(epoch)):
         lr = learning_rate(cfg, epoch - start + i / steps, 1 / steps, stage.epochs)
@@ -219,7 +245,12 @@ def _validate(run: _Run, epoch: int) -> dict[str, float]:
     return {
         "val_clean_acc": clean_accuracy(run.model, val.x, val.y, batch_size=t.eval_batch_size),
         "val_pgd_acc": pgd_accuracy(
-            run.model, val.x, val.y, eps=a.eps, step_size=a.step_size, steps=a.steps,
+            run.model,
+            val.x,
+            val.y,
+            eps=a.eps,
+            step_size=a.step_size,
+            steps=a.steps,
             batch_size=t.eval_batch_size,
             generator=torch.Generator().manual_seed(derive_seed(t.seed, "validation")),
         ),
@@ -263,10 +294,17 @@ def _finish(run: _Run) -> TrainResult:
     run.method.load_state_dict(best["sparsity"])
     state = run.state
     selection = {"by": "val_pgd_acc", "epoch": state.best_epoch, "value": state.best_val}
-    run.writer.save_model(run.model, model_meta(run.cfg, run.data, run.method,
-                                                {"selection": selection}))
-    return TrainResult(run.writer.path, run.model.eval(), run.method, state.best_epoch,
-                       state.best_val, state.history)
+    run.writer.save_model(
+        run.model, model_meta(run.cfg, run.data, run.method, {"selection": selection})
+    )
+    return TrainResult(
+        run.writer.path,
+        run.model.eval(),
+        run.method,
+        state.best_epoch,
+        state.best_val,
+        state.history,
+    )
 
 
 def _fmt(value: Any) -> str:

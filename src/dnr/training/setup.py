@@ -33,7 +33,9 @@ def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
             **cfg.model.kwargs,
         )
     except ValueError as err:  # e.g. images of a size the architectures are not defined for
-        raise ConfigError(f"model.name={cfg.model.name} on data.name={cfg.data.name}: {err}") from None
+        raise ConfigError(
+            f"model.name={cfg.model.name} on data.name={cfg.data.name}: {err}"
+        ) from None
     return init_weights(model, cfg.model.init)
 
 
@@ -79,16 +81,19 @@ def init_masks_from(method: SparsityMethod, source: str | Path) -> None:
         raise ConfigError(f"{where} with train.init_masks: {err}") from None
     state = best.get("sparsity", best.get("masking"))  # checkpoint format 2, or 1
     if not isinstance(state, Mapping) or "masks" not in state:
-        raise ConfigError(f"{where}: that run has no masks (a dense run?); "
-                          "set train.init_masks=false to take only its weights")
+        raise ConfigError(
+            f"{where}: that run has no masks (a dense run?); "
+            "set train.init_masks=false to take only its weights"
+        )
     try:
         method.adopt_masks(state)
     except ValueError as err:
         raise ConfigError(f"{where}: its masks do not fit this run: {err}") from None
 
 
-def model_meta(cfg: Config, data: DatasetSplits, method: SparsityMethod,
-               extra: dict[str, Any]) -> dict[str, Any]:
+def model_meta(
+    cfg: Config, data: DatasetSplits, method: SparsityMethod, extra: dict[str, Any]
+) -> dict[str, Any]:
     """What ``model.json`` records besides the architecture."""
     return {
         "classes": data.meta.classes,

@@ -32,8 +32,12 @@ class TrainState:
         return True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done, "step": self.step,
-                "best_val_pgd": self.best_val, "best_epoch": self.best_epoch}
+        return {
+            "epochs_done": self.epochs_done,
+            "step": self.step,
+            "best_val_pgd": self.best_val,
+            "best_epoch": self.best_epoch,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.epochs_done = int(state["epochs_done"])

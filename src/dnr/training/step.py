@@ -77,10 +77,21 @@ def train_step(
     x_adv = None
     if attacks_in_training(cfg):
         a = cfg.attack
-        x_adv = pgd(model, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps,
-                    random_start=a.random_start, generator=generator)
-    autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-                if cfg.train.bf16 else contextlib.nullcontext())
+        x_adv = pgd(
+            model,
+            x,
+            y,
+            eps=a.eps,
+            step_size=a.step_size,
+            steps=a.steps,
+            random_start=a.random_start,
+            generator=generator,
+        )
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if cfg.train.bf16
+        else contextlib.nullcontext()
+    )
     with autocast:
         out = hybrid_loss(model, x, x_adv, y, cfg.train.beta)
         extra = method.loss_term(model)

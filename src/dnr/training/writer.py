@@ -59,8 +59,10 @@ class RunWriter:
                 f"with ({config_difference(saved, cfg.to_dict())}); see {run.config}"
             )
         if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"--resume: {run.last_checkpoint} was written by another "
-                              f"version of torch-dnr (checkpoint format {state.get('version')})")
+            raise ConfigError(
+                f"--resume: {run.last_checkpoint} was written by another "
+                f"version of torch-dnr (checkpoint format {state.get('version')})"
+            )
         return state
 
     def start(self, cfg: Config) -> None:

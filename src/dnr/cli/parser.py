@@ -1,26 +1,17 @@
-"""The ``dnr`` command. Parses arguments, calls the library, maps user errors to exit codes.
-
-Exit codes: 0 success, 2 a user mistake (bad config, missing data, bad artifact; printed as
-one line, no traceback), 130 interrupted (resume with ``dnr train --resume``).
-"""
+"""The ``dnr`` argument parser: subcommands, options, help text read from the registries."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
 from dnr.config import (
     Config,
-    ConfigError,
-    EvalConfig,
     Norm,
     list_presets,
-    load_config,
     name_fields,
     resolve_config_path,
 )
@@ -59,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
             self.epilog, self._epilog_factory = self._epilog_factory(), None
         return super().format_help()
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         if not self._intermixed or self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True  # parse_known_intermixed_args calls back in here
@@ -103,8 +94,12 @@ LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "protocols": lambda: _entries("PROTOCOLS"),
     "datasets": lambda: _entries("DATASETS"),
 }
-_KIND_ALIASES = {"sparsity": "sparsity-methods", "method": "sparsity-methods",
-                 "methods": "sparsity-methods", "data": "datasets"}
+_KIND_ALIASES = {
+    "sparsity": "sparsity-methods",
+    "method": "sparsity-methods",
+    "methods": "sparsity-methods",
+    "data": "datasets",
+}
 
 
 def _kind(text: str) -> str:
@@ -115,11 +110,9 @@ def _kind(text: str) -> str:
     return _KIND_ALIASES.get(key, key)  # anything else: argparse reports an invalid choice
 
 
-def _table(rows: list[tuple[str, str]], indent: str = "  ") -> str:
+def format_entries(rows: list[tuple[str, str]], indent: str = "  ") -> str:
     width = max((len(name) for name, _ in rows), default=0)
-    return "\n".join(
-        f"{indent}{name:<{width}}  {text}".rstrip() for name, text in rows
-    )
+    return "\n".join(f"{indent}{name:<{width}}  {text}".rstrip() for name, text in rows)
 
 
 def _names(registry_name: str) -> str:
@@ -144,9 +137,7 @@ def _registered(registry_name: str) -> Callable[[str], str]:
 
 def _device(text: str) -> str:
     if not is_device_name(text):
-        raise argparse.ArgumentTypeError(
-            f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
     return text
 
 
@@ -162,16 +153,16 @@ sections: {sections}
 every key with its default is in the bundled presets (e.g. configs/vgg16_cifar10.yaml in
 the repository); --print-config shows the resolved config
 registered names (dnr list):
-{_table(names)}
+{format_entries(names)}
 presets:
-{_table(_preset_entries())}
+{format_entries(_preset_entries())}
 """
 
 
 def _eval_epilog() -> str:
     return f"""\
 protocols (--protocol):
-{_table(_entries("PROTOCOLS"))}
+{format_entries(_entries("PROTOCOLS"))}
 models (--model): {_names("MODELS")}
 data.* overrides select the test data, e.g. data.name=npz data.test=test.npz
 """
@@ -207,13 +198,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         intermixed=True,
     )
-    p.add_argument("--config", type=Path, help="YAML file or bundled preset name (dnr list presets); default: built-in defaults")
-    p.add_argument("--out", type=Path, help="run directory for every artifact (required unless --print-config)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file or bundled preset name (dnr list presets); default: built-in defaults",
+    )
+    p.add_argument(
+        "--out", type=Path, help="run directory for every artifact (required unless --print-config)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config (preset + overrides) as YAML and exit")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (preset + overrides) as YAML and exit",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(parser=p)
 
@@ -229,26 +231,54 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         intermixed=True,
     )
     p.add_argument("target", nargs="?", help="run directory, model.json or model.safetensors")
-    p.add_argument("--protocol", default="dnr", type=_registered("PROTOCOLS"),
-                   help="evaluation protocol, listed below (default: dnr)")
+    p.add_argument(
+        "--protocol",
+        default="dnr",
+        type=_registered("PROTOCOLS"),
+        help="evaluation protocol, listed below (default: dnr)",
+    )
     p.add_argument("--subset", type=_positive_int, help="seeded random test subset of N examples")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and random starts")
-    p.add_argument("--eps", type=_positive_float, help="attack radius in [0,1] pixel units (default: the protocol's)")
-    p.add_argument("--norm", default="Linf", choices=list(get_args(Norm)),
-                   help="threat model (L2: AutoAttack only)")
-    p.add_argument("--batch-size", type=_positive_int, help="evaluation batch size (default: chosen to fit)")
-    p.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--out", type=Path, help="write eval.json/eval.md here (default: the run directory)")
+    p.add_argument(
+        "--eps",
+        type=_positive_float,
+        help="attack radius in [0,1] pixel units (default: the protocol's)",
+    )
+    p.add_argument(
+        "--norm",
+        default="Linf",
+        choices=list(get_args(Norm)),
+        help="threat model (L2: AutoAttack only)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, help="evaluation batch size (default: chosen to fit)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=_device,
+        metavar="DEVICE",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="write eval.json/eval.md here (default: the run directory)"
+    )
     p.add_argument("--json", action="store_true", help="print the machine-readable result")
-    p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking sanity checks")
+    p.add_argument(
+        "--no-sanity", action="store_true", help="skip the gradient-masking sanity checks"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--model", type=_registered("MODELS"),
-                   help="registered model of --weights, as model.name in a config (listed below)")
+    p.add_argument(
+        "--model",
+        type=_registered("MODELS"),
+        help="registered model of --weights, as model.name in a config (listed below)",
+    )
     p.add_argument("--arch", type=_registered("MODELS"), help=argparse.SUPPRESS)  # old --model
     p.add_argument("--weights", help="plain state dict (.pt/.pth/.safetensors) to evaluate")
     p.add_argument("--num-classes", type=_positive_int, help="output classes of --weights")
-    p.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier of --weights")
+    p.add_argument(
+        "--width", type=_positive_float, default=1.0, help="width multiplier of --weights"
+    )
     p.add_argument("--input-size", type=int, default=32, choices=[32, 64])
     p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE")
 
@@ -285,8 +315,14 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
         description="Without KIND: every kind, one section each, with descriptions. "
         "With KIND: its names only, one per line (for scripts).",
     )
-    p.add_argument("kind", nargs="?", type=_kind, choices=list(LIST_KINDS), metavar="KIND",
-                   help=f"one of {', '.join(LIST_KINDS)}")
+    p.add_argument(
+        "kind",
+        nargs="?",
+        type=_kind,
+        choices=list(LIST_KINDS),
+        metavar="KIND",
+        help=f"one of {', '.join(LIST_KINDS)}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,155 +341,3 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_list(sub)
     return parser
-
-
-def _log_for(quiet: bool):
-    return (lambda _msg: None) if quiet else (lambda msg: print(msg, flush=True))
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from dnr.artifacts import RunDir
-    from dnr.runner import run_train
-
-    if args.out is None and not args.print_config:
-        args.parser.error("the following arguments are required: --out")
-    config_path = args.config
-    if config_path is None and args.resume and args.out and RunDir(args.out).config.exists():
-        config_path = RunDir(args.out).config  # resume with the run's own config
-    cfg = load_config(config_path, args.overrides)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return 0
-    log = _log_for(args.quiet)
-    progress = False if args.quiet else None
-    try:
-        result, report = run_train(
-            cfg, args.out, resume=args.resume, progress=progress, evaluate=not args.no_eval, log=log
-        )
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; continue with: dnr train --resume --out {args.out}",
-            file=sys.stderr,
-        )
-        return 130
-    if report is not None:
-        print(report.to_markdown())
-    print(f"run directory: {result.run_dir}")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from dnr.devices import resolve_device
-    from dnr.runner import EvalTarget, run_eval
-
-    # The optional positional TARGET takes the first positional word, which may be an
-    # override (`dnr eval --weights w.pt data.name=npz ...`): sort them by their shape.
-    words = ([args.target] if args.target else []) + list(args.overrides)
-    targets = [w for w in words if "=" not in w or Path(w).exists()]
-    overrides = [w for w in words if w not in targets]
-    if len(targets) > 1:
-        raise ConfigError(f"give one run directory or model file, got {', '.join(targets)}")
-    path = targets[0] if targets else None
-    if args.arch is not None:
-        print("dnr eval: --arch is deprecated; use --model", file=sys.stderr)
-        if args.model is not None and args.model != args.arch:
-            raise ConfigError("--arch is the old name of --model; give only --model")
-    model = args.model or args.arch
-    if path and args.weights:
-        raise ConfigError("give either a run directory/model file or --weights, not both")
-    resolve_device(args.device)  # an unavailable device fails before anything is loaded
-    target = EvalTarget(
-        path=path,
-        model=model,
-        weights=args.weights,
-        num_classes=args.num_classes,
-        width=args.width,
-        input_size=args.input_size,
-    )
-    options = EvalConfig(
-        protocol=args.protocol,
-        subset=args.subset,
-        seed=args.seed,
-        sanity=not args.no_sanity,
-        eps=args.eps,
-        norm=args.norm,
-        batch_size=args.batch_size,
-    )
-    report = run_eval(
-        target,
-        options,
-        data_overrides=overrides,
-        device=args.device,
-        out_dir=args.out,
-        progress=False if (args.quiet or args.json) else None,
-    )
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.to_markdown())
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from dnr.report import plot_layer_density, write_report
-
-    plot_layer_density(args.run_dir)
-    path = write_report(args.run_dir)
-    print(path.read_text(), end="")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from dnr.runner import format_demo, run_demo
-
-    summary = run_demo(
-        args.out,
-        progress=False if args.quiet else None,
-        overrides=args.overrides,
-        log=_log_for(args.quiet),
-    )
-    print()
-    print(format_demo(summary, args.out))
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    if args.kind is not None:
-        for name, _ in LIST_KINDS[args.kind]():
-            print(name)
-        return 0
-    for kind, rows in LIST_KINDS.items():
-        print(f"{kind}:")
-        print(_table(rows()))
-    return 0
-
-
-COMMANDS = {
-    "train": _cmd_train,
-    "eval": _cmd_eval,
-    "report": _cmd_report,
-    "demo": _cmd_demo,
-    "list": _cmd_list,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # imported after parsing: these import torch, which `dnr --help` does not need
-    from dnr.artifacts import ArtifactError
-    from dnr.data import DataError
-
-    try:
-        return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ArtifactError) as err:
-        print(f"dnr {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The ``dnr`` subcommands: each turns parsed arguments into library calls and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dnr.cli.parser import LIST_KINDS, format_entries
+from dnr.config import ConfigError, EvalConfig, load_config
+
+
+def _log_for(quiet: bool):
+    return (lambda _msg: None) if quiet else (lambda msg: print(msg, flush=True))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dnr.artifacts import RunDir
+    from dnr.runner import run_train
+
+    if args.out is None and not args.print_config:
+        args.parser.error("the following arguments are required: --out")
+    config_path = args.config
+    if config_path is None and args.resume and args.out and RunDir(args.out).config.exists():
+        config_path = RunDir(args.out).config  # resume with the run's own config
+    cfg = load_config(config_path, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    log = _log_for(args.quiet)
+    progress = False if args.quiet else None
+    try:
+        result, report = run_train(
+            cfg, args.out, resume=args.resume, progress=progress, evaluate=not args.no_eval, log=log
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; continue with: dnr train --resume --out {args.out}",
+            file=sys.stderr,
+        )
+        return 130
+    if report is not None:
+        print(report.to_markdown())
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from dnr.devices import resolve_device
+    from dnr.runner import EvalTarget, run_eval
+
+    # The optional positional TARGET takes the first positional word, which may be an
+    # override (`dnr eval --weights w.pt data.name=npz ...`): sort them by their shape.
+    words = ([args.target] if args.target else []) + list(args.overrides)
+    targets = [w for w in words if "=" not in w or Path(w).exists()]
+    overrides = [w for w in words if w not in targets]
+    if len(targets) > 1:
+        raise ConfigError(f"give one run directory or model file, got {', '.join(targets)}")
+    path = targets[0] if targets else None
+    if args.arch is not None:
+        print("dnr eval: --arch is deprecated; use --model", file=sys.stderr)
+        if args.model is not None and args.model != args.arch:
+            raise ConfigError("--arch is the old name of --model; give only --model")
+    model = args.model or args.arch
+    if path and args.weights:
+        raise ConfigError("give either a run directory/model file or --weights, not both")
+    resolve_device(args.device)  # an unavailable device fails before anything is loaded
+    target = EvalTarget(
+        path=path,
+        model=model,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        width=args.width,
+        input_size=args.input_size,
+    )
+    options = EvalConfig(
+        protocol=args.protocol,
+        subset=args.subset,
+        seed=args.seed,
+        sanity=not args.no_sanity,
+        eps=args.eps,
+        norm=args.norm,
+        batch_size=args.batch_size,
+    )
+    report = run_eval(
+        target,
+        options,
+        data_overrides=overrides,
+        device=args.device,
+        out_dir=args.out,
+        progress=False if (args.quiet or args.json) else None,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.to_markdown())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dnr.report import plot_layer_density, write_report
+
+    plot_layer_density(args.run_dir)
+    path = write_report(args.run_dir)
+    print(path.read_text(), end="")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dnr.runner import format_demo, run_demo
+
+    summary = run_demo(
+        args.out,
+        progress=False if args.quiet else None,
+        overrides=args.overrides,
+        log=_log_for(args.quiet),
+    )
+    print()
+    print(format_demo(summary, args.out))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.kind is not None:
+        for name, _ in LIST_KINDS[args.kind]():
+            print(name)
+        return 0
+    for kind, rows in LIST_KINDS.items():
+        print(f"{kind}:")
+        print(format_entries(rows()))
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "report": _cmd_report,
+    "demo": _cmd_demo,
+    "list": _cmd_list,
+}
