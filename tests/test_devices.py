@@ -84,12 +84,6 @@ def test_resolve_device_index_must_be_visible(cuda_torch) -> None:
         resolve_device("cuda:7")
 
 
-def test_config_reexports_resolve_device() -> None:
-    from dnr import config
-
-    assert config.resolve_device is devices.resolve_device
-
-
 def test_cpu_fallback_warning_on_a_gpu_machine_with_cpu_only_torch(
     cpu_torch, monkeypatch, tmp_path
 ) -> None:
