@@ -305,8 +305,9 @@ def run_one(
         }
         for h in result.history
     ]
-    if result.masking is not None:
-        record["layer_density_final"] = result.masking.layer_densities()
+    layers = result.sparsity.stats().get("layers")
+    if layers:
+        record["layer_density_final"] = {n: info["density"] for n, info in layers.items()}
         record["layer_density_init"] = result.history[0].get("layer_density_init")
     record["train_seconds"] = train_s
     record["seconds"] = time.perf_counter() - started

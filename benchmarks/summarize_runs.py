@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from dnr.artifacts import RunDir, load_checkpoint, read_model_meta
 from dnr.fileio import read_jsonl
+from dnr.markdown import markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,8 +36,9 @@ def summarize(path: Path) -> dict:
         "target_density": sparsity.get("target_density"),
         "selected_epoch": meta.get("selection", {}).get("epoch"),
     }
-    masking = load_checkpoint(run.best_checkpoint).get("masking")
-    if masking:
+    best = load_checkpoint(run.best_checkpoint)
+    masking = best.get("sparsity", best.get("masking"))  # checkpoint format 2, or 1
+    if masking and "masks" in masking:
         masks = masking["masks"]
         weights = load_file(str(run.model_weights))
         total = sum(m.numel() for m in masks.values())
@@ -71,16 +73,17 @@ def main() -> None:
     args = parser.parse_args()
     rows = [summarize(p) for p in args.runs]
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [
-            f"{v:.4f}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    table = markdown_table(
+        keys,
+        [
+            [f"{v:.4f}" if isinstance(v, float) else v for v in (r.get(k, "") for k in keys)]
+            for r in rows
+        ],
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (RESULTS / f"{args.name}.md").write_text(table + "\n")
+    print(table)
 
 
 if __name__ == "__main__":

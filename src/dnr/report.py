@@ -7,12 +7,7 @@ from typing import Any
 
 from dnr.artifacts import ArtifactError, RunDir, read_model_meta
 from dnr.fileio import atomic_write, atomic_write_text, read_jsonl
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+from dnr.markdown import markdown_table
 
 
 def compression_table(meta: dict[str, Any]) -> str:
@@ -36,7 +31,7 @@ def compression_table(meta: dict[str, Any]) -> str:
         ["**total**", "", f"{kept_total / all_total:.4f}", f"{kept_total:,} / {all_total:,}"]
     )
     lines = [
-        _table(["layer", "shape", "density", "weights kept"], rows),
+        markdown_table(["layer", "shape", "density", "weights kept"], rows),
         "",
         f"Compression: **{ratio:.1f}x** (target density {sparsity.get('target_density')}, "
         f"achieved {sparsity.get('achieved_density', kept_total / all_total):.6f}). "

@@ -67,7 +67,8 @@ def _entries(registry_name: str) -> list[tuple[str, str]]:
     reg = getattr(registry, registry_name)
     rows = []
     for name in reg.names():
-        description = getattr(reg.get(name), "description", "") or ""
+        entry = reg.get(name)
+        description = getattr(entry, "description", "") or getattr(entry, "__doc__", "") or ""
         lines = str(description).strip().splitlines()
         rows.append((name, lines[0].strip() if lines else ""))
     return rows

@@ -25,7 +25,11 @@ from dnr.registry import DATASETS
 
 @DATASETS.register(name="npz")
 def read_npz(cfg: DataConfig) -> SourceData:
-    """Concatenate the files of each split; classes from a ``classes`` array or max label + 1."""
+    """Your own .npz files (data.train, data.test): x uint8 NxHxWx3, y labels.
+
+    The files of each split are concatenated; classes come from a ``classes`` array or are
+    max label + 1.
+    """
     return _read_npz(cfg.train, cfg.test, root=Path(cfg.root))
 
 

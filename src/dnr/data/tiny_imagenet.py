@@ -230,8 +230,9 @@ def _tiny_pixels(
 
 @DATASETS.register(name="tiny-imagenet")
 def read_tiny_imagenet(cfg: DataConfig) -> SourceData:
-    """The original layout; ``data.root`` is the dataset folder or its parent.
+    """Tiny-ImageNet: 200 classes of 64x64 images, read from its original layout.
 
+    ``data.root`` is the dataset folder or its parent.
     ``wnids.txt`` order defines the class indices; ``val/`` (labelled) is the test split
     because the official test set has no labels.
     """

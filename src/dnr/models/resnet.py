@@ -87,5 +87,6 @@ def resnet18(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> ResNet:
+    """ResNet-18, CIFAR stem (3x3 stride 1, no max-pool), as in the released DNR code."""
     del input_size  # global pooling makes the architecture size-independent
     return ResNet((2, 2, 2, 2), num_classes=num_classes, width=width, mean=mean, std=std)

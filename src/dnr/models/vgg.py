@@ -89,6 +89,7 @@ def vgg16(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> VGG:
+    """VGG16 with BatchNorm, CIFAR-style single linear head (the released DNR code's)."""
     return VGG(
         VGG16_CFG, num_classes=num_classes, input_size=input_size, width=width, mean=mean, std=std
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -123,34 +124,14 @@ def evaluate_model(
                 seconds=time.perf_counter() - t0,
             )
         )
+        common: dict[str, Any] = dict(
+            clean=clean, norm=norm, seed=seed, batch_size=batch_size, device=device, progress=show
+        )
         for spec in specs[1:]:
             if spec.kind == "autoattack":
-                r = run_autoattack(
-                    m,
-                    x,
-                    y,
-                    spec,
-                    clean=clean,
-                    norm=norm,
-                    seed=seed,
-                    batch_size=batch_size,
-                    device=device,
-                    num_classes=num_classes,
-                    progress=show,
-                )
+                r = run_autoattack(m, x, y, spec, num_classes=num_classes, **common)
             else:
-                r = run_attack(
-                    m,
-                    x,
-                    y,
-                    spec,
-                    clean=clean,
-                    norm=norm,
-                    seed=seed,
-                    batch_size=batch_size,
-                    device=device,
-                    progress=show,
-                )
+                r = run_attack(m, x, y, spec, **common)
             results.append(r)
         checks = (
             run_sanity_checks(
