@@ -151,8 +151,8 @@ the line:
   train.epochs=2  model.width=0.25  data.name=npz  data.train=[a.npz,b.npz]
   sparsity.density=0.05  attack.steps=7  train.device=cuda:1
 sections: {sections}
-every key with its default is in the bundled presets (e.g. configs/vgg16_cifar10.yaml in
-the repository); --print-config shows the resolved config
+the bundled presets show the main keys (e.g. configs/vgg16_cifar10.yaml in the
+repository); --print-config shows every key of the resolved config
 registered names (dnr list):
 {format_entries(names)}
 presets:

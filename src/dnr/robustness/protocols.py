@@ -96,6 +96,8 @@ class Protocol:
     name: str
     description: str
     attacks: tuple[str, ...]
+    #: run the black-box (Square) sanity check; off for the cheap released-code protocol
+    black_box: bool = True
 
     def specs(self, eps: float | None, norm: str, restarts: int | None) -> list[AttackSpec]:
         catalogue = attack_catalogue(eps, norm, restarts)
@@ -107,6 +109,7 @@ for _protocol in (
         "dnr",
         "released DNR code: clean, FGSM eps 0.031, PGD eps 0.031 7 steps of 0.01 random start",
         ("clean", "fgsm", "pgd7"),
+        black_box=False,
     ),
     Protocol(
         "pgd20", "PGD eps 8/255, step 2/255, 20 steps, 5 restarts, random start", ("clean", "pgd20")

@@ -7,8 +7,7 @@ comparisons allow a slack of max(1 example, 0.5 %), which is noise, not masking.
 * ``input_gradients``: input gradients are non-zero on ≥ 90 % of examples.
 * ``deterministic``: two forward passes agree (otherwise stochastic gradients).
 * ``eps_monotonic``: PGD-10 accuracy does not rise over ε ∈ {0, ε/2, ε, 2ε}.
-* ``large_eps``: PGD-10 (CW margin loss) at ε = max(0.5, 4ε) leaves ≤ min(10 %,
-  chance + 5 %) accuracy.
+* ``large_eps``: PGD-10 (CW loss) at ε = max(0.5, 4ε) leaves ≤ min(10 %, chance + 5 %).
 * ``pgd_vs_fgsm``: PGD is not weaker than FGSM at the same or a smaller ε.
 * ``more_iterations``: more steps/restarts (and AutoAttack) do not raise accuracy.
 * ``black_box``: Square (from AutoAttack's cascade, or a 1000-query run when AutoAttack did
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from dnr.attacks import LossName, attack_loss
+from dnr.registry import PROTOCOLS
 from dnr.robustness.autoattack import square_broken
 from dnr.robustness.engine import batches, run_attack, to_float
 from dnr.robustness.protocols import AttackSpec
@@ -391,7 +391,7 @@ def run_sanity_checks(
         if more is not None:
             checks.append(more)
 
-    if protocol != "dnr":
+    if PROTOCOLS.get(protocol).black_box:
         black_box = black_box_check(
             model, x, y, results, norm=norm, seed=seed, batch_size=batch_size, device=device
         )
