@@ -18,26 +18,15 @@ from dnr.models import (
 )
 from dnr.registry import MODELS
 
+# fmt: off
 VGG16_SPEC = [
-    64,
-    64,
-    "M",
-    128,
-    128,
-    "M",
-    256,
-    256,
-    256,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-    512,
-    512,
-    512,
-    "M",
+    64, 64, "M",
+    128, 128, "M",
+    256, 256, 256, "M",
+    512, 512, 512, "M",
+    512, 512, 512, "M",
 ]
+# fmt: on
 
 
 def vgg16_expected(num_classes: int) -> tuple[int, int]:

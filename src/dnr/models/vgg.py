@@ -9,27 +9,16 @@ from torch import Tensor, nn
 from dnr.models.layers import Normalize, scaled
 from dnr.models.registry import register_model
 
+# fmt: off
 #: Conv output channels, "M" = 2x2 max-pool. Five pools: 32 -> 1, 64 -> 2.
 VGG16_CFG: tuple[int | str, ...] = (
-    64,
-    64,
-    "M",
-    128,
-    128,
-    "M",
-    256,
-    256,
-    256,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-    512,
-    512,
-    512,
-    "M",
+    64, 64, "M",
+    128, 128, "M",
+    256, 256, 256, "M",
+    512, 512, 512, "M",
+    512, 512, 512, "M",
 )
+# fmt: on
 
 
 class VGG(nn.Module):
