@@ -95,6 +95,15 @@ def test_overrides_are_parsed_as_yaml() -> None:
     assert cfg.train.bf16 is True
 
 
+def test_exponent_without_a_dot_is_a_number() -> None:
+    # YAML 1.1 reads 5e-4 as a string; a float field takes it as the number users meant
+    cfg = load_config(None, ["train.weight_decay=5e-4", "train.lr=1E-2"])
+    assert cfg.train.weight_decay == 5e-4 and cfg.train.lr == 0.01
+    for bad in ("train.lr=fast", "train.lr=nan", "train.lr=inf"):
+        with pytest.raises(ConfigError, match="train.lr: expected a number"):
+            load_config(None, [bad])
+
+
 def test_int_given_for_float_field_becomes_float() -> None:
     cfg = load_config(None, ["train.lr=1", "attack.eps=0"])
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)

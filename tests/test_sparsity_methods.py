@@ -200,15 +200,19 @@ def test_init_from_takes_weights_and_optionally_masks(tmp_path) -> None:
     meta = json.loads(RunDir(tmp_path / "b").model_meta.read_text())
     assert meta["training"]["init_from"] == str(tmp_path / "src")
 
-    # weights only: the model starts from the source's weights (before any step)
-    cfg = load_config(None, [*base, "sparsity.method=dense", f"train.init_from={tmp_path / 'src'}"])
-    model, _, _ = _built(cfg)
-    from dnr.training import load_init_weights
-
-    load_init_weights(model, tmp_path / "src")
+    # weights only, through dnr.train: with a vanishing learning rate the trained weights are
+    # the source's (a fresh init would differ everywhere)
+    cfg = load_config(
+        None,
+        [*base, "sparsity.method=dense", f"train.init_from={tmp_path / 'src'}", "train.lr=1e-9"],
+    )
+    result = train(cfg, tmp_path / "c", **QUIET)
     src_weights = load_file(str(RunDir(tmp_path / "src").model_weights))
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, src_weights[name]), name
+    params = dict(result.model.named_parameters())
+    for name, value in params.items():
+        assert torch.allclose(value.detach(), src_weights[name], atol=1e-6), name
+    fresh = model_for(cfg, load_dataset(cfg.data))
+    assert not torch.allclose(dict(fresh.named_parameters())[name], src_weights[name])
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ everything else is a :class:`ConfigError` that names the key and the expected ty
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -68,6 +69,13 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
