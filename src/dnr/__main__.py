@@ -1,4 +1,4 @@
-"""``python -m dnr`` (what ``torchrun -m dnr`` runs): the ``dnr`` command."""
+"""``python -m dnr``: the ``dnr`` command (the entry ``torchrun -m dnr`` will use)."""
 
 import sys
 

@@ -6,7 +6,7 @@ it runs. The shape follows ``torch.nn.utils.prune.BasePruningMethod`` (one objec
 method, explicit ``state_dict``) and sparse_learning's ``Masking.step`` (the object that
 wraps the optimizer step)::
 
-    method = build_sparsity(cfg, model, optimizer)          # SPARSITY_METHODS[cfg.sparsity.method]
+    method = build_sparsity(cfg, model, optimizer, generator)   # by cfg.sparsity.method
     for stage in method.stages():                           # one stage unless multi-stage
         method.begin_stage(stage, progress)
         for each step:
@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from dnr.registry import SPARSITY_METHODS
+from dnr.seeding import derive_seed
 
 if TYPE_CHECKING:
     from dnr.config import Config
@@ -67,9 +68,12 @@ class Progress:
     """Where training stands, as the hooks see it.
 
     ``step`` counts optimizer steps taken so far, including the one just taken when
-    ``after_step`` runs; ``epoch`` is 0-based. ``batches(epoch)`` replays that epoch's
-    seeded training batches (for statistics such as BatchNorm re-estimation) without
-    drawing from any RNG; ``log`` prints a line to the run's log.
+    ``after_step`` runs; ``epoch`` is 0-based; ``stage`` is the current stage and
+    ``stage_start`` its first epoch (``None`` / 0 outside a training loop).
+    ``batches(epoch)`` replays that epoch's seeded training batches (for statistics such as
+    BatchNorm re-estimation) without drawing from any RNG; ``log`` prints a line to the
+    run's log; ``generator(...)`` is a seeded random stream for a method's own draws, so
+    that they replay exactly on resume.
     """
 
     step: int
@@ -78,10 +82,23 @@ class Progress:
     steps_per_epoch: int
     batches: Callable[[int], Iterator[tuple[Tensor, Tensor]]] | None = None
     log: Callable[[str], None] = print
+    seed: int = 0
+    stage: Stage | None = None
+    stage_start: int = 0
 
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
+
+    @property
+    def stage_epochs(self) -> int:
+        """Length of the current stage (the whole run when there is one stage)."""
+        return self.stage.epochs if self.stage is not None else self.epochs
+
+    def generator(self, *purpose: int | str) -> torch.Generator:
+        """A CPU generator seeded by ``(train.seed, purpose..., epoch, step)``."""
+        seed = derive_seed(self.seed, "method", *purpose, self.epoch, self.step)
+        return torch.Generator().manual_seed(seed)
 
 
 class SparsityMethod(ABC):

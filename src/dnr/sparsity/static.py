@@ -97,9 +97,12 @@ class MaskedMethod(SparsityMethod):
 
     def adopt_masks(self, state: Mapping[str, Any]) -> None:
         own = self.masking.state_dict()
-        self.masking.load_state_dict(
-            {**own, "layer_names": state["layer_names"], "masks": state["masks"]}
-        )
+        try:
+            masks = {"layer_names": state["layer_names"], "masks": state["masks"]}
+        except KeyError as err:
+            raise ValueError(f"the masks' state lacks {err}") from None
+        self.masking.load_state_dict({**own, **masks})
+        self._initial_layer_density = self.masking.layer_densities()
 
 
 @register_method

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dnr.config import Config, ConfigError
+from dnr.config import Config, ConfigError, validate
 from dnr.data import BatchLoader, DatasetSplits, load_dataset
 from dnr.devices import cpu_fallback_warning, describe_device, resolve_device
 from dnr.robustness import clean_accuracy, pgd_accuracy
@@ -31,6 +31,7 @@ from dnr.sparsity import Progress, SparsityMethod, Stage, build_sparsity
 from dnr.training.schedule import learning_rate, schedule_warning
 from dnr.training.setup import (
     build_optimizer,
+    check_init_from,
     init_masks_from,
     load_init_weights,
     model_for,
@@ -63,6 +64,7 @@ class _Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     method: SparsityMethod
+    plan: list[tuple[Stage, int]]  # (stage, its first epoch) for every epoch
     loader: BatchLoader
     state: TrainState
     writer: RunWriter
@@ -78,6 +80,7 @@ def train(
     data: DatasetSplits | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.artifacts``."""
+    validate(cfg)  # a Config built in Python has not been through load_config's checks
     show = sys.stderr.isatty() if progress is None else progress
     run = _setup(cfg, RunWriter(out_dir), resume, data, log)
     t, state = cfg.train, run.state
@@ -88,22 +91,26 @@ def train(
         steps_per_epoch=len(run.loader),
         batches=run.loader.epoch,
         log=log,
+        seed=t.seed,
     )
-    stages = run.method.stages()
-    plan = stage_plan(stages, t.epochs)
+    last_stage, staged = run.plan[-1][0], len({s for s, _ in run.plan}) > 1
     for epoch in range(state.epochs_done, t.epochs):
         started = time.perf_counter()
-        stage, start = plan[epoch]
         prog.epoch = epoch
-        if epoch == start:
-            if len(stages) > 1:
-                log(f"stage {stage.name}: epochs {start + 1}-{start + stage.epochs}")
-            run.method.begin_stage(stage, prog)
-        record = _train_epoch(run, prog, stage, start, show)
-        if len(stages) > 1:
-            record["stage"] = stage.name
+        prog.stage, prog.stage_start = run.plan[epoch]
+        if epoch == prog.stage_start:
+            if staged:
+                end = prog.stage_start + prog.stage.epochs
+                log(f"stage {prog.stage.name}: epochs {prog.stage_start + 1}-{end}")
+            run.method.begin_stage(prog.stage, prog)
+        record = _train_epoch(run, prog, show)
+        if staged:
+            record["stage"] = prog.stage.name
         record.update(_validate(run, epoch))
-        if state.select(_selection_value(run, record, epoch), epoch + 1):
+        # The deployed model comes from the last stage (e.g. not from a dense pretraining).
+        if prog.stage is last_stage and state.select(
+            _selection_value(run, record, epoch), epoch + 1
+        ):
             run.writer.save_best(_best_state(run, epoch, record))
         record.update(run.method.on_epoch_end(prog))
         record["wall_seconds"] = time.perf_counter() - started
@@ -139,25 +146,29 @@ def _setup(
     """Model, optimizer, method and state: fresh, from ``train.init_from``, or resumed."""
     resume_state = writer.open(cfg, resume)
     t = cfg.train
+    source = t.init_from if resume_state is None else None
     device = resolve_device(t.device)
-    log(describe_device(device))
-    fallback = cpu_fallback_warning(t.device, device)
-    if fallback:
-        log(fallback)
+    for line in (describe_device(device), cpu_fallback_warning(t.device, device)):
+        if line:
+            log(line)
+    if source:
+        check_init_from(source)  # before loading data: a typo fails in a second
     torch.manual_seed(derive_seed(t.seed, "init"))
     data = data if data is not None else load_dataset(cfg.data)
     if len(data.train.y) == 0:
         raise ConfigError(f"data: no training images in {cfg.data.name} (data.train is empty?)")
     model = model_for(cfg, data)
-    if t.init_from and resume_state is None:
-        load_init_weights(model, t.init_from)
+    if source and not t.init_masks:
+        load_init_weights(model, source)  # the method's initial masks then apply to them
     model.to(device)
     optimizer = build_optimizer(cfg, model)
     method = build_sparsity(
         cfg, model, optimizer, torch.Generator().manual_seed(derive_seed(t.seed, "masks"))
     )
-    if t.init_from and t.init_masks and resume_state is None:
-        init_masks_from(method, t.init_from)
+    if source and t.init_masks:  # the source's weights are zero outside its masks
+        load_init_weights(model, source)
+        init_masks_from(method, source)
+    plan = stage_plan(method.stages(), t.epochs)  # before anything is written
     state = TrainState()
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -173,18 +184,22 @@ def _setup(
         )
     else:
         writer.start(cfg)
-        warning = schedule_warning(cfg)
-        if warning:
-            log(warning)
-        if t.val_every > 0 and len(data.val.y) == 0:
-            log("note: no validation split (data.val_size=0); the last epoch is kept as best")
+        for line in (schedule_warning(cfg), _no_validation_note(cfg, data)):
+            if line:
+                log(line)
     loader = BatchLoader(
         data.train, t.batch_size, device, shuffle=True, augment=cfg.data.augment, seed=t.seed
     )
-    return _Run(cfg, data, device, model, optimizer, method, loader, state, writer)
+    return _Run(cfg, data, device, model, optimizer, method, plan, loader, state, writer)
 
 
-def _train_epoch(run: _Run, prog: Progress, stage: Stage, start: int, show: bool) -> dict[str, Any]:
+def _no_validation_note(cfg: Config, data: DatasetSplits) -> str | None:
+    if len(data.val.y) == 0:
+        return "note: no validation split (data.val_size=0); the last epoch is kept as best"
+    return None
+
+
+def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     """One pass over the training data; returns the epoch's training metrics."""
     cfg, model, epoch = run.cfg, run.model, prog.epoch
     t, steps = cfg.train, len(run.loader)
@@ -205,7 +220,7 @@ def _train_epoch(run: _Run, prog: Progress, stage: Stage, start: int, show: bool
     )
     lr = t.lr
     for i, (x, y) in enumerate(run.loader.epoch(epoch)):
-        lr = learning_rate(cfg, epoch - start + i / steps, 1 / steps, stage.epochs)
+        lr = learning_rate(cfg, epoch - prog.stage_start + i / steps, 1 / steps, prog.stage_epochs)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         out = train_step(model, run.optimizer, x, y, cfg, run.method, prog, attack_gen)

@@ -16,7 +16,14 @@ from dnr.data import DatasetSplits
 from dnr.models import create_model, init_weights
 from dnr.sparsity import SparsityMethod
 
-__all__ = ["build_optimizer", "init_masks_from", "load_init_weights", "model_for", "model_meta"]
+__all__ = [
+    "build_optimizer",
+    "check_init_from",
+    "init_masks_from",
+    "load_init_weights",
+    "model_for",
+    "model_meta",
+]
 
 
 def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
@@ -50,6 +57,16 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
     )
 
 
+def check_init_from(source: str | Path) -> None:
+    """``ConfigError`` unless ``source`` holds a finished run (its model files)."""
+    run = RunDir(Path(source))
+    if not (run.model_weights.is_file() and run.model_meta.is_file()):
+        raise ConfigError(
+            f"train.init_from={source}: not a finished run (no {run.model_weights.name} "
+            f"and {run.model_meta.name} there)"
+        )
+
+
 def load_init_weights(model: nn.Module, source: str | Path) -> None:
     """Start from the final weights of the run in ``source`` (``train.init_from``).
 
@@ -60,7 +77,7 @@ def load_init_weights(model: nn.Module, source: str | Path) -> None:
     try:
         arch = read_model_meta(run.path)["architecture"]
         state = load_file(str(run.model_weights))
-    except (ArtifactError, OSError) as err:
+    except Exception as err:  # ArtifactError, OSError, a damaged safetensors file
         raise ConfigError(f"{where}: not a finished run ({err})") from None
     mine = getattr(model, "arch_config", {})
     differ = [key for key in sorted(set(arch) | set(mine)) if arch.get(key) != mine.get(key)]
@@ -69,7 +86,10 @@ def load_init_weights(model: nn.Module, source: str | Path) -> None:
             f"{where}: that run's architecture differs in {', '.join(differ)} "
             f"({', '.join(f'{k}={arch.get(k)!r} there, {mine.get(k)!r} here' for k in differ[:3])})"
         )
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # same architecture description, different tensors
+        raise ConfigError(f"{where}: its weights do not fit this model: {err}") from None
 
 
 def init_masks_from(method: SparsityMethod, source: str | Path) -> None:
