@@ -192,7 +192,7 @@ def _positive_float(text: str) -> float:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model (dense, DNR or static-sparse) and evaluate it",
+        help="train a model with a sparsity method (dnr list methods) and evaluate it",
         description="Train with the DNR hybrid loss into one run directory, then evaluate "
         "on the test set. Interrupt at any time; --resume continues from the last epoch.",
         epilog_factory=_train_epilog,
