@@ -250,3 +250,14 @@ def test_init_from_a_missing_run_and_masks_without_a_source_are_errors(tmp_path)
     cfg = load_config(None, tiny_overrides(train__init_from=str(tmp_path / "nothing")))
     with pytest.raises(ConfigError, match="not a finished run"):
         train(cfg, tmp_path / "b", **QUIET)
+
+
+def test_progress_generator_replays_per_purpose_and_position() -> None:
+    a = Progress(step=10, epoch=2, epochs=4, steps_per_epoch=5, seed=3)
+    b = Progress(step=10, epoch=2, epochs=4, steps_per_epoch=5, seed=3)
+    draw = lambda p, *purpose: torch.rand(4, generator=p.generator(*purpose))  # noqa: E731
+    assert torch.equal(draw(a, "scores"), draw(b, "scores"))  # a resumed run draws the same
+    assert not torch.equal(draw(a, "scores"), draw(a, "regrow"))
+    b.step += 1
+    assert not torch.equal(draw(a, "scores"), draw(b, "scores"))
+    assert a.stage_epochs == 4 and a.total_steps == 20

@@ -12,7 +12,7 @@ module stays at the bottom of the dependency graph and imports nothing heavy its
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar, overload
 
 from dnr.errors import ConfigError
@@ -89,9 +89,6 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
         return isinstance(name, str) and name.lower() in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

@@ -26,7 +26,7 @@ __all__ = ["StepOutput", "hybrid_loss", "train_step"]
 
 @dataclass
 class StepOutput:
-    """The step's loss and logits (detached from nothing: read them, do not backprop)."""
+    """The step's loss and logits, already used by ``backward``: read them, do not backprop."""
 
     loss: Tensor
     logits_clean: Tensor | None
