@@ -18,7 +18,7 @@ from dnr.coerce import coerce
 from dnr.devices import is_device_name
 from dnr.errors import ConfigError
 from dnr.fileio import atomic_write_text
-from dnr.registry import DATASETS, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
+from dnr.registry import DATASETS, GRANULARITIES, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
 
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "validate"]
 
@@ -95,6 +95,9 @@ class TrainConfig:
 class SparsityConfig:
     method: str = _named("dense", SPARSITY_METHODS)
     density: float = 0.05  # fraction of prunable weights kept (0.05 = 20x)
+    # what a mask removes: single weights, or whole output channels (density then counts
+    # the weights of the compacted, narrower network)
+    granularity: str = _named("weight", GRANULARITIES)
     init: SparsityInit = "uniform"
     prune_rate: float = 0.2  # p0 of the cosine prune-rate schedule (paper: 0.5)
     prune_rate_min: float = 0.005  # floor the schedule anneals to
@@ -329,7 +332,14 @@ def validate(cfg: Config) -> None:
         e.batch_size is None or e.batch_size > 0,
         f"eval.batch_size: must be > 0 or null, got {e.batch_size}",
     )
-    SPARSITY_METHODS.get(s.method).check_config(cfg)
+    method = SPARSITY_METHODS.get(s.method)
+    supported = getattr(method, "granularities", ())
+    _check(
+        not supported or s.granularity in supported,
+        f"sparsity.granularity: sparsity.method={s.method} supports {', '.join(supported)}, "
+        f"not {s.granularity}",
+    )
+    method.check_config(cfg)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

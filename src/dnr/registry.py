@@ -1,6 +1,6 @@
 """Name -> object registries: the one place each user-facing name is defined.
 
-Models, sparsity methods, datasets and evaluation protocols each live in a
+Models, sparsity methods, datasets, evaluation protocols and export formats each live in a
 :class:`Registry`. Config validation, CLI help, ``dnr list`` and error messages read the
 names from here, so a new entry is a new decorated function or class, nothing else.
 
@@ -98,3 +98,6 @@ MODELS: Registry = Registry("model", builtins=("dnr.models",))
 SPARSITY_METHODS: Registry = Registry("sparsity method", builtins=("dnr.sparsity",))
 DATASETS: Registry = Registry("dataset", builtins=("dnr.data",))
 PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.robustness",))
+EXPORT_FORMATS: Registry = Registry("export format", builtins=("dnr.export",))
+#: What a masked method removes: single weights or whole output channels (mask classes).
+GRANULARITIES: Registry = Registry("sparsity granularity", builtins=("dnr.sparsity",))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from dnr.models.channels import ChannelGroup, check_channels
 from dnr.models.layers import Normalize, scaled
 from dnr.models.registry import register_model
 
@@ -29,7 +30,8 @@ class VGG(nn.Module):
     pool it (decision) so the head stays ``Linear(final_channels -> num_classes)`` and the
     prunable weights are identical across datasets, instead of a 4x wider head.
 
-    ``width`` multiplies every conv's channel count (rounded, at least 1).
+    ``width`` multiplies every conv's channel count (rounded, at least 1); ``channels``
+    (``{"features.<i>": count}``) sets single convs' counts, as a compact export does.
     Submodules: ``normalize``, ``features`` (Sequential of conv/BN/ReLU/pool, each conv
     directly followed by its BN), ``pool``, ``classifier``.
     """
@@ -43,16 +45,24 @@ class VGG(nn.Module):
         width: float = 1.0,
         mean: Sequence[float],
         std: Sequence[float],
+        channels: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
+        defaults: dict[str, int] = {}
+        index = 0  # position in `features`: conv, BN, ReLU take 3 slots, a pool 1
+        for v in cfg:
+            if v != "M":
+                defaults[f"features.{index}"] = scaled(int(v), width)
+            index += 1 if v == "M" else 3
+        counts = check_channels(channels, defaults)
         layers: list[nn.Module] = []
         in_ch = 3
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                out_ch = scaled(int(v), width)
+                out_ch = counts[f"features.{len(layers)}"]
                 layers += [
                     nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
                     nn.BatchNorm2d(out_ch),
@@ -68,6 +78,15 @@ class VGG(nn.Module):
         x = self.features(self.normalize(x))
         return self.classifier(self.pool(x).flatten(1))
 
+    def channel_groups(self) -> list[ChannelGroup]:
+        """Every conv's output channels; each is read by the next conv or the classifier."""
+        convs = [f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
+        consumers = convs[1:] + ["classifier"]
+        return [
+            ChannelGroup(conv, f"features.{int(conv.split('.')[1]) + 1}", (nxt,))
+            for conv, nxt in zip(convs, consumers)
+        ]
+
 
 @register_model
 def vgg16(
@@ -77,8 +96,15 @@ def vgg16(
     width: float = 1.0,
     mean: Sequence[float],
     std: Sequence[float],
+    channels: Mapping[str, int] | None = None,
 ) -> VGG:
     """VGG16 with BatchNorm, CIFAR-style single linear head (the released DNR code's)."""
     return VGG(
-        VGG16_CFG, num_classes=num_classes, input_size=input_size, width=width, mean=mean, std=std
+        VGG16_CFG,
+        num_classes=num_classes,
+        input_size=input_size,
+        width=width,
+        mean=mean,
+        std=std,
+        channels=channels,
     )

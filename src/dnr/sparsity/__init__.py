@@ -3,16 +3,18 @@
 * ``base``: the :class:`SparsityMethod` interface, :class:`Stage`, :class:`Progress`, the
   registry functions (``register_method``, ``build_sparsity``, ``list_methods``).
 * ``dense``, ``static``, ``dnr``: the built-in methods (one module each).
-* ``masking``: :class:`Masking`, the object that owns irregular masks and rewires them;
+* ``masking``: :class:`Masking`, the object that owns per-weight masks and rewires them;
+  ``channel_masking``: :class:`ChannelMasking`, the same for whole output channels, with
+  ``channels`` (:class:`ChannelLayout`: what kept channels cost once compacted);
   ``budgets`` / ``rewiring``: the pure tensor functions it is made of; ``schedules``: the
   prune-rate schedule; ``layers``: which tensors are prunable.
 """
 
+from dnr.sparsity import channel_masking as _channel  # noqa: F401  (registers "channel")
 from dnr.sparsity import dense as _dense  # noqa: F401  (registers "dense")
 from dnr.sparsity import dnr as _dnr  # noqa: F401  (registers "dnr")
 from dnr.sparsity import static as _static  # noqa: F401  (registers "static")
 from dnr.sparsity.base import (
-    GRANULARITIES,
     Progress,
     SparsityMethod,
     Stage,
@@ -21,6 +23,8 @@ from dnr.sparsity.base import (
     register_method,
 )
 from dnr.sparsity.budgets import layer_budgets, random_mask, redistribute
+from dnr.sparsity.channel_masking import ChannelMasking
+from dnr.sparsity.channels import ChannelLayout
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.masking import Masking
 from dnr.sparsity.rewiring import (
@@ -36,7 +40,8 @@ from dnr.sparsity.schedules import cosine_prune_rate
 from dnr.sparsity.static import MaskedMethod
 
 __all__ = [
-    "GRANULARITIES",
+    "ChannelLayout",
+    "ChannelMasking",
     "MaskedMethod",
     "Masking",
     "Progress",

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from dnr.config import Config
 
 __all__ = [
-    "GRANULARITIES",
     "Progress",
     "SparsityMethod",
     "Stage",
@@ -45,9 +44,6 @@ __all__ = [
     "list_methods",
     "register_method",
 ]
-
-#: What a method removes: nothing, single weights, or whole output channels.
-GRANULARITIES = ("none", "irregular", "channel")
 
 M = TypeVar("M", bound="type[SparsityMethod]")
 
@@ -104,14 +100,16 @@ class Progress:
 class SparsityMethod(ABC):
     """One way of making a network sparse during training.
 
-    Subclasses set ``name``, ``description`` and ``granularity`` and implement
+    Subclasses set ``name``, ``description`` and ``granularities`` (the values of
+    ``sparsity.granularity`` they run with; empty for a method that prunes nothing) and
+    implement
     :meth:`stats`, :meth:`state_dict` and :meth:`load_state_dict`; every hook has a
     do-nothing default. They are built with ``cls(cfg, model, optimizer, generator)``.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    granularity: ClassVar[str] = "irregular"
+    granularities: ClassVar[tuple[str, ...]] = ("weight",)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -127,6 +125,11 @@ class SparsityMethod(ABC):
         self.cfg = cfg
         self.model = model
         self.optimizer = optimizer
+
+    @property
+    def granularity(self) -> str:
+        """What this run removes: ``none`` or the configured ``sparsity.granularity``."""
+        return self.cfg.sparsity.granularity if self.granularities else "none"
 
     # ------------------------------------------------------------------ schedule
 
@@ -184,8 +187,6 @@ def register_method(cls: M) -> M:
     """Class decorator: make ``cls`` available as ``sparsity.method=<cls.name>``."""
     if not (isinstance(cls, type) and issubclass(cls, SparsityMethod)):
         raise TypeError(f"{cls!r} is not a SparsityMethod subclass")
-    if cls.granularity not in GRANULARITIES:
-        raise ValueError(f"{cls.__name__}.granularity must be one of {GRANULARITIES}")
     return SPARSITY_METHODS.register(cls, name=cls.name)
 
 

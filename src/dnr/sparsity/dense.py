@@ -14,7 +14,7 @@ class Dense(SparsityMethod):
 
     name = "dense"
     description = "no pruning: every weight is trained (the reference)"
-    granularity = "none"
+    granularities = ()
 
     def stats(self) -> dict[str, Any]:
         return {"target_density": 1.0, "achieved_density": 1.0}

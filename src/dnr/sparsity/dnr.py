@@ -40,7 +40,7 @@ def rewiring_warning(cfg: Config, steps_per_epoch: int) -> str | None:
 
 @register_method
 class DNR(MaskedMethod):
-    """Momentum-driven rewiring of an irregular mask at a fixed budget."""
+    """Momentum-driven rewiring of a weight or channel mask at a fixed budget."""
 
     name = "dnr"
     description = "dynamic network rewiring: prune by |w|, regrow by momentum (the paper)"
@@ -67,7 +67,7 @@ class DNR(MaskedMethod):
             s.prune_rate,
             s.prune_rate_min,
         )
-        stats = self.masking.rewire(rate)
+        stats = self.masking.rewire(rate, progress.generator("rewire"))  # draws grown channels
         if s.bn_refresh_batches > 0 and progress.batches is not None:
             # clean batches of the next epoch: seeded, no RNG drawn
             batches = (x for x, _ in progress.batches(progress.epoch + 1))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dnr.config import GrowMomentum, SparsityInit
+from dnr.registry import GRANULARITIES
 from dnr.sparsity.budgets import layer_budgets, random_mask, redistribute
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.rewiring import (
@@ -52,6 +53,7 @@ _STATE_FORMAT = "dnr.masking/1"
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
 
+@GRANULARITIES.register(name="weight")
 class Masking:
     """Owns the masks of the prunable tensors and rewires them (DNR, irregular mode).
 
@@ -146,6 +148,35 @@ class Masking:
         self._nnz: dict[str, int] = dict(zip(self._params, budgets))
         self.apply_()
 
+    granularity = "weight"
+
+    @classmethod
+    def from_config(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        s: Any,
+        generator: torch.Generator,
+    ) -> Masking:
+        """Built from ``cfg.sparsity`` (a :class:`~dnr.config.SparsityConfig`)."""
+        return cls(
+            model,
+            optimizer,
+            density=s.density,
+            init=s.init,
+            exclude=tuple(s.exclude),
+            generator=generator,
+            regrow_pruned=s.regrow_pruned,
+            keep_regrown_values=s.keep_regrown_values,
+            protect_channels=s.protect_channels,
+            redistribution=s.redistribution,
+            grow_momentum=s.grow_momentum,
+        )
+
+    def extra_stats(self) -> dict[str, Any]:
+        """Nothing beyond the per-layer counts (channel mode adds its channels)."""
+        return {}
+
     # ------------------------------------------------------------------ properties
 
     @property
@@ -219,7 +250,7 @@ class Masking:
         return torch.zeros_like(param)
 
     @torch.no_grad()
-    def rewire(self, prune_rate: float) -> RewireStats:
+    def rewire(self, prune_rate: float, generator: torch.Generator | None = None) -> RewireStats:
         """One REWIRE(p) of docs/method.md; returns what it did.
 
         1. ŝ = normalized momentum per layer (mean |momentum| over active entries).
@@ -234,7 +265,8 @@ class Masking:
            ``regrow_pruned=False`` (then capacity_l = numel_l − nnz_l). With
            ``grow_momentum="zero"`` the momentum of newly grown weights is reset.
 
-        Host syncs: two per call (ŝ and the protected counts to decide the counts; the
+        ``generator`` is unused (irregular growth draws nothing). Host syncs: two per call
+        (ŝ and the protected counts to decide the counts; the
         final exactness check).
         """
         if not 0.0 <= float(prune_rate) <= 1.0:
@@ -311,6 +343,7 @@ class Masking:
         so it loads with ``torch.load(..., weights_only=True)`` on any machine."""
         return {
             "format": _STATE_FORMAT,
+            "granularity": self.granularity,
             "density": self.density_target,
             "init": self.init,
             "exclude": list(self.exclude),
@@ -324,6 +357,18 @@ class Masking:
             "layer_shapes": [list(s) for s in self.layer_shapes.values()],
             "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.masks.items()},
         }
+
+    def adopt(self, state: Mapping[str, Any]) -> None:
+        """Take the masks of another state, keeping this object's settings (ValueError if
+        they do not fit: other layers, shapes, granularity or budget)."""
+        granularity = state.get("granularity", "weight") if isinstance(state, Mapping) else None
+        if granularity != self.granularity:
+            raise ValueError(f"those are {granularity}-mode masks, this run prunes weights")
+        try:
+            masks = {"layer_names": state["layer_names"], "masks": state["masks"]}
+        except KeyError as err:
+            raise ValueError(f"the masks' state lacks {err}") from None
+        self.load_state_dict({**self.state_dict(), **masks})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore masks and settings from :meth:`state_dict`; masks go to each weight's device.

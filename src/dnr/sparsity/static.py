@@ -1,8 +1,10 @@
 """``static``: a fixed random mask at the target density — the control DNR must beat.
 
-Also the base of every method whose sparsity is a :class:`Masking` (irregular masks with an
-exact budget): it builds the masks from ``sparsity.*``, re-applies them after each step, and
-reports, saves and restores them. A method that moves the masks overrides the hooks.
+Also the base of every method whose sparsity is a mask set at an exact budget: it builds
+the masks of ``sparsity.granularity`` (``weight``: :class:`Masking`; ``channel``:
+:class:`ChannelMasking`; any class registered in ``dnr.registry.GRANULARITIES``) from
+``sparsity.*``, re-applies them after each step, and reports, saves and restores them. A
+method that moves the masks overrides the hooks.
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ import torch
 from torch import nn
 
 from dnr.errors import ConfigError
+from dnr.registry import GRANULARITIES
 from dnr.sparsity.base import Progress, SparsityMethod, register_method
-from dnr.sparsity.masking import Masking
 
 if TYPE_CHECKING:
     from dnr.config import Config
 
 
 class MaskedMethod(SparsityMethod):
-    """Owns a :class:`Masking` built from the config; the masks never move here."""
+    """Owns the masks of ``sparsity.granularity`` built from the config; they never move here."""
 
-    granularity = "irregular"
+    granularities = ("weight", "channel")
 
     def __init__(
         self,
@@ -36,18 +38,8 @@ class MaskedMethod(SparsityMethod):
         super().__init__(cfg, model, optimizer, generator)
         s = cfg.sparsity
         try:
-            self.masking = Masking(
-                model,
-                optimizer,
-                density=s.density,
-                init=s.init,
-                exclude=tuple(s.exclude),
-                generator=generator,
-                regrow_pruned=s.regrow_pruned,
-                keep_regrown_values=s.keep_regrown_values,
-                protect_channels=s.protect_channels,
-                redistribution=s.redistribution,
-                grow_momentum=s.grow_momentum,
+            self.masking = GRANULARITIES.get(s.granularity).from_config(
+                model, optimizer, s, generator
             )
         except ValueError as err:  # e.g. exclude patterns that leave nothing to prune
             raise ConfigError(f"sparsity: {err}") from None
@@ -87,6 +79,7 @@ class MaskedMethod(SparsityMethod):
                 name: {"shape": list(m.layer_shapes[name]), "density": dens, "active": counts[name]}
                 for name, dens in m.layer_densities().items()
             },
+            **m.extra_stats(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -96,12 +89,7 @@ class MaskedMethod(SparsityMethod):
         self.masking.load_state_dict(state)
 
     def adopt_masks(self, state: Mapping[str, Any]) -> None:
-        own = self.masking.state_dict()
-        try:
-            masks = {"layer_names": state["layer_names"], "masks": state["masks"]}
-        except KeyError as err:
-            raise ValueError(f"the masks' state lacks {err}") from None
-        self.masking.load_state_dict({**own, **masks})
+        self.masking.adopt(state)
         self._initial_layer_density = self.masking.layer_densities()
 
 

@@ -1,0 +1,425 @@
+"""``ChannelMasking``: whole output channels at a budget of compacted parameters (channel mode).
+
+The same object as :class:`~dnr.sparsity.masking.Masking` at the granularity of channel
+groups (``dnr.models.channels``): it owns one boolean vector per group, keeps the model's
+weights consistent with it after every step, and rewires it — prune the channels with the
+smallest filter norm, regrow those with the largest momentum norm, and move the per-group
+budgets by normalized momentum (docs/method.md, "Structured (channel) mode").
+
+Invariants it maintains:
+
+* a pruned channel is **silent**: its filter, its BatchNorm scale and shift, and its input
+  slice in every consumer are exactly zero, so its output after BN+ReLU is exactly 0 in
+  train and eval mode, it receives no gradient, and removing it changes no logit;
+* every group keeps at least one channel, and the compacted network's prunable weights
+  stay within one channel's worth below ``round(density · N)``;
+* a regrown channel starts with a fresh filter (PyTorch's default init), BN scale 1 and
+  shift 0, fresh running statistics, and a **zero** input slice in its consumers, so a
+  rewiring leaves the network's function unchanged except for what it prunes: no zero
+  variance ever meets BatchNorm's division, and the eval-mode network the training attack
+  uses does not jump.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dnr.registry import GRANULARITIES
+from dnr.sparsity.channels import ChannelLayout
+from dnr.sparsity.rewiring import RewireStats, normalized_momentum, regrowth_shares
+from dnr.statedict import canonical_name
+
+__all__ = ["ChannelMasking"]
+
+_STATE_FORMAT = "dnr.channel_masking/1"
+_MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+
+
+@GRANULARITIES.register(name="channel")
+class ChannelMasking:
+    """Owns the kept channels of every channel group and rewires them.
+
+    Args:
+        model: the network; must declare ``channel_groups()`` (VGG16, ResNet-18).
+        optimizer: rewiring reads its momentum (``None`` for masks that never rewire).
+        density: fraction of the prunable weights the compacted network keeps, in (0, 1].
+        exclude: fnmatch patterns of weights kept dense and out of N (as in weight mode).
+        generator: CPU generator for the initial random channels.
+        regrow_pruned, keep_regrown_values, redistribution, grow_momentum: as for
+            :class:`~dnr.sparsity.masking.Masking`, per channel instead of per weight.
+    """
+
+    granularity = "channel"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        density: float,
+        exclude: Iterable[str] = (),
+        generator: torch.Generator | None = None,
+        regrow_pruned: bool = True,
+        keep_regrown_values: bool = True,
+        redistribution: float = 0.3,
+        grow_momentum: str = "zero",
+    ) -> None:
+        if not 0.0 < float(density) <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+        self.model = model
+        self.optimizer = optimizer
+        self.exclude = list(exclude)
+        self.layout = ChannelLayout(model, self.exclude)
+        self.density_target = float(density)
+        self.target_active = round(self.density_target * self.layout.num_prunable)
+        self.regrow_pruned = bool(regrow_pruned)
+        self.keep_regrown_values = bool(keep_regrown_values)
+        self.redistribution = float(redistribution)
+        self.grow_momentum = grow_momentum
+        modules = {canonical_name(n): m for n, m in model.named_modules()}
+        params = dict(model.named_parameters())
+        self._params = {canonical_name(n): p for n, p in params.items()}
+        self._producers = [modules[g.producer] for g in self.layout.groups]
+        self._norms = [modules[g.norm] for g in self.layout.groups]
+        counts = self.layout.uniform_counts(self.target_active)
+        self.masks: dict[str, Tensor] = {}
+        for name, size, k in zip(self.layout.names, self.layout.sizes, counts):
+            keep = torch.zeros(size, dtype=torch.bool)
+            keep[torch.randperm(size, generator=generator)[:k]] = True
+            self.masks[name] = keep
+        self._set_masks(self.masks)
+
+    @classmethod
+    def from_config(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        s: Any,
+        generator: torch.Generator,
+    ) -> ChannelMasking:
+        """Built from ``cfg.sparsity`` (``init`` must be uniform: ERK is per weight)."""
+        if s.init != "uniform":
+            raise ValueError(
+                "channel mode starts from a uniform channel fraction: set init=uniform"
+            )
+        return cls(
+            model,
+            optimizer,
+            density=s.density,
+            exclude=tuple(s.exclude),
+            generator=generator,
+            regrow_pruned=s.regrow_pruned,
+            keep_regrown_values=s.keep_regrown_values,
+            redistribution=s.redistribution,
+            grow_momentum=s.grow_momentum,
+        )
+
+    # ------------------------------------------------------------------ counts
+
+    def channel_counts(self) -> list[int]:
+        return list(self._counts)
+
+    def kept_channels(self) -> dict[str, list[int]]:
+        """Sorted kept output-channel indices per group (what a compact export keeps)."""
+        return {n: m.nonzero().flatten().tolist() for n, m in self.masks.items()}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layout.layers]
+
+    @property
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {layer.name: layer.shape for layer in self.layout.layers}
+
+    @property
+    def num_prunable(self) -> int:
+        return self.layout.num_prunable
+
+    @property
+    def num_active(self) -> int:
+        """Prunable weights of the compacted network (= nonzero-capable weights here)."""
+        return self.layout.params(self._counts)
+
+    def density(self) -> float:
+        return self.num_active / self.num_prunable
+
+    def layer_counts(self) -> dict[str, int]:
+        return {layer.name: layer.size(self._counts) for layer in self.layout.layers}
+
+    def layer_densities(self) -> dict[str, float]:
+        return {
+            layer.name: layer.size(self._counts) / math.prod(layer.shape)
+            for layer in self.layout.layers
+        }
+
+    def extra_stats(self) -> dict[str, Any]:
+        """Channel counts and kept indices per group, for ``model.json``."""
+        return {
+            "channels": {
+                n: {"kept": k, "total": s}
+                for n, k, s in zip(self.layout.names, self._counts, self.layout.sizes)
+            },
+            "kept_channels": self.kept_channels(),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ChannelMasking(density={self.density_target}, groups={len(self.masks)}, "
+            f"active={self.num_active}/{self.num_prunable})"
+        )
+
+    # ------------------------------------------------------------------ applying
+
+    def _set_masks(self, masks: Mapping[str, Tensor]) -> None:
+        """Adopt ``masks`` and precompute the per-weight broadcast factors for apply_()."""
+        self.masks = {n: masks[n].to("cpu", torch.bool) for n in self.layout.names}
+        self._counts = [int(self.masks[n].sum()) for n in self.layout.names]
+        vectors = [self.masks[n] for n in self.layout.names]
+        self._factors: list[tuple[Tensor, Tensor | None, Tensor | None]] = []
+        for layer in self.layout.layers:
+            p = self._params[layer.name]
+            out = in_ = None
+            if layer.out_group is not None:
+                out = vectors[layer.out_group].to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1))
+            if layer.in_group is not None:
+                repeat = layer.shape[1] // layer.in_full  # a Linear's positions per channel
+                vec = vectors[layer.in_group].repeat_interleave(repeat).to(p.device, p.dtype)
+                in_ = vec.view(1, -1, *[1] * (p.dim() - 2))
+            self._factors.append((p, out, in_))
+        self._bn_factors = [
+            (bn, m.to(bn.weight.device, bn.weight.dtype)) for bn, m in zip(self._norms, vectors)
+        ]
+        self._device = self._factors[0][0].device
+        self.apply_()
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every pruned channel's filter, BN scale/shift and consumer slices.
+
+        In-place multiplies by precomputed factors: no host sync. Call after each step.
+        """
+        if self._factors[0][0].device != self._device:
+            self._set_masks(self.masks)  # the model moved: rebuild the factors (and apply)
+            return
+        for p, out, in_ in self._factors:
+            if out is not None:
+                p.mul_(out)
+            if in_ is not None:
+                p.mul_(in_)
+        for bn, m in self._bn_factors:
+            bn.weight.mul_(m)
+            bn.bias.mul_(m)
+
+    def to(self, device: torch.device | str) -> ChannelMasking:
+        """The factors follow the weights; kept for symmetry with ``Masking``."""
+        self._set_masks(self.masks)
+        return self
+
+    # ------------------------------------------------------------------ rewiring
+
+    def _momentum(self, param: Tensor) -> Tensor:
+        state = self.optimizer.state.get(param, {}) if self.optimizer is not None else {}
+        for key in _MOMENTUM_KEYS:
+            buf = state.get(key)
+            if isinstance(buf, Tensor) and buf.shape == param.shape:
+                return buf
+        return torch.zeros_like(param)
+
+    def _active(self, group: int) -> Tensor:
+        """Boolean mask of the producer's active weights: kept rows x kept inputs."""
+        layer = self.layout.producer(group)
+        p, out, in_ = self._factors[self.layout.layers.index(layer)]
+        active = torch.ones_like(p, dtype=torch.bool)
+        for factor in (out, in_):
+            if factor is not None:
+                active = active & (factor != 0)
+        return active
+
+    @torch.no_grad()
+    def rewire(self, prune_rate: float, generator: torch.Generator | None = None) -> RewireStats:
+        """One REWIRE(p) over channels; returns what it did (counts are channels).
+
+        1. ŝ_g = normalized momentum of each group's producer (mean |momentum| over its
+           active weights).
+        2. Prune ``min(ceil(p · k_g), k_g − 1)`` kept channels with the smallest filter
+           norm per group (ties → lower index): no group empties.
+        3. Regrow channels one at a time, each to the group furthest below its share
+           ``(1 − λ)·freed_g/Σfreed + λ·ŝ_g`` of the freed weights, the channel with the
+           largest momentum norm first (channels dead before this rewiring before those
+           pruned in it when ``regrow_pruned`` is false), until the next one would
+           exceed the budget.
+        4. Silence pruned channels, initialise grown ones (``generator`` draws their
+           filters), re-apply the masks.
+        """
+        if not 0.0 <= float(prune_rate) <= 1.0:
+            raise ValueError(f"prune_rate must be in [0, 1], got {prune_rate}")
+        if self.optimizer is None:
+            raise RuntimeError("rewiring grows by momentum and needs the optimizer")
+        names, layout = self.layout.names, self.layout
+        weights = [prod.weight for prod in self._producers]
+        momenta = [self._momentum(w) for w in weights]
+        s_hat = normalized_momentum(momenta, [self._active(g) for g in range(len(names))])
+        # one host transfer: everything the decisions need
+        w_norm = [w.detach().flatten(1).norm(dim=1).float() for w in weights]
+        m_norm = [m.detach().flatten(1).norm(dim=1).float() for m in momenta]
+        flat = torch.cat([s_hat, *w_norm, *m_norm]).cpu()
+        s_hat_h, rest = flat[: len(names)], flat[len(names) :]
+        w_norm_h = list(rest[: sum(layout.sizes)].split(layout.sizes))
+        m_norm_h = list(rest[sum(layout.sizes) :].split(layout.sizes))
+
+        old = [self.masks[n] for n in names]
+        counts = list(self._counts)
+        pruned_masks, freed = [], []
+        for g, (mask, norm) in enumerate(zip(old, w_norm_h)):
+            r = min(math.ceil(float(prune_rate) * counts[g]), counts[g] - 1)
+            active = mask.nonzero().flatten()
+            order = sorted(active.tolist(), key=lambda c: (float(norm[c]), c))
+            kept = mask.clone()
+            kept[order[:r]] = False
+            pruned_masks.append(kept)
+        after_prune = [int(m.sum()) for m in pruned_masks]
+        for g in range(len(names)):
+            partial = list(counts)
+            partial[g] = after_prune[g]
+            freed.append(layout.params(counts) - layout.params(partial))
+        shares = regrowth_shares(
+            s_hat_h.double(), torch.tensor(freed, dtype=torch.float64), self.redistribution
+        ).tolist()
+        total = self.target_active - layout.params(after_prune)
+        new_counts = layout.grow(
+            after_prune,
+            layout.sizes,
+            self.target_active,
+            lambda g, _counts, spent: shares[g] * total - spent[g],
+        )
+        new_masks = []
+        for g in range(len(names)):
+            candidates = (~pruned_masks[g]).nonzero().flatten().tolist()
+            fresh = ~old[g]  # dead before this rewiring
+
+            def rank(c: int, g: int = g, fresh: Tensor = fresh) -> tuple[bool, float, int]:
+                later = not self.regrow_pruned and not bool(fresh[c])
+                return (later, -float(m_norm_h[g][c]), c)
+
+            grown = sorted(candidates, key=rank)[: new_counts[g] - after_prune[g]]
+            mask = pruned_masks[g].clone()
+            mask[grown] = True
+            new_masks.append(mask)
+        if layout.params([int(m.sum()) for m in new_masks]) > self.target_active:
+            raise RuntimeError("channel rewiring exceeded the budget")  # grow() forbids it
+        self._reinitialise(old, pruned_masks, new_masks, generator)
+        self._set_masks(dict(zip(names, new_masks)))
+        return RewireStats(
+            prune_rate=float(prune_rate),
+            total_active=self.num_active,
+            density=self.density(),
+            lost={n: int((o & ~p).sum()) for n, o, p in zip(names, old, pruned_masks)},
+            regrown={n: int((nw & ~p).sum()) for n, nw, p in zip(names, new_masks, pruned_masks)},
+            layer_density=self.layer_densities(),
+            normalized_momentum=dict(zip(names, s_hat_h.tolist())),
+        )
+
+    def _reinitialise(
+        self,
+        old: list[Tensor],
+        pruned: list[Tensor],
+        new: list[Tensor],
+        generator: torch.Generator | None,
+    ) -> None:
+        """Fresh running statistics for channels that died or are born; a fresh filter,
+        BN scale 1 / shift 0 and zero consumer slices for those born (a channel pruned and
+        regrown in this rewiring is born again unless ``keep_regrown_values``)."""
+        for g, (conv, bn) in enumerate(zip(self._producers, self._norms)):
+            born = new[g] & ~old[g]
+            if not self.keep_regrown_values:
+                born |= new[g] & old[g] & ~pruned[g]
+            touched = (old[g] & ~new[g]) | born
+            if not bool(touched.any()):
+                continue
+            dev = conv.weight.device
+            bn.running_mean[touched.to(dev)] = 0.0
+            bn.running_var[touched.to(dev)] = 1.0
+            if not bool(born.any()):
+                continue
+            idx = born.nonzero().flatten().to(dev)
+            bound = 1.0 / math.sqrt(conv.weight[0].numel())  # PyTorch's default conv init
+            fresh = torch.rand((len(idx), *conv.weight.shape[1:]), generator=generator)
+            conv.weight[idx] = (fresh * (2 * bound) - bound).to(dev, conv.weight.dtype)
+            bn.weight[idx] = 1.0
+            bn.bias[idx] = 0.0
+            for name in self.layout.groups[g].consumers:  # function-preserving growth
+                self._consumer_slice_zero(name, g, idx)
+            if self.grow_momentum == "zero":
+                for p in (conv.weight, bn.weight, bn.bias):
+                    self._momentum(p)[idx] = 0.0
+
+    def _consumer_slice_zero(self, consumer: str, group: int, idx: Tensor) -> None:
+        w = self._params[f"{consumer}.weight"]
+        repeat = w.shape[1] // self.layout.sizes[group]
+        cols = (idx[:, None] * repeat + torch.arange(repeat, device=idx.device)).flatten()
+        w[:, cols] = 0.0
+        if self.grow_momentum == "zero":
+            self._momentum(w)[:, cols] = 0.0
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": _STATE_FORMAT,
+            "granularity": self.granularity,
+            "density": self.density_target,
+            "exclude": list(self.exclude),
+            "regrow_pruned": self.regrow_pruned,
+            "keep_regrown_values": self.keep_regrown_values,
+            "redistribution": self.redistribution,
+            "grow_momentum": self.grow_momentum,
+            "layer_names": self.layout.names,
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``ValueError`` if it does not fit this model)."""
+        self.adopt(state)
+        self.density_target = float(state["density"])
+        self.target_active = round(self.density_target * self.num_prunable)
+        self.exclude = list(state.get("exclude", self.exclude))
+        for key in ("regrow_pruned", "keep_regrown_values"):
+            setattr(self, key, bool(state.get(key, getattr(self, key))))
+        self.redistribution = float(state.get("redistribution", self.redistribution))
+        self.grow_momentum = str(state.get("grow_momentum", self.grow_momentum))
+        if self.num_active > self.target_active:
+            raise ValueError(
+                f"channel masks keep {self.num_active} weights, over the budget of "
+                f"{self.target_active} at density {self.density_target}"
+            )
+
+    def adopt(self, state: Mapping[str, Any]) -> None:
+        """Take the kept channels of another state (``ValueError`` if they do not fit)."""
+        if not isinstance(state, Mapping) or "masks" not in state:
+            raise ValueError("the masks' state lacks 'masks'")
+        if state.get("granularity", "weight") != self.granularity:
+            raise ValueError(
+                f"those are {state.get('granularity', 'weight')}-mode masks, "
+                "this run prunes channels"
+            )
+        masks = {canonical_name(n): torch.as_tensor(m) for n, m in state["masks"].items()}
+        mine = self.layout.names
+        if sorted(masks) != sorted(mine):
+            raise ValueError(
+                f"channel groups differ: saved {sorted(masks)[:4]}..., model {mine[:4]}..."
+            )
+        bad = [
+            n
+            for n, size in zip(mine, self.layout.sizes)
+            if tuple(masks[n].shape) != (size,) or not bool(masks[n].any())
+        ]
+        if bad:
+            raise ValueError(f"channel masks do not fit groups {bad} (size, or no channel kept)")
+        if self.layout.params([int(masks[n].sum()) for n in mine]) > self.target_active:
+            raise ValueError("those channels need more weights than this run's budget")
+        self._set_masks({n: masks[n].to(torch.bool) for n in mine})

@@ -1,0 +1,187 @@
+"""Channel budgets: what a set of kept channels costs in the compacted network, and how to
+fill a parameter budget one channel at a time.
+
+The budget of channel mode is counted in weights of the *physically compacted* network
+(docs/method.md): keeping ``k`` of a group's channels keeps ``k`` rows of its producer and
+``k`` input slices of every consumer, so a layer between two groups costs
+``k_out · k_in · kernel`` weights. The cost is a product of two groups' counts, not a sum of
+per-channel costs, so budgets are met greedily: channels are added one at a time while the
+next one still fits, which lands within one channel's worth of parameters below the target.
+
+Everything here works on host integers: a network has a few thousand channels at most, and
+the counts decide shapes, which the host needs anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from dnr.models.channels import ChannelGroup, channel_groups
+from dnr.sparsity.layers import prunable_parameters
+from dnr.statedict import canonical_name
+
+__all__ = ["ChannelLayout", "LayerCost"]
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """How one prunable weight's size depends on the kept channels.
+
+    ``out_group`` / ``in_group``: index of the group that sets its output / input channels
+    (``None``: that side keeps its full width); ``unit``: weights per (output, input
+    channel) pair — the kernel size, or a Linear consumer's spatial positions per channel.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    out_group: int | None
+    in_group: int | None
+    out_full: int
+    in_full: int
+    unit: int
+
+    def size(self, counts: Sequence[int]) -> int:
+        out = counts[self.out_group] if self.out_group is not None else self.out_full
+        inp = counts[self.in_group] if self.in_group is not None else self.in_full
+        return out * inp * self.unit
+
+
+class ChannelLayout:
+    """The channel groups of a model and the prunable weights whose size they set.
+
+    ``exclude`` (fnmatch patterns, as for irregular mode) keeps weights dense and out of N;
+    a group whose producer is excluded is not prunable. ``ValueError`` for a model that
+    declares no groups or whose declared groups do not fit its modules.
+    """
+
+    def __init__(self, model: nn.Module, exclude: Iterable[str] = ()) -> None:
+        prunable = prunable_parameters(model, exclude)
+        if not prunable:
+            raise ValueError("the model has no prunable Conv2d/Linear weights")
+        modules = {canonical_name(n): m for n, m in model.named_modules()}
+        self.groups: list[ChannelGroup] = [
+            g for g in channel_groups(model) if f"{g.producer}.weight" in prunable
+        ]
+        if not self.groups:
+            raise ValueError("no channel group is left to prune (check sparsity.exclude)")
+        self.sizes: list[int] = [self._check_group(g, modules) for g in self.groups]
+        out_of = {f"{g.producer}.weight": i for i, g in enumerate(self.groups)}
+        in_of = {f"{c}.weight": i for i, g in enumerate(self.groups) for c in g.consumers}
+        self.layers: list[LayerCost] = []
+        for name, p in prunable.items():
+            out_g, in_g = out_of.get(name), in_of.get(name)
+            out_full = p.shape[0]
+            in_full = self.sizes[in_g] if in_g is not None else (p.shape[1] if p.dim() > 1 else 1)
+            self.layers.append(
+                LayerCost(
+                    name,
+                    tuple(p.shape),
+                    out_g,
+                    in_g,
+                    out_full,
+                    in_full,
+                    p.numel() // (out_full * in_full),
+                )
+            )
+        self.num_prunable = sum(math.prod(layer.shape) for layer in self.layers)
+        self._touching: list[list[LayerCost]] = [
+            [layer for layer in self.layers if i in (layer.out_group, layer.in_group)]
+            for i in range(len(self.groups))
+        ]
+
+    @staticmethod
+    def _check_group(group: ChannelGroup, modules: dict[str, nn.Module]) -> int:
+        producer, norm = modules.get(group.producer), modules.get(group.norm)
+        if not isinstance(producer, nn.Conv2d) or producer.groups != 1:
+            raise ValueError(f"channel group {group.producer}: not a plain Conv2d")
+        size = producer.out_channels
+        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.num_features != size:
+            raise ValueError(f"channel group {group.producer}: {group.norm} is not its BatchNorm")
+        for name in group.consumers:
+            consumer = modules.get(name)
+            width = getattr(consumer, "in_channels", getattr(consumer, "in_features", None))
+            if (
+                not isinstance(consumer, (nn.Conv2d, nn.Linear))
+                or getattr(consumer, "groups", 1) != 1
+                or width is None
+                or width % size
+            ):
+                raise ValueError(f"channel group {group.producer}: {name} cannot consume it")
+        return size
+
+    def producer(self, group: int) -> LayerCost:
+        """The layer whose output channels ``group`` is."""
+        return next(layer for layer in self.layers if layer.out_group == group)
+
+    @property
+    def names(self) -> list[str]:
+        """Group names: their producers' module names."""
+        return [g.producer for g in self.groups]
+
+    def params(self, counts: Sequence[int]) -> int:
+        """Prunable weights of the network compacted to ``counts`` channels per group."""
+        return sum(layer.size(counts) for layer in self.layers)
+
+    def marginal(self, counts: Sequence[int], group: int) -> int:
+        """Weights one more channel of ``group`` costs at ``counts``."""
+        grown = list(counts)
+        grown[group] += 1
+        return sum(layer.size(grown) - layer.size(counts) for layer in self._touching[group])
+
+    def minimum(self) -> int:
+        """Weights of the narrowest network: one channel per group."""
+        return self.params([1] * len(self.groups))
+
+    def grow(
+        self,
+        counts: Sequence[int],
+        limits: Sequence[int],
+        target: int,
+        priority: Callable[[int, list[int], list[int]], float],
+    ) -> list[int]:
+        """Add channels one at a time, while the next one fits under ``target`` weights.
+
+        Each channel goes to the group with the highest ``priority(g, counts, spent)``
+        among those below ``limits[g]`` whose next channel fits (ties → lower index);
+        ``spent[g]`` is the weights added to group ``g`` so far. Stops when no channel
+        fits, so the result is within one channel's worth below ``target`` (or at the
+        limits).
+        """
+        counts, spent = list(counts), [0] * len(counts)
+        remaining = target - self.params(counts)
+        while True:
+            best, best_key, best_cost = -1, -math.inf, 0
+            for g in range(len(counts)):
+                if counts[g] >= limits[g]:
+                    continue
+                cost = self.marginal(counts, g)
+                if cost > remaining:
+                    continue
+                key = priority(g, counts, spent)
+                if key > best_key:
+                    best, best_key, best_cost = g, key, cost
+            if best < 0:
+                return counts
+            counts[best] += 1
+            spent[best] += best_cost
+            remaining -= best_cost
+
+    def uniform_counts(self, target: int) -> list[int]:
+        """Counts keeping (nearly) the same fraction of every group, within one channel of
+        ``target`` weights. ``ValueError`` if one channel per group already exceeds it."""
+        if self.minimum() > target:
+            raise ValueError(
+                f"one channel per group already needs {self.minimum()} weights, more than the "
+                f"budget of {target} ({target / self.num_prunable:.4g} of {self.num_prunable}); "
+                "raise sparsity.density"
+            )
+        return self.grow(
+            [1] * len(self.groups),
+            self.sizes,
+            target,
+            lambda g, counts, spent: -counts[g] / self.sizes[g],  # emptiest group first
+        )
