@@ -8,6 +8,8 @@ Layout (one directory per run, nothing written elsewhere)::
     RUN_DIR/checkpoints/best.pt    best epoch by validation PGD accuracy
     RUN_DIR/model.safetensors      the final model's weights (no pickle)
     RUN_DIR/model.json             how to rebuild it: architecture, classes, width, ...
+                                   (+ a ``storage`` section when the weights are stored
+                                   as sparse rows: ``dnr export --format sparse``)
     RUN_DIR/eval.json, eval.md     evaluation results with exact attack settings
     RUN_DIR/layer_density.png      per-layer density over epochs (sparse runs)
 
@@ -18,6 +20,7 @@ Checkpoints hold tensors and plain Python values only, so they load with
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from torch import nn
 from dnr.fileio import atomic_write, atomic_write_json
 from dnr.models import create_model
 from dnr.statedict import canonical_name
+from dnr.storage import StorageError, decode_state, encode_state
 
 MODEL_FORMAT_VERSION = 1
 
@@ -110,15 +114,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # --------------------------------------------------------------------------- final model
 
 
-def save_model(run_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` and ``model.json`` (architecture + ``meta``)."""
+def save_model(
+    run_dir: str | Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    *,
+    sparse_tensors: Iterable[str] | None = None,
+) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (architecture + ``meta``).
+
+    With ``sparse_tensors`` (even empty) the file uses the sparse storage layout: the named
+    tensors as compressed rows (:mod:`dnr.storage`), the rest dense, and ``model.json``
+    gets the ``storage`` section that :func:`load_model` decodes. A ``storage`` entry in
+    ``meta`` is dropped either way: it describes another file.
+    """
     run = RunDir(Path(run_dir))
     arch = getattr(model, "arch_config", None)
     if arch is None:
         raise ArtifactError("model has no arch_config; build it with dnr.create_model")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run.model_weights, lambda tmp: save_file(tensors, str(tmp)))
     document = {"format_version": MODEL_FORMAT_VERSION, "architecture": dict(arch), **meta}
+    document.pop("storage", None)
+    if sparse_tensors is not None:
+        try:
+            tensors, document["storage"] = encode_state(tensors, sparse_tensors)
+        except StorageError as err:
+            raise ArtifactError(str(err)) from None
+    atomic_write(run.model_weights, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write_json(run.model_meta, document)
 
 
@@ -170,15 +192,43 @@ def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
         raise ArtifactError(str(err)) from None
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model from ``model.json`` + ``model.safetensors`` alone (eval mode)."""
-    meta = read_model_meta(path)
+def read_model_state(
+    path: str | Path, meta: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """The dense state dict in ``model.safetensors`` (CPU), whatever its storage layout.
+
+    ``model.json``'s ``storage`` section, when present, says how the tensors are laid out
+    (:mod:`dnr.storage`, written by ``dnr export --format sparse``); without one the file
+    holds the state dict as it is.
+    """
+    meta = read_model_meta(path) if meta is None else meta
     _, weights_path = _resolve_model_paths(path)
     if not weights_path.is_file():
         raise ArtifactError(f"model weights not found: {weights_path}")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise ArtifactError(f"{weights_path}: cannot read safetensors: {err}") from None
+    storage = meta.get("storage")
+    if storage is None:
+        return state
+    if not isinstance(storage, dict):
+        raise ArtifactError(f"{weights_path}: the 'storage' section of model.json is malformed")
+    try:
+        return decode_state(state, storage)
+    except StorageError as err:
+        raise ArtifactError(f"{weights_path}: {err}") from None
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from ``model.json`` + ``model.safetensors`` alone (eval mode).
+
+    Reads dense and sparse-stored weights alike (see :func:`read_model_state`).
+    """
+    meta = read_model_meta(path)
+    state = read_model_state(path, meta)
     model = model_from_architecture(meta["architecture"])
-    state = load_file(str(weights_path), device=str(map_location))
-    _load_state(model, state, weights_path)
+    _load_state(model, state, _resolve_model_paths(path)[1])
     return model.to(map_location).eval()
 
 

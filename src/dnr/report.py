@@ -1,13 +1,20 @@
-"""Human-readable summaries of a run: compression table, evaluation, density plot."""
+"""Human-readable summaries of a run: compression table, cost, evaluation, density plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from dnr.artifacts import ArtifactError, RunDir, read_model_meta
+import torch
+from torch import nn
+
+from dnr.artifacts import ArtifactError, RunDir, load_model, read_model_meta
+from dnr.costs import Costs, measure_latency, model_costs
 from dnr.fileio import atomic_write, atomic_write_text, read_jsonl
 from dnr.markdown import markdown_table
+
+#: Batch sizes timed by the cost section, and the timed passes (median) for each.
+LATENCY_REPEATS: dict[int, int] = {1: 20, 64: 5}
 
 
 def compression_table(meta: dict[str, Any]) -> str:
@@ -41,8 +48,99 @@ def compression_table(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summarize_run(run_dir: str | Path) -> str:
-    """The Markdown summary ``dnr report`` prints and writes to ``report.md``."""
+def _millions(count: int) -> str:
+    return f"{count / 1e6:,.2f}M"
+
+
+def _ratio(reference: float, value: float) -> str:
+    return f"{reference / value:.1f}x" if value > 0 else "–"
+
+
+def _latencies(model: nn.Module, input_size: int) -> dict[int, float]:
+    return {
+        batch: measure_latency(model, input_size, batch, repeats=repeats, warmup=2)
+        for batch, repeats in LATENCY_REPEATS.items()
+    }
+
+
+def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = False) -> str:
+    """Weights, MACs and (with ``latency``) CPU latency: dense, nonzero, compact.
+
+    Dense counts every weight of the architecture; "nonzero" only the weights a sparse
+    kernel would touch; a channel-mode run adds its compact model (the pruned channels
+    removed), the one form of sparsity that dense kernels turn into time.
+    """
+    from dnr.export.base import import_compact_model, kept_channels
+
+    try:
+        model = load_model(run_dir)
+    except ArtifactError as err:
+        return f"Not computed: {err}."
+    size = int(meta["architecture"].get("input_size", 32))
+    dense = model_costs(model, size)
+    rows: list[tuple[str, Costs, nn.Module | None]] = [
+        ("dense architecture", dense, model),
+        ("nonzero weights", model_costs(model, size, nonzero_only=True), None),
+    ]
+    notes: list[str] = []
+    kept = kept_channels(meta)
+    if kept is not None:
+        compact_model = import_compact_model()
+        if compact_model is None:
+            notes.append(
+                "Compact model: not computed (dnr.export.compact is not available in this version)."
+            )
+        else:
+            compact = compact_model(model, kept).eval()
+            rows.append(("compact (pruned channels removed)", model_costs(compact, size), compact))
+    timed: dict[str, dict[int, float]] = {}
+    if latency:
+        for label, _, timed_model in rows:
+            if timed_model is not None:
+                timed[label] = _latencies(timed_model, size)
+    batches = list(LATENCY_REPEATS)
+    header = ["model", "weights", "MACs / image", "MACs vs dense"]
+    if latency:
+        header += [f"latency b={b}" for b in batches] + [
+            "speed-up " + " / ".join(f"b={b}" for b in batches)
+        ]
+    table = []
+    for label, costs, _ in rows:
+        row = [label, f"{costs.params:,}", _millions(costs.macs), _ratio(dense.macs, costs.macs)]
+        if latency:
+            if label in timed:
+                row += [f"{timed[label][b] * 1e3:.2f} ms" for b in batches]
+                ref = timed["dense architecture"]
+                row.append(" / ".join(_ratio(ref[b], timed[label][b]) for b in batches))
+            else:
+                row += ["as dense"] * len(batches) + ["1.0x (dense kernels)"]
+        table.append(row)
+    lines = [
+        markdown_table(header, table),
+        f"Weights: Conv2d/Linear weights (the prunable tensors); with biases, BatchNorm and "
+        f"the rest, {dense.total_params:,} parameters in all. MACs: multiply-accumulates of "
+        f"the Conv2d/Linear layers for one {size}x{size} image; the nonzero row counts only "
+        "nonzero weights, the work of a sparse kernel.",
+    ]
+    if latency:
+        lines.append(
+            "Latency: median of "
+            + ", ".join(f"{LATENCY_REPEATS[b]} (b={b})" for b in batches)
+            + f" CPU forward passes (eval, inference_mode, torch {torch.__version__}, "
+            f"threads: {torch.get_num_threads()}). Irregular zeros do not speed up dense "
+            "kernels: the masked model runs at the dense latency whatever its MAC count."
+        )
+    else:
+        lines.append("Latency: not measured (`dnr report` measures it unless `--no-latency`).")
+    return "\n\n".join([*lines, *notes])
+
+
+def summarize_run(run_dir: str | Path, *, latency: bool = False) -> str:
+    """The Markdown summary ``dnr report`` prints and writes to ``report.md``.
+
+    ``latency`` times the model on the CPU (seconds for a large one); off by default so
+    the report written after training and evaluation costs nothing noticeable.
+    """
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise ArtifactError(f"run directory not found: {run.path}")
@@ -61,6 +159,7 @@ def summarize_run(run_dir: str | Path) -> str:
             f"Selected epoch {selection['epoch']} by {selection['by']} = {selection['value']:.4f}."
         )
     parts += ["", "## Compression", "", compression_table(meta)]
+    parts += ["", "## Cost", "", cost_section(run.path, meta, latency=latency)]
     if run.eval_md.exists():
         parts += ["", "## Evaluation (test set)", "", run.eval_md.read_text().strip()]
     history = read_jsonl(run.metrics)
@@ -76,9 +175,9 @@ def summarize_run(run_dir: str | Path) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, *, latency: bool = False) -> Path:
     run = RunDir(Path(run_dir))
-    atomic_write_text(run.report_md, summarize_run(run.path))
+    atomic_write_text(run.report_md, summarize_run(run.path, latency=latency))
     return run.report_md
 
 

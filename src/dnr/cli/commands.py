@@ -104,8 +104,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from dnr.report import plot_layer_density, write_report
 
     plot_layer_density(args.run_dir)
-    path = write_report(args.run_dir)
+    path = write_report(args.run_dir, latency=not args.no_latency)
     print(path.read_text(), end="")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dnr.export import export_run
+
+    result = export_run(args.run_dir, args.format, args.out)
+    for path in result.files:
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    for note in result.notes:
+        print(note)
     return 0
 
 
@@ -138,6 +149,7 @@ COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "report": _cmd_report,
+    "export": _cmd_export,
     "demo": _cmd_demo,
     "list": _cmd_list,
 }

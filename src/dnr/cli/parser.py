@@ -287,11 +287,55 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="summarise a run: per-layer density, compression, evaluation",
+        help="summarise a run: per-layer density, compression, cost, evaluation",
         description="Print (and write RUN_DIR/report.md) the compression table counted over "
-        "prunable weights and the latest evaluation.",
+        "prunable weights, the model's cost (weights, MACs, CPU latency) and the latest "
+        "evaluation.",
     )
     p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the CPU latency measurement (batch 1 and 64; seconds for large models)",
+    )
+
+
+def _export_epilog() -> str:
+    return f"""\
+formats (--format):
+{format_entries(_entries("EXPORT_FORMATS"))}
+examples:
+  dnr export runs/x --format sparse --out runs/x-sparse    # then: dnr eval runs/x-sparse
+  dnr export runs/x --format onnx --out runs/x.onnx
+onnx needs: pip install 'torch-dnr[export]'
+"""
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's model for deployment: sparse storage, compact model or ONNX",
+        description="Export the model of a finished run directory. Directory formats write "
+        "model.safetensors + model.json into --out (a run directory dnr.load_model and "
+        "dnr eval read); onnx writes the .onnx file --out names.",
+        epilog_factory=_export_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    p.add_argument(
+        "--format",
+        required=True,
+        type=_registered("EXPORT_FORMATS"),
+        metavar="FORMAT",
+        help="export format, listed below",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output directory (sparse, compact; replaced if an earlier export wrote it) "
+        "or .onnx file",
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -339,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_report(sub)
+    _add_export(sub)
     _add_demo(sub)
     _add_list(sub)
     return parser
