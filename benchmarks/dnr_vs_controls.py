@@ -11,7 +11,10 @@ with its 95 % (Wilson) interval. Runs are grouped:
                 regrown weights restart at 0, unprotected channels, no BN refresh,
                 undamped redistribution): the "before" row of issue 7;
 * ``ablation``  one change at a time around the default DNR settings;
-* ``long``      static vs DNR with four times the epochs: how the margin moves with length.
+* ``long``      static vs DNR with four times the epochs: how the margin moves with length;
+* ``channel``   channel mode at d = 0.1 (budget in weights of the compacted network): channel
+                DNR against a static random channel mask at the same compacted size, and
+                weight-mode (irregular) DNR and static at the same density.
 
 Defaults of ``sparsity.*`` are chosen on the *validation* columns, never on the test ones.
 
@@ -91,6 +94,13 @@ PAPER = [
 ]
 STATIC_U = ["sparsity.method=static", "sparsity.init=uniform"]
 DNR_U = ["sparsity.method=dnr", "sparsity.init=uniform"]
+CHANNEL = ["sparsity.granularity=channel", "sparsity.density=0.1"]
+CHANNEL_RUNS = [
+    ("dnr-channel d=0.1", [*DNR_U, *CHANNEL]),
+    ("static-channel d=0.1", [*STATIC_U, *CHANNEL]),
+    ("dnr-weight d=0.1", [*DNR_U, "sparsity.density=0.1"]),
+    ("static-weight d=0.1", [*STATIC_U, "sparsity.density=0.1"]),
+]
 
 
 def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
@@ -105,6 +115,19 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
     runs: list[tuple[str, str, int, list[str], int]] = []
     for seed in seeds:
         runs += [("main", name, seed, ov, 1) for name, ov in main]
+    for seed in seeds:
+        runs += [("channel", name, seed, ov, 1) for name, ov in CHANNEL_RUNS]
+        runs += [("channel", f"{name} x4 epochs", seed, ov, 4) for name, ov in CHANNEL_RUNS[:2]]
+    channel_ablation = [
+        ("redistribution=1 (paper)", ["sparsity.redistribution=1.0"]),
+        ("prune_rate=0.5 + redistribution=1 (paper)", ["sparsity.prune_rate=0.5", PAPER[4]]),
+        ("regrown channels reinitialised", ["sparsity.keep_regrown_values=false"]),
+    ]
+    for seed in seeds:
+        runs += [
+            ("channel", f"dnr-channel d=0.1 {label}", seed, [*CHANNEL_RUNS[0][1], *ov], 1)
+            for label, ov in channel_ablation
+        ]
     runs += [
         ("before", "dense-before", 0, ["sparsity.method=dense", "train.warmup_epochs=0"], 1),
         ("before", "static-uniform-before", 0, [*STATIC_U, *PAPER], 1),
@@ -305,7 +328,14 @@ def run_one(
         }
         for h in result.history
     ]
-    layers = result.sparsity.stats().get("layers")
+    stats = result.sparsity.stats()
+    record["num_active"], record["num_prunable"] = (
+        stats.get("num_active"),
+        stats.get("num_prunable"),
+    )
+    if "channels" in stats:
+        record["channels"] = {n: c["kept"] for n, c in stats["channels"].items()}
+    layers = stats.get("layers")
     if layers:
         record["layer_density_final"] = {n: info["density"] for n, info in layers.items()}
         record["layer_density_init"] = result.history[0].get("layer_density_init")
@@ -452,6 +482,7 @@ def report(paths: list[Path]) -> None:
         ("main", "Main table: dense, static and DNR (defaults)"),
         ("before", "Before this change: the paper's rewiring and no warm-up"),
         ("long", "Longer runs: four times the epochs"),
+        ("channel", "Channel mode at d = 0.1: DNR, its static control, and weight mode"),
         ("ablation", "Ablation around the DNR defaults (uniform init)"),
     ):
         sel = [
@@ -472,7 +503,7 @@ def report(paths: list[Path]) -> None:
             lines += ["", f"## {title}", "", *SUMMARY_HEADER, *_summary_rows(sel)]
     lines += [
         "",
-        "## DNR minus static, same init and seed (test, final weights)",
+        "## Paired differences, same seed (test, final weights)",
         "",
         "| pair | seed | test images | Δ clean | Δ PGD-20 |",
         "|---|---|---|---|---|",
@@ -482,6 +513,10 @@ def report(paths: list[Path]) -> None:
         ("dnr-erk", "static-erk"),
         ("dnr-uniform x4 epochs", "static-uniform x4 epochs"),
         ("dnr-erk x4 epochs", "static-erk x4 epochs"),
+        ("dnr-channel d=0.1", "static-channel d=0.1"),
+        ("dnr-weight d=0.1", "static-weight d=0.1"),
+        ("dnr-channel d=0.1", "dnr-weight d=0.1"),
+        ("dnr-channel d=0.1 x4 epochs", "static-channel d=0.1 x4 epochs"),
     ]
     for dnr_name, static_name in pairs:
         deltas = []
@@ -530,7 +565,7 @@ def report(paths: list[Path]) -> None:
         r
         for r in rs
         if r["seed"] == 0
-        and r["group"] in ("main", "before", "long")
+        and r["group"] in ("main", "before", "long", "channel")
         and r["test_final"]["clean"]["n"] == main_n
     ]
     for r in curves:
