@@ -310,7 +310,14 @@ def test_train_without_out_is_a_usage_error(capsys) -> None:
 
 def test_list_prints_every_registered_name(capsys) -> None:
     from dnr.config import list_presets
-    from dnr.registry import DATASETS, MODELS, PROTOCOLS, SPARSITY_METHODS
+    from dnr.registry import (
+        DATASETS,
+        EXPORT_FORMATS,
+        GRANULARITIES,
+        MODELS,
+        PROTOCOLS,
+        SPARSITY_METHODS,
+    )
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -326,12 +333,16 @@ def test_list_prints_every_registered_name(capsys) -> None:
         "sparsity-methods": SPARSITY_METHODS.names(),
         "protocols": PROTOCOLS.names(),
         "datasets": DATASETS.names(),
+        "granularities": GRANULARITIES.names(),
+        "export-formats": EXPORT_FORMATS.names(),
     }
     for argv, names in (
         (["list", "models"], MODELS.names()),
         (["list", "model"], MODELS.names()),
         (["list", "sparsity"], SPARSITY_METHODS.names()),
         (["list", "presets"], list_presets()),
+        (["list", "granularity"], ["channel", "weight"]),
+        (["list", "export"], ["compact", "onnx", "sparse"]),
     ):
         assert main(argv) == 0
         assert capsys.readouterr().out.splitlines() == names

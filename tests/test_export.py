@@ -18,7 +18,7 @@ from dnr.artifacts import ArtifactError, RunDir, load_model, read_model_meta, sa
 from dnr.cli import main
 from dnr.export import ExportError, export_run
 from dnr.registry import EXPORT_FORMATS, UnknownNameError
-from dnr.sparsity import Masking
+from dnr.sparsity import ChannelMasking, Masking
 from dnr.sparsity.layers import prunable_parameters
 from dnr.storage import decode_rows, encode_rows
 
@@ -59,7 +59,7 @@ def make_run(
     sparsity: dict = {"method": "dense", "mode": "none"}
     if density is not None:
         Masking(model, None, density=density, generator=torch.Generator().manual_seed(0))
-        sparsity = {"method": "static", "mode": "irregular", "target_density": density}
+        sparsity = {"method": "static", "mode": "weight", "target_density": density}
     meta = {
         "classes": [str(i) for i in range(10)],
         "dataset": {"name": "digits", "root": "data", "train": [], "test": None},
@@ -113,7 +113,7 @@ def test_sparse_round_trip_is_exact(tmp_path, arch, width) -> None:
     assert set(storage["dense"]) == set(original) - prunable
     assert meta["export"] == {"format": "sparse", "source": str(tmp_path / "run")}
     assert meta["classes"] == [str(i) for i in range(10)] and meta["dataset"]["name"] == "digits"
-    assert meta["sparsity"]["mode"] == "irregular"  # still the source's, for dnr report
+    assert meta["sparsity"]["mode"] == "weight"  # still the source's, for dnr report
 
 
 def test_sparse_restores_every_bit_when_zeros_are_positive(tmp_path) -> None:
@@ -246,37 +246,35 @@ def test_onnx_without_the_package_names_the_extra(tmp_path, monkeypatch, capsys)
 # ----------------------------------------------------------------------------- compact
 
 
-def _channel_run(path: Path) -> None:
+def _channel_run(path: Path) -> dict[str, list[int]]:
+    """A channel-mode run directory: a masked vgg16 and its kept channels in model.json."""
+    torch.manual_seed(0)
     model = dnr.create_model("vgg16", num_classes=10, width=0.125)
-    kept = {"features.0": [0, 2, 5], "features.3": [1, 4]}
+    masking = ChannelMasking(model, None, density=0.2, generator=torch.Generator().manual_seed(0))
+    kept = masking.kept_channels()
     meta = {
         "classes": [str(i) for i in range(10)],
         "dataset": {"name": "digits"},
         "sparsity": {"method": "dnr", "mode": "channel", "kept_channels": kept},
     }
-    save_model(path, model, meta)
+    save_model(path, model.eval(), meta)
+    return kept
 
 
-def test_compact_dispatch_uses_compact_model(tmp_path, monkeypatch) -> None:
-    """Dispatch only (a stand-in compact_model); compact.py's own tests check the surgery."""
-    import dnr.export.compact_format as compact_format
-
-    calls = []
-
-    def fake_compact(model: nn.Module, kept) -> nn.Module:
-        calls.append(dict(kept))
-        return dnr.create_model("vgg16", num_classes=10, width=0.0625)
-
-    monkeypatch.setattr(compact_format, "import_compact_model", lambda: fake_compact)
-    _channel_run(tmp_path / "run")
-    export_run(tmp_path / "run", "compact", tmp_path / "out")
-    assert calls == [{"features.0": [0, 2, 5], "features.3": [1, 4]}]
+def test_compact_export_writes_the_narrow_model_with_equal_logits(tmp_path) -> None:
+    kept = _channel_run(tmp_path / "run")
+    result = export_run(tmp_path / "run", "compact", tmp_path / "out")
+    assert "fewer" in result.notes[0]
     meta = read_model_meta(tmp_path / "out")
-    assert meta["architecture"]["width"] == 0.0625
+    assert meta["architecture"]["channels"] == {n: len(i) for n, i in kept.items()}
     assert meta["sparsity"]["mode"] == "none" and "kept_channels" not in meta["sparsity"]
     assert meta["export"] == {"format": "compact", "source": str(tmp_path / "run")}
     assert meta["classes"] == [str(i) for i in range(10)]
-    assert load_model(tmp_path / "out").arch_config["width"] == 0.0625
+    narrow, full = load_model(tmp_path / "out"), load_model(tmp_path / "run")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert (narrow(x) - full(x)).abs().max() <= 1e-4
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters())
 
 
 def test_compact_needs_a_channel_mode_run(tmp_path, capsys) -> None:
@@ -373,18 +371,24 @@ def test_report_cost_section(tmp_path, capsys, quick_latency) -> None:
     assert "Irregular zeros do not speed up dense kernels" in out
 
 
-def test_report_compact_row_and_missing_compact_note(tmp_path, monkeypatch, quick_latency) -> None:
-    import dnr.export.base as base
+def test_report_has_a_compact_row_for_channel_runs(tmp_path, quick_latency) -> None:
     from dnr.report import summarize_run
 
     _channel_run(tmp_path / "run")
-    monkeypatch.setattr(base, "import_compact_model", lambda: None)
-    text = summarize_run(tmp_path / "run")
-    assert "Compact model: not computed" in text
-    narrow = dnr.create_model("vgg16", num_classes=10, width=0.0625)
-    monkeypatch.setattr(base, "import_compact_model", lambda: lambda model, kept: narrow)
     text = summarize_run(tmp_path / "run", latency=True)
     (row,) = [line for line in text.splitlines() if line.startswith("| compact")]
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[3].endswith("x") and float(cells[3][:-1]) > 3  # MACs vs dense
     assert cells[4].endswith(" ms") and cells[5].endswith(" ms")
+
+
+def test_a_sparse_export_can_start_another_run(tmp_path) -> None:
+    """``train.init_from`` reads any model directory, whatever its storage layout."""
+    from dnr.training.setup import load_init_weights
+
+    source = make_run(tmp_path / "run", "vgg16", 0.0625)
+    export_run(tmp_path / "run", "sparse", tmp_path / "sparse")
+    target = dnr.create_model("vgg16", num_classes=10, width=0.0625)
+    load_init_weights(target, tmp_path / "sparse")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key

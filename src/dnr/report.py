@@ -70,7 +70,8 @@ def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = F
     kernel would touch; a channel-mode run adds its compact model (the pruned channels
     removed), the one form of sparsity that dense kernels turn into time.
     """
-    from dnr.export.base import import_compact_model, kept_channels
+    from dnr.export.base import kept_channels
+    from dnr.export.compact import compact_model
 
     try:
         model = load_model(run_dir)
@@ -82,17 +83,10 @@ def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = F
         ("dense architecture", dense, model),
         ("nonzero weights", model_costs(model, size, nonzero_only=True), None),
     ]
-    notes: list[str] = []
     kept = kept_channels(meta)
     if kept is not None:
-        compact_model = import_compact_model()
-        if compact_model is None:
-            notes.append(
-                "Compact model: not computed (dnr.export.compact is not available in this version)."
-            )
-        else:
-            compact = compact_model(model, kept).eval()
-            rows.append(("compact (pruned channels removed)", model_costs(compact, size), compact))
+        compact = compact_model(model, kept).eval()
+        rows.append(("compact (pruned channels removed)", model_costs(compact, size), compact))
     timed: dict[str, dict[int, float]] = {}
     if latency:
         for label, _, timed_model in rows:
@@ -132,7 +126,7 @@ def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = F
         )
     else:
         lines.append("Latency: not measured (`dnr report` measures it unless `--no-latency`).")
-    return "\n\n".join([*lines, *notes])
+    return "\n\n".join(lines)
 
 
 def summarize_run(run_dir: str | Path, *, latency: bool = False) -> str:

@@ -94,12 +94,17 @@ LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "sparsity-methods": lambda: _entries("SPARSITY_METHODS"),
     "protocols": lambda: _entries("PROTOCOLS"),
     "datasets": lambda: _entries("DATASETS"),
+    "granularities": lambda: _entries("GRANULARITIES"),
+    "export-formats": lambda: _entries("EXPORT_FORMATS"),
 }
 _KIND_ALIASES = {
     "sparsity": "sparsity-methods",
     "method": "sparsity-methods",
     "methods": "sparsity-methods",
     "data": "datasets",
+    "granularity": "granularities",
+    "export": "export-formats",
+    "formats": "export-formats",
 }
 
 

@@ -9,17 +9,14 @@ never replaces a directory that ``dnr export`` did not write.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-
-from torch import nn
 
 from dnr.artifacts import ArtifactError, RunDir, read_model_meta
 from dnr.registry import EXPORT_FORMATS
@@ -30,7 +27,6 @@ __all__ = [
     "ExportResult",
     "export_meta",
     "export_run",
-    "import_compact_model",
     "kept_channels",
     "register_format",
 ]
@@ -194,17 +190,3 @@ def kept_channels(meta: Mapping[str, Any]) -> dict[str, list[int]] | None:
     if sparsity.get("mode") != "channel" or not isinstance(kept, Mapping):
         return None
     return {str(name): [int(i) for i in indices] for name, indices in kept.items()}
-
-
-CompactFn = Callable[[nn.Module, Mapping[str, Sequence[int]]], nn.Module]
-
-
-def import_compact_model() -> CompactFn | None:
-    """``dnr.export.compact.compact_model``, or None while that module does not exist."""
-    try:
-        module = importlib.import_module("dnr.export.compact")
-    except ModuleNotFoundError as err:
-        if err.name != "dnr.export.compact":
-            raise  # the module exists but something it imports does not: a real error
-        return None
-    return module.compact_model

@@ -16,10 +16,10 @@ from dnr.export.base import (
     ExportError,
     ExportFormat,
     export_meta,
-    import_compact_model,
     kept_channels,
     register_format,
 )
+from dnr.export.compact import compact_model
 
 NOT_CHANNEL_MODE = (
     "compact export needs a channel-mode run (sparsity.granularity=channel); use --format sparse"
@@ -38,9 +38,6 @@ class CompactFormat(ExportFormat):
         kept = kept_channels(meta)
         if kept is None:
             raise ExportError(NOT_CHANNEL_MODE)
-        compact_model = import_compact_model()
-        if compact_model is None:
-            raise ExportError("compact export is not available in this version of torch-dnr")
         full = load_model(source)
         model = compact_model(full, kept)
         source_sparsity = meta.get("sparsity", {})

@@ -33,10 +33,10 @@ from dnr.artifacts import load_model
 from dnr.export.base import (
     ExportError,
     ExportFormat,
-    import_compact_model,
     kept_channels,
     register_format,
 )
+from dnr.export.compact import compact_model
 from dnr.fileio import atomic_write
 
 INSTALL_HINT = "pip install 'torch-dnr[export]'"
@@ -152,15 +152,8 @@ class OnnxFormat(ExportFormat):
         notes = []
         kept = kept_channels(meta)
         if kept is not None:
-            compact_model = import_compact_model()
-            if compact_model is None:
-                notes.append(
-                    "channel-mode run, but compact export is not available in this "
-                    "version: exported the full-width model (same logits, dense cost)"
-                )
-            else:
-                model = compact_model(model, kept).eval()
-                notes.append("channel-mode run: exported the compact model")
+            model = compact_model(model, kept).eval()
+            notes.append("channel-mode run: exported the compact model")
         arch: dict[str, Any] = dict(getattr(model, "arch_config", {}))
         metadata = {
             "dnr.source": str(source),

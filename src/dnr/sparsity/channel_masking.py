@@ -55,6 +55,7 @@ class ChannelMasking:
     """
 
     granularity = "channel"
+    description = "whole output channels; the budget counts the compacted network's weights"
 
     def __init__(
         self,

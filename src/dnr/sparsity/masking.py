@@ -149,6 +149,7 @@ class Masking:
         self.apply_()
 
     granularity = "weight"
+    description = "single weights: irregular masks at an exact weight budget (the paper's)"
 
     @classmethod
     def from_config(

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, read_model_meta
+from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, read_model_meta, read_model_state
 from dnr.config import Config, ConfigError
 from dnr.data import DatasetSplits
 from dnr.models import create_model, init_weights
@@ -75,8 +74,9 @@ def load_init_weights(model: nn.Module, source: str | Path) -> None:
     run = RunDir(Path(source))
     where = f"train.init_from={source}"
     try:
-        arch = read_model_meta(run.path)["architecture"]
-        state = load_file(str(run.model_weights))
+        meta = read_model_meta(run.path)
+        arch = meta["architecture"]
+        state = read_model_state(run.path, meta)  # a run, or a sparse/compact export
     except Exception as err:  # ArtifactError, OSError, a damaged safetensors file
         raise ConfigError(f"{where}: not a finished run ({err})") from None
     mine = getattr(model, "arch_config", {})
