@@ -207,9 +207,20 @@ def _interrupt_after(monkeypatch, calls: int) -> None:
     monkeypatch.setattr(step_module, "pgd", flaky_pgd)
 
 
-@pytest.mark.parametrize("method", ["dense", "dnr"])
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, method) -> None:
-    overrides = tiny_overrides(sparsity__method=method, train__epochs=3, data__subset=128)
+@pytest.mark.parametrize(
+    ("method", "granularity"), [("dense", "weight"), ("dnr", "weight"), ("dnr", "channel")]
+)
+def test_interrupted_run_resumes_to_the_same_result(
+    tmp_path, monkeypatch, method, granularity
+) -> None:
+    overrides = tiny_overrides(
+        sparsity__method=method,
+        sparsity__granularity=granularity,
+        sparsity__density=0.3,
+        sparsity__redistribution=1.0,
+        train__epochs=3,
+        data__subset=128,
+    )
     cfg = load_config(None, overrides)
     train(cfg, tmp_path / "straight", progress=False, log=lambda _: None)
 
