@@ -41,8 +41,9 @@ def _train_steps(model: nn.Module, masking: ChannelMasking, opt, steps: int = 4)
 
 
 def _one_channel_budget(layout: ChannelLayout, counts: list[int]) -> int:
-    """The largest cost of one more channel anywhere: the budget's allowed shortfall."""
-    return max(layout.marginal(counts, g) for g in range(len(counts)))
+    """The cheapest channel that could still be added: the budget's allowed shortfall."""
+    costs = [layout.marginal(counts, g) for g in range(len(counts)) if counts[g] < layout.sizes[g]]
+    return min(costs, default=1)
 
 
 def _compact_weights(model: nn.Module) -> int:
@@ -69,6 +70,21 @@ def test_budget_is_met_within_one_channel_and_counts_the_compacted_network(arch,
         assert nonzero <= masking.num_active
         _train_steps(model, masking, opt)
         masking.rewire(0.3, torch.Generator().manual_seed(rewiring))
+
+
+@pytest.mark.parametrize("regrow_pruned", [True, False])
+def test_regrow_pruned_false_grows_only_channels_dead_before(regrow_pruned) -> None:
+    model = _model("vgg16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    masking = ChannelMasking(model, opt, density=0.2, regrow_pruned=regrow_pruned)
+    _train_steps(model, masking, opt)
+    old = {n: m.clone() for n, m in masking.masks.items()}
+    stats = masking.rewire(0.3, torch.Generator().manual_seed(0))
+    gone = {n: int((old[n] & ~masking.masks[n]).sum()) for n in old}
+    if regrow_pruned:  # the pruned channels with the largest momentum come straight back
+        assert sum(gone.values()) < sum(stats.lost.values())
+    else:
+        assert gone == stats.lost
 
 
 def test_budget_below_one_channel_per_group_is_a_clear_error() -> None:

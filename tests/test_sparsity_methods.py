@@ -36,7 +36,7 @@ class FrozenFirstLayer(SparsityMethod):
 
     name = "toy-frozen-first"
     description = "test-only"
-    granularity = "channel"
+    granularities = ("weight",)
 
     def __init__(self, cfg, model, optimizer, generator) -> None:
         super().__init__(cfg, model, optimizer, generator)
@@ -119,9 +119,7 @@ def test_a_method_registered_outside_the_package_trains_through_dnr_train(
     assert result.best_epoch > 1  # selected in the last stage, never the warm-up epoch
     assert weights[first].abs().sum() == 0
     meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())
-    assert (
-        meta["sparsity"]["method"] == "toy-frozen-first" and meta["sparsity"]["mode"] == "channel"
-    )
+    assert meta["sparsity"]["method"] == "toy-frozen-first" and meta["sparsity"]["mode"] == "weight"
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     assert state["sparsity"] == {"method": "toy-frozen-first", "frozen": True}
 

@@ -332,6 +332,11 @@ def validate(cfg: Config) -> None:
         e.batch_size is None or e.batch_size > 0,
         f"eval.batch_size: must be > 0 or null, got {e.batch_size}",
     )
+    _check(
+        s.granularity != "channel" or s.init == "uniform",
+        "sparsity.init: channel mode starts from a uniform channel fraction; set init=uniform "
+        "(ERK is a per-weight rule)",
+    )
     method = SPARSITY_METHODS.get(s.method)
     supported = getattr(method, "granularities", ())
     _check(

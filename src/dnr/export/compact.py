@@ -38,8 +38,9 @@ def compact_model(model: nn.Module, kept: Mapping[str, Sequence[int]]) -> nn.Mod
     """The narrower model that keeps channels ``kept[producer]`` of each channel group.
 
     ``model`` is the full-width (masked) model built by ``dnr.create_model``; groups not in
-    ``kept`` keep all their channels. Returns a new model in eval mode whose logits equal
-    ``model``'s when the removed channels are silent (as channel mode keeps them).
+    ``kept`` keep all their channels. Returns a new model in eval mode, on ``model``'s
+    device and dtype, whose logits equal ``model``'s. ``ArtifactError`` if a removed
+    channel is not silent (BN scale or shift nonzero): then removing it would change them.
     """
     arch = getattr(model, "arch_config", None)
     if arch is None:
@@ -55,6 +56,15 @@ def compact_model(model: nn.Module, kept: Mapping[str, Sequence[int]]) -> nn.Mod
         group = groups[producer]
         size = modules[producer].weight.shape[0]
         idx = _indices(producer, indices, size)
+        norm = modules[group.norm]
+        removed = torch.ones(size, dtype=torch.bool)
+        removed[idx] = False
+        removed = removed.to(norm.weight.device)
+        if bool((norm.weight[removed] != 0).any() or (norm.bias[removed] != 0).any()):
+            raise ArtifactError(
+                f"channels of {producer} outside its kept list are not silent (nonzero "
+                f"{group.norm} scale or shift): these kept channels are not this model's"
+            )
         rows[group.producer] = rows[group.norm] = idx
         for consumer in group.consumers:
             per_channel = modules[consumer].weight.shape[1] // size  # a Linear's positions
@@ -73,5 +83,5 @@ def compact_model(model: nn.Module, kept: Mapping[str, Sequence[int]]) -> nn.Mod
             value = value.index_select(1, cols[module].to(value.device))
         state[canonical_name(key)] = value.detach().clone()
     narrow.load_state_dict(state)
-    device = next(model.parameters()).device
-    return narrow.to(device).eval()
+    reference = next(model.parameters())
+    return narrow.to(reference.device, reference.dtype).eval()

@@ -32,7 +32,11 @@ class ChannelGroup:
 
 
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
-    """The model's declared groups; ``ValueError`` if it declares none."""
+    """The model's declared groups; ``ValueError`` if it declares none.
+
+    A wrapper (DDP's ``.module``) is looked through: names are canonical, without prefix.
+    """
+    model = getattr(model, "module", model)
     declare = getattr(model, "channel_groups", None)
     if not callable(declare):
         name = getattr(model, "arch_config", {}).get("name", type(model).__name__)

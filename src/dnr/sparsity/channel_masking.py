@@ -4,7 +4,7 @@ The same object as :class:`~dnr.sparsity.masking.Masking` at the granularity of 
 groups (``dnr.models.channels``): it owns one boolean vector per group, keeps the model's
 weights consistent with it after every step, and rewires it — prune the channels with the
 smallest filter norm, regrow those with the largest momentum norm, and move the per-group
-budgets by normalized momentum (docs/method.md, "Structured (channel) mode").
+budgets by normalized momentum (docs/method.md, "Channel mode").
 
 Invariants it maintains:
 
@@ -216,11 +216,6 @@ class ChannelMasking:
             bn.weight.mul_(m)
             bn.bias.mul_(m)
 
-    def to(self, device: torch.device | str) -> ChannelMasking:
-        """The factors follow the weights; kept for symmetry with ``Masking``."""
-        self._set_masks(self.masks)
-        return self
-
     # ------------------------------------------------------------------ rewiring
 
     def _momentum(self, param: Tensor) -> Tensor:
@@ -251,9 +246,9 @@ class ChannelMasking:
            norm per group (ties → lower index): no group empties.
         3. Regrow channels one at a time, each to the group furthest below its share
            ``(1 − λ)·freed_g/Σfreed + λ·ŝ_g`` of the freed weights, the channel with the
-           largest momentum norm first (channels dead before this rewiring before those
-           pruned in it when ``regrow_pruned`` is false), until the next one would
-           exceed the budget.
+           largest momentum norm first, until the next one would exceed the budget.
+           With ``regrow_pruned`` false, only channels dead before this rewiring grow
+           first; channels pruned in it return only if those cannot fill the budget.
         4. Silence pruned channels, initialise grown ones (``generator`` draws their
            filters), re-apply the masks.
         """
@@ -292,12 +287,16 @@ class ChannelMasking:
             s_hat_h.double(), torch.tensor(freed, dtype=torch.float64), self.redistribution
         ).tolist()
         total = self.target_active - layout.params(after_prune)
-        new_counts = layout.grow(
-            after_prune,
-            layout.sizes,
-            self.target_active,
-            lambda g, _counts, spent: shares[g] * total - spent[g],
-        )
+
+        def priority(g: int, _counts: list[int], spent: list[int]) -> float:
+            return shares[g] * total - spent[g]
+
+        new_counts = after_prune
+        if not self.regrow_pruned:  # first only channels dead before this rewiring
+            fresh_limits = [a + int((~m).sum()) for a, m in zip(after_prune, old)]
+            new_counts = layout.grow(new_counts, fresh_limits, self.target_active, priority)
+        # (then, or with regrow_pruned, any dead channel: the budget is always met)
+        new_counts = layout.grow(new_counts, layout.sizes, self.target_active, priority)
         new_masks = []
         for g in range(len(names)):
             candidates = (~pruned_masks[g]).nonzero().flatten().tolist()
@@ -385,19 +384,18 @@ class ChannelMasking:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (``ValueError`` if it does not fit this model)."""
+        if list(state.get("exclude", self.exclude)) != self.exclude:
+            raise ValueError(
+                f"channel masks were saved with exclude={state.get('exclude')}, "
+                f"this model prunes with exclude={self.exclude}"
+            )
+        density = float(state.get("density", self.density_target))
+        self.density_target, self.target_active = density, round(density * self.num_prunable)
         self.adopt(state)
-        self.density_target = float(state["density"])
-        self.target_active = round(self.density_target * self.num_prunable)
-        self.exclude = list(state.get("exclude", self.exclude))
         for key in ("regrow_pruned", "keep_regrown_values"):
             setattr(self, key, bool(state.get(key, getattr(self, key))))
         self.redistribution = float(state.get("redistribution", self.redistribution))
         self.grow_momentum = str(state.get("grow_momentum", self.grow_momentum))
-        if self.num_active > self.target_active:
-            raise ValueError(
-                f"channel masks keep {self.num_active} weights, over the budget of "
-                f"{self.target_active} at density {self.density_target}"
-            )
 
     def adopt(self, state: Mapping[str, Any]) -> None:
         """Take the kept channels of another state (``ValueError`` if they do not fit)."""

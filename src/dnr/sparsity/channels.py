@@ -69,6 +69,15 @@ class ChannelLayout:
         if not self.groups:
             raise ValueError("no channel group is left to prune (check sparsity.exclude)")
         self.sizes: list[int] = [self._check_group(g, modules) for g in self.groups]
+        for role in ("producer", "norm", "consumers"):  # e.g. a consumer read by two groups
+            named = [
+                m
+                for g in self.groups
+                for m in ((getattr(g, role),) if role != "consumers" else g.consumers)
+            ]
+            repeated = sorted({m for m in named if named.count(m) > 1})
+            if repeated:
+                raise ValueError(f"channel groups share {role} {repeated}")
         out_of = {f"{g.producer}.weight": i for i, g in enumerate(self.groups)}
         in_of = {f"{c}.weight": i for i, g in enumerate(self.groups) for c in g.consumers}
         self.layers: list[LayerCost] = []
@@ -99,17 +108,20 @@ class ChannelLayout:
         if not isinstance(producer, nn.Conv2d) or producer.groups != 1:
             raise ValueError(f"channel group {group.producer}: not a plain Conv2d")
         size = producer.out_channels
-        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.num_features != size:
-            raise ValueError(f"channel group {group.producer}: {group.norm} is not its BatchNorm")
+        if (
+            not isinstance(norm, nn.modules.batchnorm._BatchNorm)
+            or norm.num_features != size
+            or not norm.affine
+        ):
+            raise ValueError(f"channel group {group.producer}: {group.norm} is not its affine BN")
         for name in group.consumers:
             consumer = modules.get(name)
-            width = getattr(consumer, "in_channels", getattr(consumer, "in_features", None))
-            if (
-                not isinstance(consumer, (nn.Conv2d, nn.Linear))
-                or getattr(consumer, "groups", 1) != 1
-                or width is None
-                or width % size
-            ):
+            fits = (  # a conv reads the channels; a Linear may read positions per channel
+                isinstance(consumer, nn.Conv2d)
+                and consumer.groups == 1
+                and consumer.in_channels == size
+            ) or (isinstance(consumer, nn.Linear) and consumer.in_features % size == 0)
+            if not fits:
                 raise ValueError(f"channel group {group.producer}: {name} cannot consume it")
         return size
 
