@@ -33,6 +33,16 @@ def tiny_overrides(**extra: object) -> list[str]:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models in a thread pool that shares its cores with other
+    jobs spend most of each small op waiting at barriers (timings, exports)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_config() -> Config:
     return load_config(None, tiny_overrides())
 

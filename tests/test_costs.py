@@ -12,15 +12,7 @@ import dnr
 from dnr.costs import measure_latency, model_costs
 from dnr.sparsity import Masking
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and a thread pool that shares its cores
-    with other jobs spends most of each small op waiting at barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(nn.Module):

@@ -22,15 +22,7 @@ from dnr.sparsity import ChannelMasking, Masking
 from dnr.sparsity.layers import prunable_parameters
 from dnr.storage import decode_rows, encode_rows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and a thread pool that shares its cores
-    with other jobs spends most of each small op waiting at barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_buffers(model: nn.Module, seed: int) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from dnr.registry import GRANULARITIES
 from dnr.sparsity.channels import ChannelLayout
+from dnr.sparsity.masking import shared_options
 from dnr.sparsity.rewiring import RewireStats, normalized_momentum, regrowth_shares
 from dnr.statedict import canonical_name
 
@@ -108,17 +109,7 @@ class ChannelMasking:
             raise ValueError(
                 "channel mode starts from a uniform channel fraction: set init=uniform"
             )
-        return cls(
-            model,
-            optimizer,
-            density=s.density,
-            exclude=tuple(s.exclude),
-            generator=generator,
-            regrow_pruned=s.regrow_pruned,
-            keep_regrown_values=s.keep_regrown_values,
-            redistribution=s.redistribution,
-            grow_momentum=s.grow_momentum,
-        )
+        return cls(model, optimizer, generator=generator, **shared_options(s))
 
     # ------------------------------------------------------------------ counts
 

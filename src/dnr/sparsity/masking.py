@@ -53,6 +53,18 @@ _STATE_FORMAT = "dnr.masking/1"
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
 
+def shared_options(s: Any) -> dict[str, Any]:
+    """The ``cfg.sparsity`` settings every mask class takes (weight and channel mode)."""
+    return {
+        "density": s.density,
+        "exclude": tuple(s.exclude),
+        "regrow_pruned": s.regrow_pruned,
+        "keep_regrown_values": s.keep_regrown_values,
+        "redistribution": s.redistribution,
+        "grow_momentum": s.grow_momentum,
+    }
+
+
 @GRANULARITIES.register(name="weight")
 class Masking:
     """Owns the masks of the prunable tensors and rewires them (DNR, irregular mode).
@@ -163,15 +175,10 @@ class Masking:
         return cls(
             model,
             optimizer,
-            density=s.density,
             init=s.init,
-            exclude=tuple(s.exclude),
             generator=generator,
-            regrow_pruned=s.regrow_pruned,
-            keep_regrown_values=s.keep_regrown_values,
             protect_channels=s.protect_channels,
-            redistribution=s.redistribution,
-            grow_momentum=s.grow_momentum,
+            **shared_options(s),
         )
 
     def extra_stats(self) -> dict[str, Any]:
