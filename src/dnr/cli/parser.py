@@ -361,7 +361,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
-        help="list registered models, presets, sparsity methods, protocols, datasets, granularities and export formats",
+        help="list registered models, presets, sparsity methods, protocols, datasets, "
+        "granularities and export formats",
         description="Without KIND: every kind, one section each, with descriptions. "
         "With KIND: its names only, one per line (for scripts).",
     )
