@@ -110,6 +110,9 @@ class SparsityConfig:
     grow_momentum: GrowMomentum = "zero"  # momentum of newly grown weights (paper: keep)
     rewire_until: float = 0.75  # fraction of the run after which the masks stay fixed (paper: 1)
     bn_refresh_batches: int = 8  # re-estimate BN statistics on N batches after a rewiring
+    # method-specific settings (`dnr list methods`; e.g. lwm: {pretrain_epochs: 3}),
+    # checked by the method: unknown keys are refused
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -338,6 +341,13 @@ def validate(cfg: Config) -> None:
         "(ERK is a per-weight rule)",
     )
     method = SPARSITY_METHODS.get(s.method)
+    known = getattr(method, "option_defaults", {})
+    unknown = sorted(set(s.options) - set(known))
+    _check(
+        not unknown,
+        f"sparsity.options: {s.method} has no option {', '.join(map(str, unknown))}"
+        + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)"),
+    )
     supported = getattr(method, "granularities", ())
     _check(
         not supported or s.granularity in supported,

@@ -110,6 +110,8 @@ class SparsityMethod(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     granularities: ClassVar[tuple[str, ...]] = ("weight",)
+    #: ``sparsity.options`` this method reads, with their defaults (other keys are refused)
+    option_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -125,6 +127,10 @@ class SparsityMethod(ABC):
         self.cfg = cfg
         self.model = model
         self.optimizer = optimizer
+
+    def option(self, key: str) -> Any:
+        """``sparsity.options[key]``, or this method's default for it."""
+        return self.cfg.sparsity.options.get(key, self.option_defaults[key])
 
     @property
     def granularity(self) -> str:

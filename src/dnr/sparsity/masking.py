@@ -51,6 +51,9 @@ _STATE_FORMAT = "dnr.masking/1"
 # Optimizer state keys holding a first-moment (momentum) estimate, in lookup order:
 # SGD's buffer; Adam/AdamW's exp_avg as a fallback so the class works with them too.
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+#: What regrowth ranks inactive weights by: the optimizer's momentum (DNR, sparse momentum)
+#: or the last step's dense gradient (RigL-style, FlyingBird).
+GROW_SIGNALS = ("momentum", "gradient")
 
 
 def shared_options(s: Any) -> dict[str, Any]:
@@ -92,6 +95,10 @@ class Masking:
         grow_momentum: ``"zero"`` the optimizer momentum of newly grown weights, so a grown
             weight's first steps follow its fresh gradient rather than a stale
             accumulation, or ``"keep"`` it (the paper / sparse momentum).
+        grow_by: rank inactive weights for regrowth by ``"momentum"`` (DNR) or by the
+            last backward pass's dense ``"gradient"`` (RigL / FlyingBird).
+        initial_masks: start from these masks (name -> bool tensor, exactly the budget in
+            total) instead of random ones, e.g. a magnitude mask of pretrained weights.
 
     The defaults are the project's (docs/method.md gives the measurements); the paper's
     rewiring is ``keep_regrown_values=False, protect_channels=False, redistribution=1,
@@ -115,7 +122,11 @@ class Masking:
         protect_channels: bool = True,
         redistribution: float = 0.3,
         grow_momentum: str = "zero",
+        grow_by: str = "momentum",
+        initial_masks: Mapping[str, Tensor] | None = None,
     ) -> None:
+        if grow_by not in GROW_SIGNALS:
+            raise ValueError(f"grow_by must be one of {GROW_SIGNALS}, got {grow_by!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not 0.0 < float(density) <= 1.0:
@@ -134,6 +145,7 @@ class Masking:
         self.protect_channels = bool(protect_channels)
         self.redistribution = float(redistribution)
         self.grow_momentum = grow_momentum
+        self.grow_by = grow_by
         self._params = prunable_parameters(model, self.exclude)
         if not self._params:
             raise ValueError(
@@ -142,6 +154,12 @@ class Masking:
             )
         self._numel = {n: p.numel() for n, p in self._params.items()}
         self.target_active = round(self.density_target * self.num_prunable)
+        if initial_masks is not None:  # e.g. a magnitude mask of pretrained weights
+            settings = {k: v for k, v in self.state_dict(masks=False).items()}
+            self.load_state_dict(
+                {**settings, "layer_names": list(initial_masks), "masks": dict(initial_masks)}
+            )
+            return
         budgets = layer_budgets(
             list(self._numel.values()),
             self.density_target,
@@ -257,6 +275,11 @@ class Masking:
         # deterministic lowest-index tie-break, and ŝ to uniform.
         return torch.zeros_like(param)
 
+    @staticmethod
+    def _gradient(param: nn.Parameter) -> Tensor:
+        """The dense gradient of the last backward pass (zero before the first one)."""
+        return param.grad if param.grad is not None else torch.zeros_like(param)
+
     @torch.no_grad()
     def rewire(self, prune_rate: float, generator: torch.Generator | None = None) -> RewireStats:
         """One REWIRE(p) of docs/method.md; returns what it did.
@@ -286,6 +309,7 @@ class Masking:
         params = [self._params[n] for n in names]
         masks = [self.masks[n] for n in names]
         momenta = [self._momentum(p) for p in params]
+        signals = momenta if self.grow_by == "momentum" else [self._gradient(p) for p in params]
 
         s_hat = normalized_momentum(momenta, masks)
         keepers: list[Tensor | None] = [None] * len(names)
@@ -307,7 +331,7 @@ class Masking:
         kept_masks: list[Tensor] = []
         new_masks: list[Tensor] = []
         for name, p, mask, mom, keep, r_l, g_l in zip(
-            names, params, masks, momenta, keepers, r_list, g_list
+            names, params, masks, signals, keepers, r_list, g_list
         ):
             kept = magnitude_prune(p, mask, r_l, num_active=self._nnz[name], protect=keep)
             if self.regrow_pruned:
@@ -346,10 +370,11 @@ class Masking:
 
     # ------------------------------------------------------------------ checkpointing
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, masks: bool = True) -> dict[str, Any]:
         """Everything needed to resume exactly; tensors (CPU bool masks) + plain types only,
-        so it loads with ``torch.load(..., weights_only=True)`` on any machine."""
-        return {
+        so it loads with ``torch.load(..., weights_only=True)`` on any machine. With
+        ``masks=False``, the settings alone."""
+        settings = {
             "format": _STATE_FORMAT,
             "granularity": self.granularity,
             "density": self.density_target,
@@ -360,7 +385,13 @@ class Masking:
             "protect_channels": self.protect_channels,
             "redistribution": self.redistribution,
             "grow_momentum": self.grow_momentum,
+            "grow_by": self.grow_by,
             "target_active": self.target_active,
+        }
+        if not masks:
+            return settings
+        return {
+            **settings,
             "layer_names": self.layer_names,
             "layer_shapes": [list(s) for s in self.layer_shapes.values()],
             "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.masks.items()},
@@ -443,6 +474,10 @@ class Masking:
                 f"masking state has redistribution {state['redistribution']} outside [0, 1]"
             )
         self.grow_momentum = str(grow)
+        grow_by = state.get("grow_by", "momentum")
+        if grow_by not in GROW_SIGNALS:
+            raise ValueError(f"masking state has unknown grow_by {grow_by!r}")
+        self.grow_by = str(grow_by)
         self.masks = new_masks
         self._nnz = dict(zip(mine, counts))
         self.apply_()

@@ -10,7 +10,7 @@ method that moves the masks overrides the hooks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class MaskedMethod(SparsityMethod):
     """Owns the masks of ``sparsity.granularity`` built from the config; they never move here."""
 
-    granularities = ("weight", "channel")
+    granularities: ClassVar[tuple[str, ...]] = ("weight", "channel")
 
     def __init__(
         self,
@@ -36,14 +36,18 @@ class MaskedMethod(SparsityMethod):
         generator: torch.Generator,
     ) -> None:
         super().__init__(cfg, model, optimizer, generator)
-        s = cfg.sparsity
         try:
-            self.masking = GRANULARITIES.get(s.granularity).from_config(
-                model, optimizer, s, generator
-            )
+            self.masking = self.build_masks(generator)
         except ValueError as err:  # e.g. exclude patterns that leave nothing to prune
             raise ConfigError(f"sparsity: {err}") from None
         self._initial_layer_density = self.masking.layer_densities()
+
+    def build_masks(self, generator: torch.Generator) -> Any:
+        """The mask object of ``sparsity.granularity``, from ``cfg.sparsity``."""
+        s = self.cfg.sparsity
+        return GRANULARITIES.get(s.granularity).from_config(
+            self.model, self.optimizer, s, generator
+        )
 
     def after_step(self, progress: Progress) -> None:
         self.masking.apply_()  # weight decay and momentum moved masked weights: back to 0

@@ -1,0 +1,161 @@
+"""The baselines DNR is compared with: their characteristic mechanics and an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dnr
+from conftest import tiny_overrides
+from dnr.config import ConfigError, load_config
+from dnr.export import export_run
+from dnr.sparsity import Masking, Progress, build_sparsity
+from dnr.sparsity.layers import prunable_parameters
+from dnr.sparsity.lwm import magnitude_masks
+
+QUIET = {"progress": False, "log": lambda _msg: None}
+
+
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_magnitude_masks_keep_the_largest_weights_globally_or_per_layer() -> None:
+    weights = {
+        "a": torch.tensor([[0.1, -5.0], [0.3, 0.2]]),
+        "b": torch.tensor([4.0, -0.05, 3.0, 0.0, 2.0, -1.0]),
+    }
+    glob = magnitude_masks(weights, 0.4, "global")  # 4 of 10: 5, 4, 3, 2
+    assert glob["a"].tolist() == [[False, True], [False, False]]
+    assert glob["b"].tolist() == [True, False, True, False, True, False]
+    layer = magnitude_masks(weights, 0.4, "layer")  # 2 of 4 in a (1.6 -> 2), 2 of 6 in b
+    assert layer["a"].tolist() == [[False, True], [True, False]]
+    assert layer["b"].tolist() == [True, False, True, False, False, False]
+    assert sum(int(m.sum()) for m in layer.values()) == 4
+
+
+def _method(tiny_config, name: str, **options):
+    cfg = tiny_config
+    cfg.sparsity.method = name
+    cfg.sparsity.density = 0.2
+    cfg.sparsity.options = dict(options)
+    torch.manual_seed(0)
+    model = dnr.create_model("vgg16", num_classes=10, width=0.0625)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return model, opt, build_sparsity(cfg, model, opt, torch.Generator().manual_seed(0))
+
+
+def _steps(model, opt, method, progress, n: int = 3) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        x, y = torch.rand(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        progress.step += 1
+        method.after_step(progress)
+
+
+def test_lwm_stays_dense_then_prunes_by_magnitude_and_never_moves_its_mask(tiny_config) -> None:
+    model, opt, lwm = _method(tiny_config, "lwm", pretrain_epochs=1)
+    assert [s.name for s in lwm.stages()] == ["pretrain", "finetune"]
+    progress = Progress(step=0, epoch=0, epochs=3, steps_per_epoch=3, log=lambda _m: None)
+    _steps(model, opt, lwm, progress)
+    assert lwm.density() == 1.0 and "masks" not in lwm.state_dict()
+    weights = {n: p.detach().clone() for n, p in prunable_parameters(model).items()}
+    lwm.begin_stage(lwm.stages()[1], progress)
+    expected = magnitude_masks(weights, 0.2, "global")
+    assert lwm.masking is not None
+    for name, mask in lwm.masking.masks.items():
+        assert torch.equal(mask, expected[name])
+        assert torch.equal(weights[name] * mask, prunable_parameters(model)[name].detach())
+    before = {n: m.clone() for n, m in lwm.masking.masks.items()}
+    for epoch in (1, 2):
+        progress.epoch = epoch
+        _steps(model, opt, lwm, progress)
+        lwm.on_epoch_end(progress)
+    for name, param in prunable_parameters(model).items():
+        assert torch.equal(lwm.masking.masks[name], before[name])
+        assert torch.count_nonzero(param.detach()[~before[name]]) == 0
+    assert lwm.masking.num_active == round(0.2 * lwm.masking.num_prunable)
+
+
+def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
+    torch.manual_seed(0)
+    model = dnr.create_model("vgg16", num_classes=10, width=0.0625)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    masking = Masking(
+        model, opt, density=0.2, redistribution=0.0, grow_by="gradient", keep_regrown_values=False
+    )
+    counts = masking.layer_counts()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    masking.apply_()
+    F.cross_entropy(model(x), y).backward()  # a gradient different from the momentum
+    old = {n: m.clone() for n, m in masking.masks.items()}
+    stats = masking.rewire(0.3)
+    assert masking.layer_counts() == counts
+    for name, param in prunable_parameters(model).items():
+        grown = masking.masks[name] & ~old[name]
+        candidates = ~old[name]
+        if grown.any():  # the grown ones have the largest |grad| among the inactive ones
+            g = param.grad.abs()
+            assert g[grown].min() >= g[candidates & ~grown].max()
+    assert sum(stats.regrown.values()) == sum(stats.lost.values()) > 0
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "stages"),
+    [
+        ("lwm", "{pretrain_epochs: 1}", ["pretrain", "finetune", "finetune"]),
+        ("lwm", "{pretrain_epochs: 1, scope: layer}", ["pretrain", "finetune", "finetune"]),
+        ("flyingbird", "{}", ["train", "train", "train"]),
+    ],
+)
+def test_baselines_train_to_the_exact_density_and_export(tmp_path, method, options, stages) -> None:
+    overrides = tiny_overrides(
+        sparsity__method=method, sparsity__density=0.1, sparsity__options=options
+    )
+    cfg = load_config(None, overrides)
+    result = dnr.train(cfg, tmp_path / "run", **QUIET)
+    records = _records(tmp_path / "run")
+    assert [r.get("stage", "train") for r in records] == stages
+    assert result.sparsity.density() == pytest.approx(
+        round(0.1 * result.sparsity.masking.num_prunable) / result.sparsity.masking.num_prunable
+    )
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["sparsity"]["method"] == method
+    if method == "flyingbird":  # per-layer budgets never move
+        first = records[0]["layer_density_init"]
+        assert all(r["layer_density"] == first for r in records)
+    export_run(tmp_path / "run", "sparse", tmp_path / "sparse")
+    model = dnr.load_model(tmp_path / "sparse")
+    nonzero = sum(int(torch.count_nonzero(p)) for p in prunable_parameters(model).values())
+    assert nonzero <= meta["sparsity"]["num_active"]
+    report = dnr.evaluate_model(
+        model, *_test_batch(), protocol="dnr", progress=False, sanity=False, device="cpu"
+    )
+    assert 0.0 <= report.results[0].accuracy <= 1.0
+
+
+def _test_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return (torch.rand(16, 3, 32, 32, generator=gen) * 255).to(torch.uint8), torch.randint(
+        0, 10, (16,), generator=gen
+    )
+
+
+def test_method_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="lwm has no option bogus"):
+        load_config(None, tiny_overrides(sparsity__method="lwm", sparsity__options="{bogus: 1}"))
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        load_config(
+            None,
+            tiny_overrides(sparsity__method="lwm", sparsity__options="{pretrain_epochs: 3}"),
+        )
+    with pytest.raises(ConfigError, match="dnr has no option"):
+        load_config(None, tiny_overrides(sparsity__method="dnr", sparsity__options="{x: 1}"))
