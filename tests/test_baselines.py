@@ -13,6 +13,7 @@ from conftest import tiny_overrides
 from dnr.config import ConfigError, load_config
 from dnr.export import export_run
 from dnr.sparsity import Masking, Progress, build_sparsity
+from dnr.sparsity.admm import project
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.lwm import magnitude_masks
 
@@ -83,6 +84,33 @@ def test_lwm_stays_dense_then_prunes_by_magnitude_and_never_moves_its_mask(tiny_
     assert lwm.masking.num_active == round(0.2 * lwm.masking.num_prunable)
 
 
+def test_admm_projects_onto_the_top_k_per_layer_and_accumulates_the_residual(tiny_config) -> None:
+    x = torch.tensor([[0.5, -3.0, 0.1], [2.0, -0.2, 2.0]])
+    assert project(x, 3).tolist() == [[0.0, -3.0, 0.0], [2.0, 0.0, 2.0]]  # ties: lower index
+    model, opt, admm = _method(tiny_config, "admm", pretrain_epochs=1, admm_epochs=1, rho=0.5)
+    assert [s.name for s in admm.stages()] == ["pretrain", "admm", "finetune"]
+    progress = Progress(step=0, epoch=1, epochs=3, steps_per_epoch=3, log=lambda _m: None)
+    admm.begin_stage(admm.stages()[1], progress)
+    weights = prunable_parameters(model)
+    budgets = admm._budgets(weights)
+    assert sum(budgets.values()) == round(0.2 * sum(w.numel() for w in weights.values()))
+    for name, z in admm.z.items():
+        assert int(torch.count_nonzero(z)) == budgets[name]
+        kept = weights[name].detach().abs()[z != 0]
+        assert kept.min() >= weights[name].detach().abs()[z == 0].max()
+    term = admm.loss_term(model)
+    assert term is not None and term.requires_grad and float(term.detach()) > 0
+    _steps(model, opt, admm, progress)
+    u_before = {n: u.clone() for n, u in admm.u.items()}
+    admm.on_epoch_end(progress)
+    for name, w in prunable_parameters(model).items():
+        assert int(torch.count_nonzero(admm.z[name])) <= budgets[name]
+        torch.testing.assert_close(admm.u[name], u_before[name] + w.detach() - admm.z[name])
+    admm.begin_stage(admm.stages()[2], progress)  # hard prune: each layer keeps its k_l
+    assert admm.masking is not None and admm.masking.layer_counts() == budgets
+    assert admm.loss_term(model) is None
+
+
 def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
     torch.manual_seed(0)
     model = dnr.create_model("vgg16", num_classes=10, width=0.0625)
@@ -114,6 +142,11 @@ def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
         ("lwm", "{pretrain_epochs: 1}", ["pretrain", "finetune", "finetune"]),
         ("lwm", "{pretrain_epochs: 1, scope: layer}", ["pretrain", "finetune", "finetune"]),
         ("flyingbird", "{}", ["train", "train", "train"]),
+        (
+            "admm",
+            "{pretrain_epochs: 1, admm_epochs: 1, rho: 0.1}",
+            ["pretrain", "admm", "finetune"],
+        ),
     ],
 )
 def test_baselines_train_to_the_exact_density_and_export(tmp_path, method, options, stages) -> None:
@@ -156,6 +189,10 @@ def test_method_options_are_checked() -> None:
         load_config(
             None,
             tiny_overrides(sparsity__method="lwm", sparsity__options="{pretrain_epochs: 3}"),
+        )
+    with pytest.raises(ConfigError, match="room to fine-tune"):
+        load_config(
+            None, tiny_overrides(sparsity__method="admm", sparsity__options="{admm_epochs: 3}")
         )
     with pytest.raises(ConfigError, match="dnr has no option"):
         load_config(None, tiny_overrides(sparsity__method="dnr", sparsity__options="{x: 1}"))

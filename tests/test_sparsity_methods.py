@@ -134,7 +134,9 @@ def test_stages_must_cover_the_run() -> None:
 
 
 def test_an_unknown_method_is_a_config_error_listing_the_registered_ones() -> None:
-    with pytest.raises(ConfigError, match="choose one of dense, dnr, flyingbird, lwm, static"):
+    with pytest.raises(
+        ConfigError, match="choose one of admm, dense, dnr, flyingbird, lwm, static"
+    ):
         load_config(None, ["sparsity.method=hydra"])
 
 

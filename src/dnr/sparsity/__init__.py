@@ -2,8 +2,8 @@
 
 * ``base``: the :class:`SparsityMethod` interface, :class:`Stage`, :class:`Progress`, the
   registry functions (``register_method``, ``build_sparsity``, ``list_methods``).
-* ``dense``, ``static``, ``dnr``, ``lwm``, ``flyingbird``: the built-in methods (one
-  module each).
+* ``dense``, ``static``, ``dnr``, ``lwm``, ``admm``, ``flyingbird``: the built-in methods
+  (one module each).
 * ``masking``: :class:`Masking`, the object that owns per-weight masks and rewires them;
   ``channel_masking``: :class:`ChannelMasking`, the same for whole output channels, with
   ``channels`` (:class:`ChannelLayout`: what kept channels cost once compacted);
@@ -11,6 +11,7 @@
   prune-rate schedule; ``layers``: which tensors are prunable.
 """
 
+from dnr.sparsity import admm as _admm  # noqa: F401  (registers "admm")
 from dnr.sparsity import channel_masking as _channel  # noqa: F401  (registers "channel")
 from dnr.sparsity import dense as _dense  # noqa: F401  (registers "dense")
 from dnr.sparsity import dnr as _dnr  # noqa: F401  (registers "dnr")
