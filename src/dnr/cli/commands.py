@@ -134,6 +134,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from dnr.compare import run_compare
+
+    methods = None if args.methods is None else args.methods.split(",")
+    try:
+        path = run_compare(
+            args.config,
+            args.out,
+            methods,
+            args.overrides,
+            progress=False if args.quiet else None,
+            log=_log_for(args.quiet),
+        )
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; run the same dnr compare command again to continue "
+            "(finished runs are reused, the interrupted one resumes)",
+            file=sys.stderr,
+        )
+        return 130
+    print()
+    print(path.read_text(), end="")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.kind is not None:
         for name, _ in LIST_KINDS[args.kind]():
@@ -151,5 +176,6 @@ COMMANDS = {
     "report": _cmd_report,
     "export": _cmd_export,
     "demo": _cmd_demo,
+    "compare": _cmd_compare,
     "list": _cmd_list,
 }

@@ -358,6 +358,49 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
 
+def _compare_epilog() -> str:
+    return f"""\
+sparsity methods (--methods, comma-separated; default: all of them):
+{format_entries(_entries("SPARSITY_METHODS"))}
+every method trains with the same config, seed, data and budget (only sparsity.method
+differs) into OUT/<method>/; then OUT/comparison.json, .md and .png. Run the same command
+again after an interruption: finished runs are reused, an interrupted one resumes.
+example:
+  dnr compare --config demo --out runs/cmp --methods dense,static,dnr train.epochs=5
+"""
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train and evaluate several sparsity methods with one recipe; one table",
+        description="Train and evaluate each method (as dnr train would) with the same "
+        "config, seed, data and budget, then tabulate densities, epochs, images seen and "
+        "clean / attack / worst-case accuracy, and plot clean vs. worst-case accuracy.",
+        epilog_factory=_compare_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        intermixed=True,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file or bundled preset name (dnr list presets); default: built-in defaults",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="directory for one run directory per method and the comparison files",
+    )
+    p.add_argument(
+        "--methods",
+        metavar="A,B,...",
+        help="comma-separated sparsity methods, listed below (default: every registered one)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+
 def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
@@ -391,5 +434,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_export(sub)
     _add_demo(sub)
+    _add_compare(sub)
     _add_list(sub)
     return parser
