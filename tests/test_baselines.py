@@ -142,6 +142,7 @@ def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
         ("lwm", "{pretrain_epochs: 1}", ["pretrain", "finetune", "finetune"]),
         ("lwm", "{pretrain_epochs: 1, scope: layer}", ["pretrain", "finetune", "finetune"]),
         ("flyingbird", "{}", ["train", "train", "train"]),
+        ("lasso", "{sparsify_epochs: 1, lam: 0.001}", ["sparsify", "finetune", "finetune"]),
         (
             "admm",
             "{pretrain_epochs: 1, admm_epochs: 1, rho: 0.1}",
@@ -157,11 +158,16 @@ def test_baselines_train_to_the_exact_density_and_export(tmp_path, method, optio
     result = dnr.train(cfg, tmp_path / "run", **QUIET)
     records = _records(tmp_path / "run")
     assert [r.get("stage", "train") for r in records] == stages
-    assert result.sparsity.density() == pytest.approx(
-        round(0.1 * result.sparsity.masking.num_prunable) / result.sparsity.masking.num_prunable
-    )
+    masking = result.sparsity.masking
+    target = round(0.1 * masking.num_prunable)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["sparsity"]["method"] == method
+    if method == "lasso":  # channels, whatever sparsity.granularity says: within one channel
+        assert meta["sparsity"]["mode"] == "channel"
+        assert 0.9 * target < masking.num_active <= target
+        export_run(tmp_path / "run", "compact", tmp_path / "compact")
+    else:
+        assert masking.num_active == target
     if method == "flyingbird":  # per-layer budgets never move
         first = records[0]["layer_density_init"]
         assert all(r["layer_density"] == first for r in records)
@@ -180,6 +186,26 @@ def _test_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.rand(16, 3, 32, 32, generator=gen) * 255).to(torch.uint8), torch.randint(
         0, 10, (16,), generator=gen
     )
+
+
+def test_group_lasso_drives_channel_norms_down(tiny_config) -> None:
+    from dnr.sparsity.lasso import group_norms
+
+    norms = {}
+    for lam in (0.0, 0.5):
+        model, opt, lasso = _method(tiny_config, "lasso", lam=lam)
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.rand(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        for _ in range(10):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            term = lasso.loss_term(model)
+            assert (term is None) == (lam == 0)
+            (loss + (term if term is not None else 0)).backward()
+            opt.step()
+        norms[lam] = torch.cat([n.detach() for n in group_norms(model, lasso.layout)])
+    assert norms[0.5].sum() < 0.8 * norms[0.0].sum()
+    assert (norms[0.5] < norms[0.0]).float().mean() > 0.9  # nearly every channel shrinks
 
 
 def test_method_options_are_checked() -> None:

@@ -53,6 +53,8 @@ class ChannelMasking:
         generator: CPU generator for the initial random channels.
         regrow_pruned, keep_regrown_values, redistribution, grow_momentum: as for
             :class:`~dnr.sparsity.masking.Masking`, per channel instead of per weight.
+        initial_masks: kept channels to start from (producer -> bool vector, within the
+            budget) instead of random ones.
     """
 
     granularity = "channel"
@@ -70,6 +72,7 @@ class ChannelMasking:
         keep_regrown_values: bool = True,
         redistribution: float = 0.3,
         grow_momentum: str = "zero",
+        initial_masks: Mapping[str, Tensor] | None = None,
     ) -> None:
         if not 0.0 < float(density) <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
@@ -88,6 +91,9 @@ class ChannelMasking:
         self._params = {canonical_name(n): p for n, p in params.items()}
         self._producers = [modules[g.producer] for g in self.layout.groups]
         self._norms = [modules[g.norm] for g in self.layout.groups]
+        if initial_masks is not None:  # e.g. the largest-norm channels after group lasso
+            self.adopt({"granularity": self.granularity, "masks": initial_masks})
+            return
         counts = self.layout.uniform_counts(self.target_active)
         self.masks: dict[str, Tensor] = {}
         for name, size, k in zip(self.layout.names, self.layout.sizes, counts):

@@ -10,6 +10,8 @@ it lost, so the per-layer budgets set at initialisation (``sparsity.init``: ``un
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from dnr.sparsity.base import register_method
@@ -25,7 +27,7 @@ class FlyingBird(DNR):
 
     name = "flyingbird"
     description = "dynamic sparse training: prune by |w|, regrow by |gradient|, fixed layer budgets"
-    granularities = ("weight",)
+    granularities: ClassVar[tuple[str, ...]] = ("weight",)
 
     def build_masks(self, generator: torch.Generator) -> Masking:
         s = self.cfg.sparsity

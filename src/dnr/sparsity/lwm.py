@@ -11,7 +11,7 @@ prunes another run's trained dense weights instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -58,7 +58,7 @@ class LWM(MaskedMethod):
 
     name = "lwm"
     description = "least weight magnitude: train dense, prune by |w| once, fine-tune the mask"
-    granularities = ("weight",)
+    granularities: ClassVar[tuple[str, ...]] = ("weight",)
     option_defaults = {"pretrain_epochs": None, "scope": "global"}
 
     @classmethod
