@@ -111,6 +111,38 @@ def test_admm_projects_onto_the_top_k_per_layer_and_accumulates_the_residual(tin
     assert admm.loss_term(model) is None
 
 
+def test_hydra_freezes_the_weights_trains_the_scores_and_masks_their_top_k(tiny_config) -> None:
+    from dnr.sparsity.hydra import top_k_mask
+
+    model, opt, hydra = _method(tiny_config, "hydra", pretrain_epochs=1, prune_epochs=1)
+    assert [s.name for s in hydra.stages()] == ["pretrain", "prune", "finetune"]
+    progress = Progress(step=0, epoch=1, epochs=3, steps_per_epoch=3, log=lambda _m: None)
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hydra.begin_stage(hydra.stages()[1], progress)
+    weights = prunable_parameters(model)
+    budgets = hydra._budgets(weights)
+    for name, score in hydra.scores.items():  # initialised proportional to |w|
+        ratio = score.detach() / pretrained[name].abs().clamp_min(1e-12)
+        assert torch.allclose(ratio[pretrained[name] != 0], ratio[pretrained[name] != 0][0])
+    scores_before = {n: s.detach().clone() for n, s in hydra.scores.items()}
+    _steps(model, opt, hydra, progress, n=4)
+    moved = sum(float((hydra.scores[n].detach() - s).abs().sum()) for n, s in scores_before.items())
+    assert moved > 0
+    for name, p in model.named_parameters():
+        if name in hydra.scores:  # the frozen weight times the top-k of the current scores
+            mask = top_k_mask(hydra.scores[name], budgets[name])
+            assert int(mask.sum()) == budgets[name]
+            assert torch.equal(p.detach(), pretrained[name] * mask)
+        else:
+            assert torch.equal(p.detach(), pretrained[name]), name  # BN etc. frozen too
+    final = {n: top_k_mask(s, budgets[n]) for n, s in hydra.scores.items()}
+    hydra.begin_stage(hydra.stages()[2], progress)
+    assert hydra.masking is not None
+    for name, mask in hydra.masking.masks.items():
+        assert torch.equal(mask, final[name])
+    assert hydra.masking.layer_counts() == budgets
+
+
 def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
     torch.manual_seed(0)
     model = dnr.create_model("vgg16", num_classes=10, width=0.0625)
@@ -143,6 +175,7 @@ def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
         ("lwm", "{pretrain_epochs: 1, scope: layer}", ["pretrain", "finetune", "finetune"]),
         ("flyingbird", "{}", ["train", "train", "train"]),
         ("lasso", "{sparsify_epochs: 1, lam: 0.001}", ["sparsify", "finetune", "finetune"]),
+        ("hydra", "{pretrain_epochs: 1, prune_epochs: 1}", ["pretrain", "prune", "finetune"]),
         (
             "admm",
             "{pretrain_epochs: 1, admm_epochs: 1, rho: 0.1}",

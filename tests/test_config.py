@@ -116,7 +116,10 @@ def test_int_given_for_float_field_becomes_float() -> None:
         ("trian.epochs=2", "SECTION one of data, model, attack, train, sparsity, eval"),
         ("epochs=2", "unknown key 'epochs'"),
         ("model.name=alexnet", "choose one of resnet18, vgg16"),
-        ("sparsity.method=magic", "choose one of admm, dense, dnr, flyingbird, lasso, lwm, static"),
+        (
+            "sparsity.method=magic",
+            "choose one of admm, dense, dnr, flyingbird, hydra, lasso, lwm, static",
+        ),
         ("train.epochs=0", "train.epochs: must be >= 1"),
         ("train.epochs=two", "train.epochs: expected an integer"),
         ("sparsity.density=1.5", "sparsity.density: must be in (0, 1]"),

@@ -2,8 +2,8 @@
 
 * ``base``: the :class:`SparsityMethod` interface, :class:`Stage`, :class:`Progress`, the
   registry functions (``register_method``, ``build_sparsity``, ``list_methods``).
-* ``dense``, ``static``, ``dnr``, ``lwm``, ``admm``, ``lasso``, ``flyingbird``: the built-in methods
-  (one module each).
+* ``dense``, ``static``, ``dnr``: the reference, the control and the method; ``lwm``,
+  ``admm``, ``lasso``, ``hydra``, ``flyingbird``: the baselines (one module each).
 * ``masking``: :class:`Masking`, the object that owns per-weight masks and rewires them;
   ``channel_masking``: :class:`ChannelMasking`, the same for whole output channels, with
   ``channels`` (:class:`ChannelLayout`: what kept channels cost once compacted);
@@ -16,6 +16,7 @@ from dnr.sparsity import channel_masking as _channel  # noqa: F401  (registers "
 from dnr.sparsity import dense as _dense  # noqa: F401  (registers "dense")
 from dnr.sparsity import dnr as _dnr  # noqa: F401  (registers "dnr")
 from dnr.sparsity import flyingbird as _flyingbird  # noqa: F401  (registers "flyingbird")
+from dnr.sparsity import hydra as _hydra  # noqa: F401  (registers "hydra")
 from dnr.sparsity import lasso as _lasso  # noqa: F401  (registers "lasso")
 from dnr.sparsity import lwm as _lwm  # noqa: F401  (registers "lwm")
 from dnr.sparsity import static as _static  # noqa: F401  (registers "static")

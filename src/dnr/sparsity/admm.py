@@ -20,12 +20,47 @@ from torch import Tensor
 
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, Stage, register_method
-from dnr.sparsity.budgets import layer_budgets
-from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.lwm import LWM, magnitude_masks
 from dnr.sparsity.rewiring import _select
 
-__all__ = ["ADMM", "project"]
+__all__ = ["ADMM", "check_three_stages", "project", "three_stages"]
+
+
+def _split(cfg: Any, middle: str) -> tuple[int, int]:
+    """Epochs of ``pretrain`` and of the middle stage (default: a third of the run each)."""
+    opts, epochs = cfg.sparsity.options, cfg.train.epochs
+    pre, mid = opts.get("pretrain_epochs"), opts.get(f"{middle}_epochs")
+    return (
+        epochs // 3 if pre is None else int(pre),
+        max(1, epochs // 3) if mid is None else int(mid),
+    )
+
+
+def three_stages(cfg: Any, middle: str) -> list[Stage]:
+    """``pretrain`` → ``middle`` → ``finetune`` (empty stages left out)."""
+    pre, mid = _split(cfg, middle)
+    plan = [
+        Stage("pretrain", pre),
+        Stage(middle, mid),
+        Stage("finetune", cfg.train.epochs - pre - mid),
+    ]
+    return [s for s in plan if s.epochs > 0]
+
+
+def check_three_stages(cfg: Any, middle: str) -> None:
+    """``ConfigError`` unless the stage lengths are integers that leave room to fine-tune."""
+    opts, epochs = cfg.sparsity.options, cfg.train.epochs
+    for key in ("pretrain_epochs", f"{middle}_epochs"):
+        value = opts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"sparsity.options.{key}: must be an integer, got {value!r}")
+    pre, mid = _split(cfg, middle)
+    if pre < 0 or mid < 1 or pre + mid >= epochs:
+        raise ConfigError(
+            f"sparsity.options: {cfg.sparsity.method} needs pretrain_epochs >= 0, "
+            f"{middle}_epochs >= 1 and room to fine-tune in train.epochs={epochs} "
+            f"(got {pre} + {mid})"
+        )
 
 
 @torch.no_grad()
@@ -50,29 +85,11 @@ class ADMM(LWM):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        opts, epochs = cfg.sparsity.options, cfg.train.epochs
-        for key in ("pretrain_epochs", "admm_epochs"):
-            value = opts.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"sparsity.options.{key}: must be an integer, got {value!r}")
-        pre, admm = cls._split(opts, epochs)
-        if pre < 0 or admm < 1 or pre + admm >= epochs:
-            raise ConfigError(
-                f"sparsity.options: admm needs pretrain_epochs >= 0, admm_epochs >= 1 and "
-                f"room to fine-tune in train.epochs={epochs} (got {pre} + {admm})"
-            )
+        check_three_stages(cfg, "admm")
         for key in ("rho", "rho_growth"):
-            value = opts.get(key, cls.option_defaults[key])
+            value = cfg.sparsity.options.get(key, cls.option_defaults[key])
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"sparsity.options.{key}: must be a positive number")
-
-    @staticmethod
-    def _split(opts: Mapping[str, Any], epochs: int) -> tuple[int, int]:
-        pre, admm = opts.get("pretrain_epochs"), opts.get("admm_epochs")
-        return (
-            epochs // 3 if pre is None else int(pre),
-            max(1, epochs // 3) if admm is None else int(admm),
-        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,17 +98,7 @@ class ADMM(LWM):
         self.rho = float(self.option("rho"))
 
     def stages(self) -> list[Stage]:
-        epochs = self.cfg.train.epochs
-        pre, admm = self._split(self.cfg.sparsity.options, epochs)
-        plan = [Stage("pretrain", pre), Stage("admm", admm), Stage("finetune", epochs - pre - admm)]
-        return [s for s in plan if s.epochs > 0]
-
-    def _weights(self) -> dict[str, torch.nn.Parameter]:
-        return prunable_parameters(self.model, self.cfg.sparsity.exclude)
-
-    def _budgets(self, weights: Mapping[str, Tensor]) -> dict[str, int]:
-        counts = layer_budgets([w.numel() for w in weights.values()], self.cfg.sparsity.density)
-        return dict(zip(weights, counts))
+        return three_stages(self.cfg, "admm")
 
     @torch.no_grad()
     def _update(self) -> None:

@@ -91,8 +91,7 @@ class LWM(MaskedMethod):
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name != "finetune":
             return
-        weights = prunable_parameters(self.model, self.cfg.sparsity.exclude)
-        masks = magnitude_masks(weights, self.cfg.sparsity.density, self.option("scope"))
+        masks = magnitude_masks(self._weights(), self.cfg.sparsity.density, self.option("scope"))
         self._build(masks)
         progress.log(
             f"lwm: pruned to density {self.masking.density():.4f} by "  # type: ignore[union-attr]
@@ -108,6 +107,14 @@ class LWM(MaskedMethod):
             **shared_options(self.cfg.sparsity),
         )
         self._initial_layer_density = self.masking.layer_densities()
+
+    def _weights(self) -> dict[str, torch.nn.Parameter]:
+        return prunable_parameters(self.model, self.cfg.sparsity.exclude)
+
+    def _budgets(self, weights: Mapping[str, Tensor]) -> dict[str, int]:
+        """Each layer's uniform share of ``round(density · N)``."""
+        counts = layer_budgets([w.numel() for w in weights.values()], self.cfg.sparsity.density)
+        return dict(zip(weights, counts))
 
     def after_step(self, progress: Progress) -> None:
         if self.masking is not None:
