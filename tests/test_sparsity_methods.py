@@ -137,7 +137,7 @@ def test_an_unknown_method_is_a_config_error_listing_the_registered_ones() -> No
     with pytest.raises(
         ConfigError, match="choose one of admm, dense, dnr, flyingbird, hydra, lasso, lwm, static"
     ):
-        load_config(None, ["sparsity.method=hydra"])
+        load_config(None, ["sparsity.method=magic"])
 
 
 def test_registering_a_non_method_is_refused() -> None:
