@@ -42,7 +42,7 @@ def _method(tiny_config, name: str, **options):
     cfg = tiny_config
     cfg.sparsity.method = name
     cfg.sparsity.density = 0.2
-    cfg.sparsity.options = dict(options)
+    cfg.sparsity.options = {name: dict(options)}
     torch.manual_seed(0)
     model = dnr.create_model("vgg16", num_classes=10, width=0.0625)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -171,14 +171,26 @@ def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
 @pytest.mark.parametrize(
     ("method", "options", "stages"),
     [
-        ("lwm", "{pretrain_epochs: 1}", ["pretrain", "finetune", "finetune"]),
-        ("lwm", "{pretrain_epochs: 1, scope: layer}", ["pretrain", "finetune", "finetune"]),
+        ("lwm", "{lwm: {pretrain_epochs: 1}}", ["pretrain", "finetune", "finetune"]),
+        (
+            "lwm",
+            "{lwm: {pretrain_epochs: 1, scope: layer}, admm: {rho: 1}}",  # admm's: unused
+            ["pretrain", "finetune", "finetune"],
+        ),
         ("flyingbird", "{}", ["train", "train", "train"]),
-        ("lasso", "{sparsify_epochs: 1, lam: 0.001}", ["sparsify", "finetune", "finetune"]),
-        ("hydra", "{pretrain_epochs: 1, prune_epochs: 1}", ["pretrain", "prune", "finetune"]),
+        (
+            "lasso",
+            "{lasso: {sparsify_epochs: 1, lam: 0.001}}",
+            ["sparsify", "finetune", "finetune"],
+        ),
+        (
+            "hydra",
+            "{hydra: {pretrain_epochs: 1, prune_epochs: 1}}",
+            ["pretrain", "prune", "finetune"],
+        ),
         (
             "admm",
-            "{pretrain_epochs: 1, admm_epochs: 1, rho: 0.1}",
+            "{admm: {pretrain_epochs: 1, admm_epochs: 1, rho: 0.1}}",
             ["pretrain", "admm", "finetune"],
         ),
     ],
@@ -242,16 +254,19 @@ def test_group_lasso_drives_channel_norms_down(tiny_config) -> None:
 
 
 def test_method_options_are_checked() -> None:
-    with pytest.raises(ConfigError, match="lwm has no option bogus"):
-        load_config(None, tiny_overrides(sparsity__method="lwm", sparsity__options="{bogus: 1}"))
-    with pytest.raises(ConfigError, match="pretrain_epochs"):
-        load_config(
-            None,
-            tiny_overrides(sparsity__method="lwm", sparsity__options="{pretrain_epochs: 3}"),
-        )
+    def load(method: str, options: str) -> None:
+        load_config(None, tiny_overrides(sparsity__method=method, sparsity__options=options))
+
+    with pytest.raises(ConfigError, match="sparsity.options.lwm: no option bogus"):
+        load("lwm", "{lwm: {bogus: 1}}")
+    with pytest.raises(ConfigError, match="sparsity.options.lwm: no option bogus"):
+        load("dnr", "{lwm: {bogus: 1}}")  # every method's entry is checked (dnr compare)
+    with pytest.raises(ConfigError, match="keys are method names"):
+        load("lwm", "{pretrain_epochs: 1}")
+    with pytest.raises(ConfigError, match="sparsity.options.lwm.pretrain_epochs"):
+        load("lwm", "{lwm: {pretrain_epochs: 3}}")
     with pytest.raises(ConfigError, match="room to fine-tune"):
-        load_config(
-            None, tiny_overrides(sparsity__method="admm", sparsity__options="{admm_epochs: 3}")
-        )
-    with pytest.raises(ConfigError, match="dnr has no option"):
-        load_config(None, tiny_overrides(sparsity__method="dnr", sparsity__options="{x: 1}"))
+        load("admm", "{admm: {admm_epochs: 3}}")
+    with pytest.raises(ConfigError, match="sparsity.options.dnr: no option x .it takes none"):
+        load("dnr", "{dnr: {x: 1}}")
+    load("dnr", "{lwm: {pretrain_epochs: 2}}")  # another method's valid options: fine

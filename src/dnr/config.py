@@ -110,8 +110,8 @@ class SparsityConfig:
     grow_momentum: GrowMomentum = "zero"  # momentum of newly grown weights (paper: keep)
     rewire_until: float = 0.75  # fraction of the run after which the masks stay fixed (paper: 1)
     bn_refresh_batches: int = 8  # re-estimate BN statistics on N batches after a rewiring
-    # method-specific settings (`dnr list methods`; e.g. lwm: {pretrain_epochs: 3}),
-    # checked by the method: unknown keys are refused
+    # method-specific settings, one entry per method (so one config serves `dnr compare`),
+    # e.g. {lwm: {pretrain_epochs: 3}, admm: {rho: 0.01}}; unknown keys are refused
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -341,19 +341,19 @@ def validate(cfg: Config) -> None:
         "(ERK is a per-weight rule)",
     )
     method = SPARSITY_METHODS.get(s.method)
-    known = getattr(method, "option_defaults", {})
-    unknown = sorted(set(s.options) - set(known))
-    _check(
-        not unknown,
-        f"sparsity.options: {s.method} has no option {', '.join(map(str, unknown))}"
-        + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)"),
-    )
-    supported = getattr(method, "granularities", ())
-    _check(
-        not supported or s.granularity in supported,
-        f"sparsity.granularity: sparsity.method={s.method} supports {', '.join(supported)}, "
-        f"not {s.granularity}",
-    )
+    for name, entry in s.options.items():  # one entry per method: {lwm: {scope: layer}}
+        _check(
+            name in SPARSITY_METHODS and isinstance(entry, dict),
+            f"sparsity.options: keys are method names with their settings, e.g. "
+            f"{{lwm: {{pretrain_epochs: 2}}}}; got {name!r}: {entry!r}",
+        )
+        known = getattr(SPARSITY_METHODS.get(name), "option_defaults", {})
+        unknown = sorted(set(entry) - set(known))
+        _check(
+            not unknown,
+            f"sparsity.options.{name}: no option {', '.join(map(str, unknown))}"
+            + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)"),
+        )
     method.check_config(cfg)
 
 

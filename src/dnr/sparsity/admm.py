@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dnr.errors import ConfigError
-from dnr.sparsity.base import Progress, Stage, register_method
+from dnr.sparsity.base import Progress, Stage, method_options, register_method
 from dnr.sparsity.lwm import LWM, magnitude_masks
 from dnr.sparsity.rewiring import _select
 
@@ -28,7 +28,7 @@ __all__ = ["ADMM", "check_three_stages", "project", "three_stages"]
 
 def _split(cfg: Any, middle: str) -> tuple[int, int]:
     """Epochs of ``pretrain`` and of the middle stage (default: a third of the run each)."""
-    opts, epochs = cfg.sparsity.options, cfg.train.epochs
+    opts, epochs = method_options(cfg), cfg.train.epochs
     pre, mid = opts.get("pretrain_epochs"), opts.get(f"{middle}_epochs")
     return (
         epochs // 3 if pre is None else int(pre),
@@ -49,11 +49,13 @@ def three_stages(cfg: Any, middle: str) -> list[Stage]:
 
 def check_three_stages(cfg: Any, middle: str) -> None:
     """``ConfigError`` unless the stage lengths are integers that leave room to fine-tune."""
-    opts, epochs = cfg.sparsity.options, cfg.train.epochs
+    opts, epochs = method_options(cfg), cfg.train.epochs
     for key in ("pretrain_epochs", f"{middle}_epochs"):
         value = opts.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"sparsity.options.{key}: must be an integer, got {value!r}")
+            raise ConfigError(
+                f"sparsity.options.{cfg.sparsity.method}.{key}: must be an integer, got {value!r}"
+            )
     pre, mid = _split(cfg, middle)
     if pre < 0 or mid < 1 or pre + mid >= epochs:
         raise ConfigError(
@@ -87,9 +89,11 @@ class ADMM(LWM):
     def check_config(cls, cfg: Any) -> None:
         check_three_stages(cfg, "admm")
         for key in ("rho", "rho_growth"):
-            value = cfg.sparsity.options.get(key, cls.option_defaults[key])
+            value = method_options(cfg).get(key, cls.option_defaults[key])
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"sparsity.options.{key}: must be a positive number")
+                raise ConfigError(
+                    f"sparsity.options.{cfg.sparsity.method}.{key}: must be a positive number"
+                )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

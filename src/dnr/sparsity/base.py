@@ -42,6 +42,7 @@ __all__ = [
     "Stage",
     "build_sparsity",
     "list_methods",
+    "method_options",
     "register_method",
 ]
 
@@ -129,8 +130,8 @@ class SparsityMethod(ABC):
         self.optimizer = optimizer
 
     def option(self, key: str) -> Any:
-        """``sparsity.options[key]``, or this method's default for it."""
-        return self.cfg.sparsity.options.get(key, self.option_defaults[key])
+        """``sparsity.options.<method>.<key>``, or this method's default for it."""
+        return method_options(self.cfg).get(key, self.option_defaults[key])
 
     @property
     def granularity(self) -> str:
@@ -187,6 +188,12 @@ class SparsityMethod(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, density={self.density():.4f})"
+
+
+def method_options(cfg: Config) -> dict[str, Any]:
+    """The configured method's own entry of ``sparsity.options`` (keyed by method name, so
+    one config can carry options for several methods, as ``dnr compare`` needs)."""
+    return dict(cfg.sparsity.options.get(cfg.sparsity.method) or {})
 
 
 def register_method(cls: M) -> M:

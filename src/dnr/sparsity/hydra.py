@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dnr.errors import ConfigError
 from dnr.sparsity.admm import check_three_stages, three_stages
-from dnr.sparsity.base import Progress, Stage, register_method
+from dnr.sparsity.base import Progress, Stage, method_options, register_method
 from dnr.sparsity.lwm import LWM
 from dnr.sparsity.rewiring import _select
 
@@ -46,9 +46,12 @@ class Hydra(LWM):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         check_three_stages(cfg, "prune")
-        lr = cfg.sparsity.options.get("score_lr", cls.option_defaults["score_lr"])
+        lr = method_options(cfg).get("score_lr", cls.option_defaults["score_lr"])
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-            raise ConfigError(f"sparsity.options.score_lr: must be a positive number, got {lr!r}")
+            raise ConfigError(
+                f"sparsity.options.{cfg.sparsity.method}.score_lr: must be a positive number, "
+                f"got {lr!r}"
+            )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

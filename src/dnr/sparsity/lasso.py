@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dnr.errors import ConfigError
-from dnr.sparsity.base import Progress, Stage, register_method
+from dnr.sparsity.base import Progress, Stage, method_options, register_method
 from dnr.sparsity.channel_masking import ChannelMasking
 from dnr.sparsity.channels import ChannelLayout
 from dnr.sparsity.lwm import LWM
@@ -85,15 +85,18 @@ class GroupLasso(LWM):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        opts, epochs = cfg.sparsity.options, cfg.train.epochs
+        opts, epochs = method_options(cfg), cfg.train.epochs
         s = opts.get("sparsify_epochs")
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < epochs):
             raise ConfigError(
-                f"sparsity.options.sparsify_epochs: must be an integer in [0, {epochs}), got {s!r}"
+                f"sparsity.options.{cfg.sparsity.method}.sparsify_epochs: must be an integer "
+                f"in [0, {epochs}), got {s!r}"
             )
         lam = opts.get("lam", cls.option_defaults["lam"])
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-            raise ConfigError(f"sparsity.options.lam: must be a number >= 0, got {lam!r}")
+            raise ConfigError(
+                f"sparsity.options.{cfg.sparsity.method}.lam: must be a number >= 0, got {lam!r}"
+            )
         if cfg.sparsity.init != "uniform":
             raise ConfigError("sparsity.method=lasso prunes channels: set sparsity.init=uniform")
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from dnr.errors import ConfigError
-from dnr.sparsity.base import Progress, Stage, register_method
+from dnr.sparsity.base import Progress, Stage, method_options, register_method
 from dnr.sparsity.budgets import layer_budgets
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.masking import Masking, shared_options
@@ -63,17 +63,19 @@ class LWM(MaskedMethod):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        opts = cfg.sparsity.options
+        opts = method_options(cfg)
         pre = opts.get("pretrain_epochs")
         if pre is not None and (
             isinstance(pre, bool) or not isinstance(pre, int) or not 0 <= pre < cfg.train.epochs
         ):
             raise ConfigError(
-                f"sparsity.options.pretrain_epochs: must be an integer in "
+                f"sparsity.options.{cfg.sparsity.method}.pretrain_epochs: must be an integer in "
                 f"[0, train.epochs={cfg.train.epochs}), got {pre!r}"
             )
         if opts.get("scope", "global") not in SCOPES:
-            raise ConfigError(f"sparsity.options.scope: must be one of {', '.join(SCOPES)}")
+            raise ConfigError(
+                f"sparsity.options.{cfg.sparsity.method}.scope: must be one of {', '.join(SCOPES)}"
+            )
 
     def __init__(self, cfg: Any, model: Any, optimizer: Any, generator: Any) -> None:
         # No mask yet: the weights stay dense until the finetune stage begins.
