@@ -12,6 +12,7 @@ import dnr
 from conftest import tiny_overrides
 from dnr.config import ConfigError, load_config
 from dnr.export import export_run
+from dnr.models.channels import channel_groups
 from dnr.sparsity import Masking, Progress, build_sparsity
 from dnr.sparsity.admm import project
 from dnr.sparsity.layers import prunable_parameters
@@ -109,6 +110,26 @@ def test_admm_projects_onto_the_top_k_per_layer_and_accumulates_the_residual(tin
     admm.begin_stage(admm.stages()[2], progress)  # hard prune: each layer keeps its k_l
     assert admm.masking is not None and admm.masking.layer_counts() == budgets
     assert admm.loss_term(model) is None
+
+
+def test_admm_in_channel_mode_projects_and_prunes_whole_filters(tiny_config) -> None:
+    tiny_config.sparsity.granularity = "channel"
+    model, opt, admm = _method(tiny_config, "admm", pretrain_epochs=1, admm_epochs=1)
+    progress = Progress(step=0, epoch=1, epochs=3, steps_per_epoch=3, log=lambda _m: None)
+    admm.begin_stage(admm.stages()[1], progress)
+    weights, budgets = admm._constrained()
+    assert set(weights) == {f"{g.producer}.weight" for g in channel_groups(model)}
+    for name, z in admm.z.items():  # whole filters: k_g nonzero rows, the largest-norm ones
+        rows = z.flatten(1).ne(0).any(1)
+        assert int(rows.sum()) == budgets[name]
+        norms = weights[name].detach().flatten(1).norm(dim=1)
+        assert norms[rows].min() >= norms[~rows].max()
+    _steps(model, opt, admm, progress)
+    admm.on_epoch_end(progress)
+    admm.begin_stage(admm.stages()[2], progress)
+    assert admm.granularity == "channel"
+    assert admm.masking.channel_counts() == list(budgets.values())
+    assert admm.masking.num_active <= admm.masking.target_active
 
 
 def test_hydra_freezes_the_weights_trains_the_scores_and_masks_their_top_k(tiny_config) -> None:

@@ -1,4 +1,4 @@
-"""``admm``: robust ADMM pruning (Ye et al., ICCV 2019), irregular, per-layer budgets.
+"""``admm``: robust ADMM pruning (Ye et al., ICCV 2019), per-layer budgets, weights or filters.
 
 Three stages in one ``dnr train``: dense adversarial ``pretrain``; an ``admm`` stage that
 adds ``ρ/2 · Σ_l ||W_l − Z_l + U_l||²`` to the hybrid loss, where after every epoch
@@ -6,24 +6,28 @@ adds ``ρ/2 · Σ_l ||W_l − Z_l + U_l||²`` to the hybrid loss, where after ev
 and ``U_l += W_l − Z_l`` accumulates the residual (ρ grows by ``rho_growth`` per epoch);
 then hard pruning to each layer's k_l largest weights and masked adversarial ``finetune``.
 k_l is layer l's uniform share of ``round(density · N)``, as the paper's per-layer
-constraint. Options: ``pretrain_epochs``, ``admm_epochs`` (default a third of the run
-each), ``rho`` (1e-2), ``rho_growth`` (1.0: constant).
+constraint. With ``sparsity.granularity: channel`` the constraint is on output channels
+(filter pruning): each channel group keeps its uniform channel count of the channel-mode
+budget, Z keeps the largest-norm filters, and the finetune stage fixes those channels.
+Options: ``pretrain_epochs``, ``admm_epochs`` (default a third of the run each), ``rho``
+(1e-2), ``rho_growth`` (1.0: constant).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, Stage, method_options, register_method
+from dnr.sparsity.channels import ChannelLayout
 from dnr.sparsity.lwm import LWM, magnitude_masks
 from dnr.sparsity.rewiring import _select
 
-__all__ = ["ADMM", "check_three_stages", "project", "three_stages"]
+__all__ = ["ADMM", "check_three_stages", "project", "project_rows", "three_stages"]
 
 
 def _split(cfg: Any, middle: str) -> tuple[int, int]:
@@ -66,6 +70,18 @@ def check_three_stages(cfg: Any, middle: str) -> None:
 
 
 @torch.no_grad()
+def top_rows(x: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` output channels (rows) of ``x`` with the largest norm."""
+    return _select(x.detach().flatten(1).norm(dim=1).float(), k, largest=True)
+
+
+@torch.no_grad()
+def project_rows(x: Tensor, k: int) -> Tensor:
+    """``x`` with all but its ``k`` largest-norm output channels (rows) set to 0."""
+    return x * top_rows(x, k).view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+
+
+@torch.no_grad()
 def project(x: Tensor, k: int) -> Tensor:
     """``x`` with all but its ``k`` largest-|x| entries set to 0 (ties → lower index)."""
     keep = _select(x.abs().flatten().float(), k, largest=True)
@@ -78,6 +94,7 @@ class ADMM(LWM):
 
     name = "admm"
     description = "robust ADMM: dense pretrain, ADMM to per-layer sparsity, prune, finetune"
+    granularities: ClassVar[tuple[str, ...]] = ("weight", "channel")
     option_defaults = {
         "pretrain_epochs": None,
         "admm_epochs": None,
@@ -104,34 +121,51 @@ class ADMM(LWM):
     def stages(self) -> list[Stage]:
         return three_stages(self.cfg, "admm")
 
+    def _constrained(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, int]]:
+        """The weights under the sparsity constraint and each one's k: entries per layer
+        (weight mode), or output channels per channel group's producer (channel mode)."""
+        if self.granularity != "channel":
+            weights = self._weights()
+            return weights, self._budgets(weights)
+        layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
+        counts = layout.uniform_counts(round(self.cfg.sparsity.density * layout.num_prunable))
+        weights = self._weights()
+        names = [f"{g}.weight" for g in layout.names]
+        return {n: weights[n] for n in names}, dict(zip(names, counts))
+
+    def _project(self, x: Tensor, k: int) -> Tensor:
+        return project_rows(x, k) if self.granularity == "channel" else project(x, k)
+
     @torch.no_grad()
     def _update(self) -> None:
         """Z = proj(W + U); U += W − Z."""
-        weights = self._weights()
-        budgets = self._budgets(weights)
+        weights, budgets = self._constrained()
         for name, w in weights.items():
-            self.z[name] = project(w.detach() + self.u[name], budgets[name])
+            self.z[name] = self._project(w.detach() + self.u[name], budgets[name])
             self.u[name] += w.detach() - self.z[name]
 
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "admm":
-            weights = self._weights()
+            weights, budgets = self._constrained()
             self.u = {n: torch.zeros_like(w) for n, w in weights.items()}
-            budgets = self._budgets(weights)
-            self.z = {n: project(w.detach(), budgets[n]) for n, w in weights.items()}
-            progress.log(
-                f"admm: rho {self.rho:g}, per-layer budgets of density {self.cfg.sparsity.density}"
-            )
+            self.z = {n: self._project(w.detach(), budgets[n]) for n, w in weights.items()}
+            progress.log(f"admm: rho {self.rho:g}, {self.granularity} budgets per layer")
         elif stage.name == "finetune":
             self.z, self.u = {}, {}
-            masks = magnitude_masks(self._weights(), self.cfg.sparsity.density, "layer")
+            weights, budgets = self._constrained()
+            if self.granularity == "channel":  # each group's k largest-norm filters
+                masks = {
+                    n.removesuffix(".weight"): top_rows(w, budgets[n]) for n, w in weights.items()
+                }
+            else:
+                masks = magnitude_masks(weights, self.cfg.sparsity.density, "layer")
             self._build(masks)
             progress.log(f"admm: hard-pruned to density {self.density():.4f}; mask fixed")
 
     def loss_term(self, model: torch.nn.Module) -> Tensor | None:
         if not self.z:
             return None
-        weights = self._weights()
+        weights, _ = self._constrained()
         total = sum(((w - self.z[n] + self.u[n]) ** 2).sum() for n, w in weights.items())
         return 0.5 * self.rho * total  # type: ignore[return-value]
 
@@ -140,7 +174,8 @@ class ADMM(LWM):
         if self.z:
             self._update()
             residual = sum(
-                float((w.detach() - self.z[n]).norm() ** 2) for n, w in self._weights().items()
+                float((w.detach() - self.z[n]).norm() ** 2)
+                for n, w in self._constrained()[0].items()
             )
             record["admm"] = {"rho": self.rho, "residual": residual**0.5}
             self.rho *= float(self.option("rho_growth"))

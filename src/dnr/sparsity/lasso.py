@@ -21,10 +21,8 @@ from torch import Tensor, nn
 
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, Stage, method_options, register_method
-from dnr.sparsity.channel_masking import ChannelMasking
 from dnr.sparsity.channels import ChannelLayout
 from dnr.sparsity.lwm import LWM
-from dnr.sparsity.masking import shared_options
 from dnr.statedict import canonical_name
 
 __all__ = ["GroupLasso", "channel_scores"]
@@ -136,15 +134,6 @@ class GroupLasso(LWM):
         masks = strongest_channels(channel_scores(self.model, self.layout), self.layout, target)
         self._build(dict(zip(self.layout.names, masks)))
         progress.log(f"lasso: kept the strongest channels, density {self.density():.4f}")
-
-    def _build(self, masks: Mapping[str, Tensor]) -> None:
-        self.masking = ChannelMasking(  # type: ignore[assignment]
-            self.model,
-            self.optimizer,
-            initial_masks=masks,
-            **shared_options(self.cfg.sparsity),
-        )
-        self._initial_layer_density = self.masking.layer_densities()  # type: ignore[union-attr]
 
     def adopt_masks(self, state: Mapping[str, Any]) -> None:
         raise ValueError("lasso finds its own channels; set train.init_masks=false")

@@ -19,6 +19,7 @@ from torch import Tensor
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, Stage, method_options, register_method
 from dnr.sparsity.budgets import layer_budgets
+from dnr.sparsity.channel_masking import ChannelMasking
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.masking import Masking, shared_options
 from dnr.sparsity.rewiring import _select
@@ -101,14 +102,17 @@ class LWM(MaskedMethod):
         )
 
     def _build(self, masks: Mapping[str, Tensor]) -> None:
-        self.masking = Masking(
-            self.model,
-            self.optimizer,
-            protect_channels=False,
-            initial_masks=masks,
-            **shared_options(self.cfg.sparsity),
-        )
-        self._initial_layer_density = self.masking.layer_densities()
+        """Fix ``masks``: per weight, or per channel group (producer -> kept channels)."""
+        options = shared_options(self.cfg.sparsity)
+        if self.granularity == "channel":
+            self.masking = ChannelMasking(  # type: ignore[assignment]
+                self.model, self.optimizer, initial_masks=masks, **options
+            )
+        else:
+            self.masking = Masking(
+                self.model, self.optimizer, protect_channels=False, initial_masks=masks, **options
+            )
+        self._initial_layer_density = self.masking.layer_densities()  # type: ignore[union-attr]
 
     def _weights(self) -> dict[str, torch.nn.Parameter]:
         return prunable_parameters(self.model, self.cfg.sparsity.exclude)
