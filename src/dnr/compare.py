@@ -36,8 +36,8 @@ COMPARISON_PNG = "comparison.png"
 
 #: How ``images_seen`` is counted (also written into comparison.json / .md).
 IMAGES_SEEN_NOTE = (
-    "training examples drawn per epoch (metrics.jsonl: images_per_sec x train_seconds, "
-    "the epoch's example count), summed over every epoch of every stage"
+    "training examples per epoch (metrics.jsonl: train_images), summed over every epoch "
+    "of every stage"
 )
 
 #: What to do with a method's run directory: train afresh, resume it, or reuse it.
@@ -203,6 +203,9 @@ def _epochs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _images(record: dict[str, Any]) -> int | None:
+    if "train_images" in record:
+        return int(record["train_images"])
+    # runs from before train_images was recorded: the rate was count / seconds
     rate, seconds = record.get("images_per_sec"), record.get("train_seconds")
     if rate is None or seconds is None:
         return None

@@ -246,6 +246,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         "train_loss": loss_sum / count,
         "train_clean_acc": clean_sum / count if (t.beta > 0 or not attacked) else None,
         "train_adv_acc": adv_sum / count if attacked else None,
+        "train_images": count,  # examples trained on this epoch (for equal-budget comparisons)
         "images_per_sec": count / seconds,
         "train_seconds": seconds,
     }
