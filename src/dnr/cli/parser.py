@@ -87,6 +87,15 @@ def _preset_entries() -> list[tuple[str, str]]:
     return rows
 
 
+def _config_option(p: argparse.ArgumentParser) -> None:
+    """``--config``, shared by the commands that read a training config."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file or bundled preset name (dnr list presets); default: built-in defaults",
+    )
+
+
 #: ``dnr list`` kinds -> their (name, description) rows.
 LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "models": lambda: _entries("MODELS"),
@@ -204,11 +213,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         intermixed=True,
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="YAML file or bundled preset name (dnr list presets); default: built-in defaults",
-    )
+    _config_option(p)
     p.add_argument(
         "--out", type=Path, help="run directory for every artifact (required unless --print-config)"
     )
@@ -381,11 +386,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         intermixed=True,
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="YAML file or bundled preset name (dnr list presets); default: built-in defaults",
-    )
+    _config_option(p)
     p.add_argument(
         "--out",
         required=True,
