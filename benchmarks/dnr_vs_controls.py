@@ -112,9 +112,15 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
         ("dnr-uniform", DNR_U),
         ("dnr-erk", ["sparsity.method=dnr", "sparsity.init=erk"]),
     ]
+    peers = [  # the nearest alternatives, same recipe and total epochs
+        ("flyingbird-uniform", ["sparsity.method=flyingbird", "sparsity.init=uniform"]),
+        ("lwm", ["sparsity.method=lwm"]),
+    ]
     runs: list[tuple[str, str, int, list[str], int]] = []
     for seed in seeds:
         runs += [("main", name, seed, ov, 1) for name, ov in main]
+    for seed in seeds:
+        runs += [("peers", name, seed, ov, 1) for name, ov in peers]
     for seed in seeds:
         runs += [("channel", name, seed, ov, 1) for name, ov in CHANNEL_RUNS]
         runs += [("channel", f"{name} x4 epochs", seed, ov, 4) for name, ov in CHANNEL_RUNS[:2]]
@@ -482,6 +488,7 @@ def report(paths: list[Path]) -> None:
         ("main", "Main table: dense, static and DNR (defaults)"),
         ("before", "Before this change: the paper's rewiring and no warm-up"),
         ("long", "Longer runs: four times the epochs"),
+        ("peers", "Peers at the same recipe and epochs: FlyingBird and LWM (d = 0.05)"),
         ("channel", "Channel mode at d = 0.1: DNR, its static control, and weight mode"),
         ("ablation", "Ablation around the DNR defaults (uniform init)"),
     ):
@@ -513,6 +520,8 @@ def report(paths: list[Path]) -> None:
         ("dnr-erk", "static-erk"),
         ("dnr-uniform x4 epochs", "static-uniform x4 epochs"),
         ("dnr-erk x4 epochs", "static-erk x4 epochs"),
+        ("dnr-uniform", "flyingbird-uniform"),
+        ("dnr-uniform", "lwm"),
         ("dnr-channel d=0.1", "static-channel d=0.1"),
         ("dnr-weight d=0.1", "static-weight d=0.1"),
         ("dnr-channel d=0.1", "dnr-weight d=0.1"),
