@@ -117,6 +117,7 @@ class ADMM(LWM):
         self.z: dict[str, Tensor] = {}
         self.u: dict[str, Tensor] = {}
         self.rho = float(self.option("rho"))
+        self._k: dict[str, int] | None = None  # the constraint's k per weight (lazy)
 
     def stages(self) -> list[Stage]:
         return three_stages(self.cfg, "admm")
@@ -124,14 +125,16 @@ class ADMM(LWM):
     def _constrained(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, int]]:
         """The weights under the sparsity constraint and each one's k: entries per layer
         (weight mode), or output channels per channel group's producer (channel mode)."""
-        if self.granularity != "channel":
-            weights = self._weights()
-            return weights, self._budgets(weights)
-        layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
-        counts = layout.uniform_counts(round(self.cfg.sparsity.density * layout.num_prunable))
         weights = self._weights()
-        names = [f"{g}.weight" for g in layout.names]
-        return {n: weights[n] for n in names}, dict(zip(names, counts))
+        if self._k is None:  # fixed by the architecture and the budget: computed once
+            if self.granularity != "channel":
+                self._k = self._budgets(weights)
+            else:
+                layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
+                target = round(self.cfg.sparsity.density * layout.num_prunable)
+                names = [f"{g}.weight" for g in layout.names]
+                self._k = dict(zip(names, layout.uniform_counts(target)))
+        return {n: weights[n] for n in self._k}, self._k
 
     def _project(self, x: Tensor, k: int) -> Tensor:
         return project_rows(x, k) if self.granularity == "channel" else project(x, k)

@@ -31,14 +31,13 @@ from torch import Tensor, nn
 
 from dnr.registry import GRANULARITIES
 from dnr.sparsity.channels import ChannelLayout
-from dnr.sparsity.masking import shared_options
+from dnr.sparsity.masking import momentum_buffer, shared_options
 from dnr.sparsity.rewiring import RewireStats, normalized_momentum, regrowth_shares
 from dnr.statedict import canonical_name
 
 __all__ = ["ChannelMasking"]
 
 _STATE_FORMAT = "dnr.channel_masking/1"
-_MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
 
 @GRANULARITIES.register(name="channel")
@@ -216,12 +215,7 @@ class ChannelMasking:
     # ------------------------------------------------------------------ rewiring
 
     def _momentum(self, param: Tensor) -> Tensor:
-        state = self.optimizer.state.get(param, {}) if self.optimizer is not None else {}
-        for key in _MOMENTUM_KEYS:
-            buf = state.get(key)
-            if isinstance(buf, Tensor) and buf.shape == param.shape:
-                return buf
-        return torch.zeros_like(param)
+        return momentum_buffer(self.optimizer, param)
 
     def _active(self, group: int) -> Tensor:
         """Boolean mask of the producer's active weights: kept rows x kept inputs."""

@@ -58,12 +58,14 @@ class Hydra(LWM):
         self.scores: dict[str, Tensor] = {}
         self.frozen: dict[str, Tensor] = {}
         self.score_opt: torch.optim.Optimizer | None = None
+        self._k: dict[str, int] = {}
 
     def stages(self) -> list[Stage]:
         return three_stages(self.cfg, "prune")
 
     def _start_scores(self, scores: Mapping[str, Tensor], frozen: Mapping[str, Tensor]) -> None:
         self.scores = {n: s.detach().clone().requires_grad_(True) for n, s in scores.items()}
+        self._k = self._budgets(self._weights())  # per-layer k, fixed for the stage
         self.frozen = {n: t.detach().clone() for n, t in frozen.items()}
         self.score_opt = torch.optim.SGD(
             list(self.scores.values()), lr=float(self.option("score_lr")), momentum=0.9
@@ -73,8 +75,7 @@ class Hydra(LWM):
     @torch.no_grad()
     def _restore(self) -> None:
         """Every parameter back to its frozen value; prunable ones times top-k(scores)."""
-        weights = self._weights()
-        budgets = self._budgets(weights)
+        budgets = self._k
         for name, p in self.model.named_parameters():
             key = name.removeprefix("module.")
             if key in self.scores:

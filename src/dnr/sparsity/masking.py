@@ -56,6 +56,21 @@ _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 GROW_SIGNALS = ("momentum", "gradient")
 
 
+def momentum_buffer(optimizer: torch.optim.Optimizer | None, param: Tensor) -> Tensor:
+    """The optimizer's first-moment buffer of ``param`` (SGD's, or Adam's ``exp_avg``).
+
+    No buffer yet (before the first step): a zero signal; growth then falls back to the
+    deterministic lowest-index tie-break, and ŝ to uniform. The returned buffer is the
+    optimizer's own tensor, so zeroing entries of it resets their momentum.
+    """
+    state = optimizer.state.get(param, {}) if optimizer is not None else {}
+    for key in _MOMENTUM_KEYS:
+        buf = state.get(key)
+        if isinstance(buf, Tensor) and buf.shape == param.shape:
+            return buf
+    return torch.zeros_like(param)
+
+
 def shared_options(s: Any) -> dict[str, Any]:
     """The ``cfg.sparsity`` settings every mask class takes (weight and channel mode)."""
     return {
@@ -266,14 +281,7 @@ class Masking:
     # ------------------------------------------------------------------ rewiring
 
     def _momentum(self, param: nn.Parameter) -> Tensor:
-        state = self.optimizer.state.get(param, {}) if self.optimizer is not None else {}
-        for key in _MOMENTUM_KEYS:
-            buf = state.get(key)
-            if isinstance(buf, Tensor) and buf.shape == param.shape:
-                return buf
-        # No buffer yet (before the first step): zero signal; growth then falls back to the
-        # deterministic lowest-index tie-break, and ŝ to uniform.
-        return torch.zeros_like(param)
+        return momentum_buffer(self.optimizer, param)
 
     @staticmethod
     def _gradient(param: nn.Parameter) -> Tensor:
