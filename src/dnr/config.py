@@ -27,6 +27,7 @@ GrowMomentum = Literal["keep", "zero"]
 WeightInit = Literal["pytorch", "xavier"]
 Schedule = Literal["multistep", "cosine"]
 Norm = Literal["Linf", "L2"]
+DistBackend = Literal["auto", "nccl", "gloo"]
 
 
 def _named(default: str, registry: Registry) -> Any:
@@ -89,6 +90,10 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs (and always on the last)
     init_from: str | None = None  # a finished run directory whose weights this run starts from
     init_masks: bool = False  # ... and whose masks (at the same sparsity.density)
+    # under torchrun (see docs/distributed.md); batch_size is then the global batch
+    dist_backend: DistBackend = "auto"  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only); else per-rank BN batches
+    check_ranks: bool = True  # checksum masks and weights across ranks after every epoch
 
 
 @dataclass
