@@ -44,7 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 130
     if report is not None:
         print(report.to_markdown())
-    print(f"run directory: {result.run_dir}")
+    if result.is_main:  # under torchrun, one line from rank 0
+        print(f"run directory: {result.run_dir}")
     return 0
 
 
