@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 LossName = Literal["ce", "cw"]
 
-__all__ = ["attack_mode", "attack_loss", "fgsm", "pgd"]
+__all__ = ["attack_mode", "attack_loss", "fgsm", "pgd", "start_noise"]
 
 
 @contextlib.contextmanager
@@ -112,6 +112,17 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, loss: LossName =
     return x_adv.detach().to(x.dtype)
 
 
+def start_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """The uniform [0, 1) draws of one PGD random start, on the generator's device.
+
+    Drawn on the generator's device (CPU by default) so results don't depend on the
+    accelerator. Distributed training draws them for the global batch and hands each rank
+    its slice (``pgd(noise=)``), so the ranks attack exactly as one process would.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -124,15 +135,15 @@ def pgd(
     restarts: int = 1,
     loss: LossName = "ce",
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Projected gradient descent (ℓ∞, sign steps) within ``eps`` of ``x`` and inside [0,1].
 
-    ``random_start`` draws a uniform start in the ε-ball, sampled on the generator's
-    device (CPU by default, so results don't depend on the accelerator) and moved to
-    ``x.device``. With ``restarts > 1`` each example keeps the first restart that
-    misclassifies it, otherwise the one with the highest final loss; with the same seed
-    the first restart equals the ``restarts=1`` result, so restarts never weaken the
-    attack. Returns a detached tensor with the dtype of ``x``.
+    ``random_start`` draws a uniform start in the ε-ball (:func:`start_noise` from
+    ``generator``, or the given ``noise`` of ``x``'s shape; one restart only). With
+    ``restarts > 1`` each example keeps the first restart that misclassifies it, otherwise
+    the one with the highest final loss; with the same seed the first restart equals the
+    ``restarts=1`` result, so restarts never weaken the attack. Returns a detached tensor with the dtype of ``x``.
     """
     eps = _check_eps(eps)
     step_size = float(step_size)
@@ -142,11 +153,12 @@ def pgd(
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if loss not in ("ce", "cw"):
         raise ValueError(f"loss must be 'ce' or 'cw', got {loss!r}")
+    if noise is not None and (restarts > 1 or noise.shape != x.shape):
+        raise ValueError("noise: one restart's draws, shaped like x")
     if eps == 0 or (steps == 0 and not random_start):
         return x.detach().clone()
 
     dtype = _work_dtype(x)
-    noise_device = generator.device if generator is not None else torch.device("cpu")
     with (
         attack_mode(model),
         torch.enable_grad(),
@@ -161,10 +173,8 @@ def pgd(
         for _ in range(restarts):
             x_adv = x0.clone()
             if random_start:
-                noise = torch.rand(
-                    x.shape, generator=generator, device=noise_device, dtype=torch.float32
-                )
-                x_adv = x_adv + (2 * noise - 1).to(device=x.device, dtype=dtype) * eps
+                draws = start_noise(x.shape, generator) if noise is None else noise
+                x_adv = x_adv + (2 * draws - 1).to(device=x.device, dtype=dtype) * eps
                 x_adv = torch.clamp(x_adv, lo, hi)
             for _ in range(steps):
                 grad = _input_grad(model, x_adv, y, loss)

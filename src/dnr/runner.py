@@ -50,6 +50,8 @@ def run_train(
     """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report."""
     data = load_dataset(cfg.data)
     result = train(cfg, out_dir, resume=resume, progress=progress, log=log, data=data)
+    if not result.is_main:  # torchrun: rank 0 evaluates and writes the report
+        return result, None
     report = None
     if evaluate:
         report = evaluate_loaded(

@@ -129,6 +129,13 @@ class BatchLoader:
     with p = 0.5. Shuffle order and augmentation depend only on ``(seed, epoch)``: the random
     numbers come from a CPU ``torch.Generator`` (identical on every device) and the indices
     are then moved to the device.
+
+    Under torchrun (``world`` > 1) ``batch_size`` is the global batch: every rank draws the
+    same order and augmentation and takes its contiguous ``batch_size / world`` slice of each
+    batch, so the ranks together see exactly the batches of a single process. A last batch
+    not divisible by ``world`` is cut to a multiple of it (at most ``world - 1`` images of an
+    epoch are left out), so every rank's slice has the same size and the averaged gradient
+    is that of the global batch.
     """
 
     def __init__(
@@ -142,9 +149,16 @@ class BatchLoader:
         drop_last: bool = False,
         seed: int = 0,
         padding: int = 4,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(
+                f"batch_size {batch_size} (the global batch) must be a multiple of the "
+                f"{world} ranks (rank {rank})"
+            )
         self.device = torch.device(device)
         self.x = split.x.to(self.device)
         self.y = split.y.to(self.device)
@@ -154,6 +168,8 @@ class BatchLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.padding = padding
+        self.rank = rank
+        self.world = world
 
     @property
     def num_samples(self) -> int:
@@ -161,7 +177,9 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n, bs = self.num_samples, self.batch_size
-        return n // bs if self.drop_last else -(-n // bs)
+        if self.drop_last or n % bs < self.world:  # a last batch smaller than the world
+            return n // bs
+        return -(-n // bs)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: x float32 (B, 3, H, W) in [0, 1], y int64 (B,), on the device."""
@@ -174,6 +192,10 @@ class BatchLoader:
             shifts, flips = shifts.to(self.device), flips.to(self.device)
         for batch in range(len(self)):
             lo, hi = batch * self.batch_size, min((batch + 1) * self.batch_size, n)
+            if self.world > 1:
+                per = (hi - lo) // self.world
+                lo += self.rank * per
+                hi = lo + per
             if order is None:
                 xb, yb = self.x[lo:hi], self.y[lo:hi]
             else:

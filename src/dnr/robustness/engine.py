@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnr.attacks import attack_mode, fgsm, pgd
+from dnr.attacks import attack_mode, fgsm, pgd, start_noise
 from dnr.robustness.protocols import AttackSpec
 from dnr.robustness.results import AttackResult, mean
 from dnr.seeding import derive_seed
@@ -233,11 +233,19 @@ def predict_correct(
     batch_size: int,
     device: torch.device,
     progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
-    """Bool (CPU) per example: is the clean input classified correctly."""
+    """Bool (CPU) per example: is the clean input classified correctly.
+
+    ``shard=(rank, world)`` does only batches ``rank, rank + world, ...`` (others stay
+    False): summed over the ranks, the result is the single-process one.
+    """
     out = torch.zeros(len(y), dtype=torch.bool)
+    rank, world = shard
     with progress_bar(math.ceil(len(y) / batch_size), "clean", progress) as bar:
-        for s in batches(len(y), batch_size):
+        for b, s in enumerate(batches(len(y), batch_size)):
+            if b % world != rank:
+                continue
             xb = to_float(x[s].to(device, non_blocking=True))
             out[s] = model(xb).argmax(1).cpu() == y[s].cpu()
             bar.update(1)
@@ -255,14 +263,27 @@ def attack_correct(
     generator: torch.Generator | None,
     attack_mask: Tensor,
     progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Bool (CPU) per example: still correct after ``spec`` (only ``attack_mask`` examples
-    are attacked; the rest count as incorrect). Restarts run on survivors only."""
+    are attacked; the rest count as incorrect). Restarts run on survivors only.
+
+    ``shard=(rank, world)``: as in :func:`predict_correct`; a skipped batch still draws its
+    random start from ``generator``, so every batch gets the start it gets in one process
+    (one restart only: later restarts' sizes depend on other ranks' results).
+    """
+    rank, world = shard
+    if world > 1 and spec.restarts > 1:
+        raise ValueError("a sharded attack runs one restart")
     correct = torch.zeros(len(y), dtype=torch.bool)
     idx = attack_mask.nonzero().flatten()
     with progress_bar(math.ceil(len(idx) / batch_size), spec.name, progress) as bar:
-        for s in batches(len(idx), batch_size):
+        for b, s in enumerate(batches(len(idx), batch_size)):
             rows = idx[s]
+            if b % world != rank:
+                if spec.kind == "pgd" and spec.random_start and spec.eps > 0:
+                    start_noise((len(rows), *x.shape[1:]), generator)
+                continue
             xb = to_float(x[rows].to(device, non_blocking=True))
             yb = y[rows].to(device, non_blocking=True)
             alive = torch.ones(len(rows), dtype=torch.bool, device=device)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dnr.distributed import Distributed
 from dnr.registry import PROTOCOLS
 from dnr.robustness.autoattack import import_autoattack, package_version, run_autoattack
 from dnr.robustness.engine import (
@@ -174,13 +175,26 @@ def evaluate_model(
     )
 
 
-def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
-    """Clean accuracy in fp32 and eval mode (for validation during training)."""
+def clean_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 256,
+    *,
+    dist: Distributed | None = None,
+) -> float:
+    """Clean accuracy in fp32 and eval mode (for validation during training).
+
+    With ``dist`` each rank does its share of the batches and the ranks' results are
+    summed: every rank returns the single-process number.
+    """
     if len(y) == 0:
         return 0.0
+    dist = dist or Distributed()
     device = model_device(model)
     with fp32_eval(model, device) as m:
-        return mean(predict_correct(m, x, y.long(), batch_size, device))
+        clean = predict_correct(m, x, y.long(), batch_size, device, shard=_shard(dist))
+    return mean(_gather(dist, clean, device))
 
 
 def pgd_accuracy(
@@ -194,18 +208,21 @@ def pgd_accuracy(
     batch_size: int = 256,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    dist: Distributed | None = None,
 ) -> float:
     """PGD (CE, 1 restart) robust accuracy in fp32, counted as in :func:`evaluate_model`
-    (clean and adversarial correct)."""
+    (clean and adversarial correct). ``dist``: sharded as in :func:`clean_accuracy`."""
     if len(y) == 0:
         return 0.0
+    dist = dist or Distributed()
     device = model_device(model)
     y = y.long()
     spec = AttackSpec(
         "pgd", "pgd", eps=eps, step_size=step_size, steps=steps, random_start=random_start
     )
     with fp32_eval(model, device) as m:
-        clean = predict_correct(m, x, y, batch_size, device)
+        clean = predict_correct(m, x, y, batch_size, device, shard=_shard(dist))
+        clean = _gather(dist, clean, device)  # every rank attacks the same rows
         correct = attack_correct(
             m,
             x,
@@ -215,5 +232,17 @@ def pgd_accuracy(
             device=device,
             generator=generator,
             attack_mask=clean,
+            shard=_shard(dist),
         )
-    return mean(correct & clean)
+    return mean(_gather(dist, correct, device) & clean)
+
+
+def _shard(dist: Distributed) -> tuple[int, int]:
+    return dist.rank, dist.world
+
+
+def _gather(dist: Distributed, done: Tensor, device: torch.device) -> Tensor:
+    """Each rank's rows of a per-example bool vector (others False), combined on all ranks."""
+    if not dist.enabled:
+        return done
+    return dist.all_reduce_(done.to(device, torch.int32)).cpu() > 0

@@ -7,6 +7,11 @@ resume state. The loop never names a sparsity method: it calls the method's hook
 Reproducibility: every epoch reseeds the global RNG, the batch order and the attack's random
 starts from ``(train.seed, epoch)`` (``dnr.seeding``), so resuming from the checkpoint of
 epoch ``k`` replays epochs ``k+1...`` exactly as an uninterrupted run would.
+
+Under torchrun the same loop runs on every rank (``dnr.distributed``): each trains on its
+slice of every global batch through DDP, validation is split between the ranks and summed,
+only rank 0 logs and writes, and the masks and weights are checksummed across ranks after
+every epoch's sparsity hook.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dnr.attacks import start_noise
 from dnr.config import Config, ConfigError, validate
 from dnr.data import BatchLoader, DatasetSplits, load_dataset
-from dnr.devices import cpu_fallback_warning, describe_device, resolve_device
+from dnr.devices import cpu_fallback_warning, describe_device
+from dnr.distributed import Distributed, tensor_checksum
 from dnr.robustness import clean_accuracy, pgd_accuracy
 from dnr.seeding import derive_seed
 from dnr.sparsity import Progress, SparsityMethod, Stage, build_sparsity
@@ -52,6 +59,9 @@ class TrainResult:
     best_epoch: int
     best_val_pgd: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    # False on torchrun ranks other than 0: they wrote nothing, and their ``model`` is the
+    # last epoch's (rank 0 holds the selected one, as the run directory does)
+    is_main: bool = True
 
 
 @dataclass
@@ -61,7 +71,9 @@ class _Run:
     cfg: Config
     data: DatasetSplits
     device: torch.device
+    dist: Distributed
     model: nn.Module
+    trained: nn.Module  # what the training forward passes go through: DDP(model) or model
     optimizer: torch.optim.Optimizer
     method: SparsityMethod
     plan: list[tuple[Stage, int]]  # (stage, its first epoch) for every epoch
@@ -81,8 +93,27 @@ def train(
 ) -> TrainResult:
     """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.artifacts``."""
     validate(cfg)  # a Config built in Python has not been through load_config's checks
-    show = sys.stderr.isatty() if progress is None else progress
-    run = _setup(cfg, RunWriter(out_dir), resume, data, log)
+    dist, device = Distributed.setup(cfg.train.device, cfg.train.dist_backend)
+    try:
+        return _train(cfg, out_dir, dist, device, resume, progress, log, data)
+    finally:
+        dist.close()
+
+
+def _train(
+    cfg: Config,
+    out_dir: str | Path,
+    dist: Distributed,
+    device: torch.device,
+    resume: bool,
+    progress: bool | None,
+    log: Callable[[str], None],
+    data: DatasetSplits | None,
+) -> TrainResult:
+    show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
+    if not dist.is_main:
+        log = _silent
+    run = _setup(cfg, RunWriter(out_dir, enabled=dist.is_main), dist, device, resume, data, log)
     t, state = cfg.train, run.state
     prog = Progress(
         step=state.step,
@@ -106,6 +137,7 @@ def train(
         record = _train_epoch(run, prog, show)
         if staged:
             record["stage"] = prog.stage.name
+        dist.broadcast_buffers(run.model)  # rank 0's BN statistics are the run's
         record.update(_validate(run, epoch))
         # The deployed model comes from the last stage (e.g. not from a dense pretraining).
         if prog.stage is last_stage and state.select(
@@ -113,6 +145,9 @@ def train(
         ):
             run.writer.save_best(_best_state(run, epoch, record))
         record.update(run.method.on_epoch_end(prog))
+        dist.broadcast_buffers(run.model)  # a rewiring's BN refresh saw each rank's batches
+        if cfg.train.check_ranks:
+            dist.check_same(_rank_checksum(run), f"masks or weights after epoch {epoch + 1}")
         record["wall_seconds"] = time.perf_counter() - started
         state.epochs_done, state.step = epoch + 1, prog.step
         run.writer.append_metrics(record)
@@ -136,9 +171,15 @@ def stage_plan(stages: list[Stage], epochs: int) -> list[tuple[Stage, int]]:
     return plan
 
 
+def _silent(_line: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def _setup(
     cfg: Config,
     writer: RunWriter,
+    dist: Distributed,
+    device: torch.device,
     resume: bool,
     data: DatasetSplits | None,
     log: Callable[[str], None],
@@ -147,10 +188,19 @@ def _setup(
     resume_state = writer.open(cfg, resume)
     t = cfg.train
     source = t.init_from if resume_state is None else None
-    device = resolve_device(t.device)
+    if t.batch_size % dist.world:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is the global batch: it must be a multiple of "
+            f"the {dist.world} torchrun processes"
+        )
     for line in (describe_device(device), cpu_fallback_warning(t.device, device)):
         if line:
             log(line)
+    if dist.enabled:
+        log(
+            f"torchrun: {dist.world} processes ({dist.backend}), "
+            f"{t.batch_size // dist.world} images per process and step"
+        )
     if source:
         check_init_from(source)  # before loading data: a typo fails in a second
     torch.manual_seed(derive_seed(t.seed, "init"))
@@ -188,9 +238,19 @@ def _setup(
             if line:
                 log(line)
     loader = BatchLoader(
-        data.train, t.batch_size, device, shuffle=True, augment=cfg.data.augment, seed=t.seed
+        data.train,
+        t.batch_size,
+        device,
+        shuffle=True,
+        augment=cfg.data.augment,
+        seed=t.seed,
+        rank=dist.rank,
+        world=dist.world,
     )
-    return _Run(cfg, data, device, model, optimizer, method, plan, loader, state, writer)
+    trained = dist.wrap(model, device, sync_bn=t.sync_bn)
+    return _Run(
+        cfg, data, device, dist, model, trained, optimizer, method, plan, loader, state, writer
+    )
 
 
 def _no_validation_note(cfg: Config, data: DatasetSplits) -> str | None:
@@ -201,14 +261,14 @@ def _no_validation_note(cfg: Config, data: DatasetSplits) -> str | None:
 
 def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     """One pass over the training data; returns the epoch's training metrics."""
-    cfg, model, epoch = run.cfg, run.model, prog.epoch
+    cfg, epoch = run.cfg, prog.epoch
     t, steps = cfg.train, len(run.loader)
     torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
     # On the training device: random starts need no host-to-device copy per step.
     attack_gen = torch.Generator(device=run.device).manual_seed(
         derive_seed(t.seed, "attack", epoch)
     )
-    model.train()
+    run.trained.train()  # the DDP wrapper too, where there is one
     sums = torch.zeros(4, device=run.device)  # loss*n, clean correct, adv correct, n
     started = time.perf_counter()
     bar = tqdm(
@@ -219,11 +279,19 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     lr = t.lr
+    random_start = attacks_in_training(cfg) and cfg.attack.random_start
     for i, (x, y) in enumerate(run.loader.epoch(epoch)):
         lr = learning_rate(cfg, epoch - prog.stage_start + i / steps, 1 / steps, prog.stage_epochs)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        out = train_step(model, run.optimizer, x, y, cfg, run.method, prog, attack_gen)
+        # Drawn for the global batch: each rank attacks its images as one process would.
+        noise = None
+        if random_start:
+            global_shape = (len(y) * run.dist.world, *x.shape[1:])
+            noise = run.dist.shard(start_noise(global_shape, attack_gen))
+        out = train_step(
+            run.trained, run.optimizer, x, y, cfg, run.method, prog, attack_gen, noise=noise
+        )
         with torch.no_grad():  # accumulate on the device: no host sync per step
             sums[0] += out.loss.detach().float() * y.numel()
             sums[3] += y.numel()
@@ -236,6 +304,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
             rate = (i + 1) * t.batch_size / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
     bar.close()
+    run.dist.all_reduce_(sums)  # the global batch's figures
     loss_sum, clean_sum, adv_sum, count = sums.tolist()  # syncs: the timing is honest
     seconds = time.perf_counter() - started
     attacked = attacks_in_training(cfg)
@@ -259,7 +328,9 @@ def _validate(run: _Run, epoch: int) -> dict[str, float]:
     if len(val.y) == 0 or ((epoch + 1) % t.val_every != 0 and epoch != t.epochs - 1):
         return {}
     return {
-        "val_clean_acc": clean_accuracy(run.model, val.x, val.y, batch_size=t.eval_batch_size),
+        "val_clean_acc": clean_accuracy(
+            run.model, val.x, val.y, batch_size=t.eval_batch_size, dist=run.dist
+        ),
         "val_pgd_acc": pgd_accuracy(
             run.model,
             val.x,
@@ -269,6 +340,7 @@ def _validate(run: _Run, epoch: int) -> dict[str, float]:
             steps=a.steps,
             batch_size=t.eval_batch_size,
             generator=torch.Generator().manual_seed(derive_seed(t.seed, "validation")),
+            dist=run.dist,
         ),
     }
 
@@ -303,12 +375,37 @@ def _resume_state(run: _Run) -> dict[str, Any]:
     }
 
 
+def _rank_checksum(run: _Run) -> torch.Tensor:
+    """Checksums of every weight and every tensor of the method's state (its masks)."""
+    return tensor_checksum([*run.model.parameters(), *_tensors(run.method.state_dict())])
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for key in sorted(value, key=str) for t in _tensors(value[key])]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
 def _finish(run: _Run) -> TrainResult:
     """The deployed model is the best epoch on validation PGD accuracy."""
+    state = run.state
+    if not run.dist.is_main:  # rank 0 selects and saves; the run directory may be remote
+        return TrainResult(
+            run.writer.path,
+            run.model.eval(),
+            run.method,
+            state.best_epoch,
+            state.best_val,
+            state.history,
+            is_main=False,
+        )
     best = run.writer.load_best(map_location=run.device)
     run.model.load_state_dict(best["model"])
     run.method.load_state_dict(best["sparsity"])
-    state = run.state
     selection = {"by": "val_pgd_acc", "epoch": state.best_epoch, "value": state.best_val}
     run.writer.save_model(
         run.model, model_meta(run.cfg, run.data, run.method, {"selection": selection})

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from dnr.attacks import pgd
 from dnr.config import Config
+from dnr.distributed import unwrap
 from dnr.sparsity import Progress, SparsityMethod
 
 __all__ = ["StepOutput", "hybrid_loss", "train_step"]
@@ -68,17 +69,23 @@ def train_step(
     method: SparsityMethod,
     progress: Progress,
     generator: torch.Generator | None = None,
+    *,
+    noise: Tensor | None = None,
 ) -> StepOutput:
     """One optimizer step of adversarial training per ``cfg``; advances ``progress.step``.
 
-    ``generator`` (on the data's device) draws the attack's random starts. The learning
-    rate is the caller's to set. No host synchronisation.
+    ``generator`` (on the data's device) draws the attack's random starts, unless ``noise``
+    gives them (a rank's slice of the global batch's draws). ``model`` may be wrapped in
+    DDP: the losses go through the wrapper (gradients are averaged over ranks), the attack
+    and the method's loss term use the plain module. The learning rate is the caller's to
+    set. No host synchronisation.
     """
+    plain = unwrap(model)
     x_adv = None
     if attacks_in_training(cfg):
         a = cfg.attack
         x_adv = pgd(
-            model,
+            plain,
             x,
             y,
             eps=a.eps,
@@ -86,6 +93,7 @@ def train_step(
             steps=a.steps,
             random_start=a.random_start,
             generator=generator,
+            noise=noise,
         )
     autocast = (
         torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
@@ -94,7 +102,7 @@ def train_step(
     )
     with autocast:
         out = hybrid_loss(model, x, x_adv, y, cfg.train.beta)
-        extra = method.loss_term(model)
+        extra = method.loss_term(plain)
         if extra is not None:
             out.loss = out.loss + extra
     optimizer.zero_grad(set_to_none=True)

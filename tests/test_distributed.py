@@ -1,0 +1,429 @@
+"""torchrun / DDP training on CPU with gloo: two real processes per scenario.
+
+The scenarios share one module-level set of runs (a 1-process run and a 2-rank run of the
+same tiny DNR configuration), so the processes start a handful of times, not per test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+from dnr.artifacts import RunDir, load_checkpoint
+from dnr.config import Config, from_dict, load_config
+from dnr.data import BatchLoader, load_dataset
+from dnr.data.loader import Split
+from dnr.distributed import Distributed, RankDivergenceError, tensor_checksum
+from dnr.robustness import clean_accuracy, engine, pgd_accuracy
+from dnr.robustness.protocols import AttackSpec
+from dnr.sparsity import Progress, build_sparsity
+from dnr.training import loop as loop_module
+from dnr.training import train, train_step
+from dnr.training.setup import build_optimizer, model_for
+
+WORLD = 2
+EPOCHS = 3
+
+
+def _config(**extra: Any) -> Config:
+    # 192 training images, global batch 32: 6 steps an epoch, 16 images per rank and step.
+    return load_config(
+        None,
+        tiny_overrides(
+            sparsity__method="dnr",
+            sparsity__density=0.1,
+            sparsity__redistribution=1.0,
+            train__epochs=EPOCHS,
+            eval__subset=32,
+            **extra,
+        ),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _join(rank: int, port: int) -> None:
+    """What torchrun sets for each process."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+
+
+def _spawn(fn: Any, *args: Any) -> None:
+    mp.spawn(fn, args=(_free_port(), *args), nprocs=WORLD, join=True)
+
+
+def _record_masks(record: Path | None, fail_at: int, corrupt_at: int) -> None:
+    """Wrap the method's epoch hook: save its masks after every call (per rank), raise
+    KeyboardInterrupt at epoch ``fail_at``, or flip one mask bit on rank 1 at ``corrupt_at``."""
+    real_build = loop_module.build_sparsity
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        method = real_build(*args, **kwargs)
+        hook, seen = method.on_epoch_end, []
+
+        def on_epoch_end(progress: Progress) -> dict[str, Any]:
+            out = hook(progress)
+            epoch, rank = progress.epoch + 1, int(os.environ["RANK"])
+            if epoch == corrupt_at and rank == 1:
+                name, mask = next(iter(method.masking.masks.items()))
+                mask.view(-1)[0] = ~mask.view(-1)[0]
+            seen.append({k: v.clone() for k, v in method.masking.masks.items()})
+            if record is not None:
+                torch.save(seen, record / f"masks_rank{rank}.pt")
+            if epoch == fail_at:
+                raise KeyboardInterrupt
+            return out
+
+        method.on_epoch_end = on_epoch_end
+        return method
+
+    loop_module.build_sparsity = build
+
+
+def _train_worker(
+    rank: int,
+    port: int,
+    cfg: dict[str, Any],
+    out: str,
+    record: str | None,
+    resume: bool,
+    fail_at: int,
+    corrupt_at: int,
+) -> None:
+    _join(rank, port)
+    _record_masks(Path(record) if record else None, fail_at, corrupt_at)
+    try:
+        train(from_dict(cfg), out.format(rank=rank), resume=resume, progress=False, log=print)
+    except KeyboardInterrupt:
+        if fail_at < 0:
+            raise
+        Path(out.format(rank=rank) + f".interrupted{rank}").touch()
+
+
+def _run(
+    cfg: Config,
+    out: Path | str,
+    *,
+    record: Path | None = None,
+    resume: bool = False,
+    fail_at: int = -1,
+    corrupt_at: int = -1,
+) -> None:
+    _spawn(
+        _train_worker,
+        cfg.to_dict(),
+        str(out),
+        str(record) if record else None,
+        resume,
+        fail_at,
+        corrupt_at,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """``single/``: one process; ``rank0/`` + ``rank1/``: the two ranks of one torchrun run,
+    each told to write into its own directory (rank 1 must write nothing)."""
+    base = tmp_path_factory.mktemp("dist")
+    cfg = _config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, base / "single", progress=False, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    _run(cfg, base / "rank{rank}", record=base)
+    return base
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_masks_are_identical_on_every_rank_after_every_rewiring(runs: Path) -> None:
+    rank0 = torch.load(runs / "masks_rank0.pt", weights_only=True)
+    rank1 = torch.load(runs / "masks_rank1.pt", weights_only=True)
+    assert len(rank0) == len(rank1) == EPOCHS
+    for epoch, (a, b) in enumerate(zip(rank0, rank1, strict=True)):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (epoch, name)
+    # The rewirings really moved weights (else equality would prove nothing) ...
+    moved = sum(int((rank0[0][n] != rank0[1][n]).sum()) for n in rank0[0])
+    assert moved > 0
+    # ... and kept the global budget exactly: the 1-process run's count of kept weights.
+    kept = [sum(int(m.sum()) for m in masks.values()) for masks in rank0]
+    total = sum(m.numel() for m in rank0[0].values())
+    single = load_checkpoint(RunDir(runs / "single").last_checkpoint)["sparsity"]["masks"]
+    assert kept == [sum(int(m.sum()) for m in single.values())] * EPOCHS
+    assert kept[0] == round(0.1 * total)
+
+
+def test_only_rank_zero_writes(runs: Path) -> None:
+    assert not (runs / "rank1").exists()
+    run = RunDir(runs / "rank0")
+    for path in (run.config, run.metrics, run.last_checkpoint, run.best_checkpoint):
+        assert path.is_file(), path
+    assert run.model_weights.is_file() and run.model_meta.is_file()
+    records = _metrics(runs / "rank0")
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    # The epoch's figures cover the global batch: every training image once.
+    assert all(r["train_images"] == 192 for r in records)
+
+
+def test_two_ranks_match_one_process_within_the_batchnorm_tolerance(runs: Path) -> None:
+    """Same data, order, augmentation and attack starts; the one difference is that each
+    rank's BatchNorm normalises its 16 images instead of the global 32 (no SyncBatchNorm
+    on CPU). After 18 steps that leaves the conv and linear weights 5.5 % (of their norm)
+    from the 1-process run's. The tolerance, 10 %, is half of what one plausible bug does:
+    a gradient summed over the ranks instead of averaged (the same run at twice the
+    learning rate) ends 19 % away; a 1-process run at batch 16 ends 13 % away. The exact
+    check of the sharding and averaging is the one-step test below."""
+    single = load_file(str(RunDir(runs / "single").model_weights))
+    dist = load_file(str(RunDir(runs / "rank0").model_weights))
+    assert single.keys() == dist.keys()
+    diff = torch.cat([(single[k] - dist[k]).flatten() for k in single if k.endswith("weight")])
+    norm = torch.cat([single[k].flatten() for k in single if k.endswith("weight")])
+    relative = float(diff.norm() / norm.norm())
+    assert relative < 0.10, relative
+    a, b = _metrics(runs / "single"), _metrics(runs / "rank0")
+    assert [r["train_images"] for r in a] == [r["train_images"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert abs(ra["train_loss"] - rb["train_loss"]) < 0.05
+
+
+def _step_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> None:
+    """One step through DDP on a rank's half of a batch vs one process on all of it (BN in
+    eval mode, so per-rank statistics play no part): the same update up to rounding."""
+    _join(rank, port)
+    cfg = from_dict(cfg_dict)
+    dist, device = Distributed.setup("cpu")
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = model_for(cfg, data)
+    reference = copy.deepcopy(model)
+
+    def parts(net: torch.nn.Module) -> tuple[Any, Any, Progress]:
+        opt = build_optimizer(cfg, net)
+        method = build_sparsity(cfg, net, opt, torch.Generator().manual_seed(1))
+        return opt, method, Progress(step=0, epoch=0, epochs=1, steps_per_epoch=2)
+
+    ref_opt, ref_method, ref_prog = parts(reference)
+    opt, method, prog = parts(model)
+    ddp = dist.wrap(model, device)
+    model.eval()
+    reference.eval()
+    loader = BatchLoader(data.train, 32, device, shuffle=True, augment=True, seed=3)
+    gen = torch.Generator().manual_seed(5)
+    for x, y in list(loader.epoch(0))[:2]:
+        noise = torch.rand(x.shape, generator=gen)
+        train_step(reference, ref_opt, x, y, cfg, ref_method, ref_prog, noise=noise)
+        mine = slice(rank * 16, (rank + 1) * 16)
+        train_step(ddp, opt, x[mine], y[mine], cfg, method, prog, noise=dist.shard(noise))
+    worst = max(
+        float((a - b).abs().max()) for a, b in zip(model.parameters(), reference.parameters())
+    )
+    Path(out.format(rank=rank)).write_text(json.dumps({"max_diff": worst}))
+    dist.close()
+
+
+def test_a_ddp_step_on_half_batches_equals_one_step_on_the_whole_batch(tmp_path) -> None:
+    _spawn(_step_worker, _config().to_dict(), str(tmp_path / "step{rank}.json"))
+    for rank in range(WORLD):
+        worst = json.loads((tmp_path / f"step{rank}.json").read_text())["max_diff"]
+        assert worst < 1e-5, (rank, worst)
+
+
+def _eval_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> None:
+    _join(rank, port)
+    dist, _ = Distributed.setup("cpu")
+    model, val = _fitted_model(from_dict(cfg_dict))
+    result = _val_figures(model, val, dist)
+    Path(out.format(rank=rank)).write_text(json.dumps(result))
+    dist.close()
+
+
+def _fitted_model(cfg: Config) -> tuple[torch.nn.Module, Split]:
+    """A linear classifier fitted in 50 full-batch steps: 94 % clean, and PGD flips some
+    (the tiny CNNs of these tests predict one class, which PGD cannot change)."""
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = data.train.x.float() / 255, data.train.y
+    for _ in range(50):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), data.val
+
+
+def _val_figures(model: torch.nn.Module, val: Split, dist: Distributed | None) -> dict[str, float]:
+    # batch 8 over 64 validation images: 8 batches, alternating between the ranks
+    return {
+        "clean": clean_accuracy(model, val.x, val.y, batch_size=8, dist=dist),
+        "pgd": pgd_accuracy(
+            model,
+            val.x,
+            val.y,
+            eps=8 / 255,
+            step_size=2 / 255,
+            steps=3,
+            batch_size=8,
+            generator=torch.Generator().manual_seed(11),
+            dist=dist,
+        ),
+    }
+
+
+def test_sharded_validation_reports_the_single_process_numbers(tmp_path) -> None:
+    cfg = _config()
+    _spawn(_eval_worker, cfg.to_dict(), str(tmp_path / "eval{rank}.json"))
+    expected = _val_figures(*_fitted_model(cfg), None)
+    assert 0 < expected["pgd"] < expected["clean"]  # attacked rows and survivors to split
+    for rank in range(WORLD):
+        assert json.loads((tmp_path / f"eval{rank}.json").read_text()) == expected
+
+
+def test_each_shard_attacks_its_batches_from_the_single_process_starts(monkeypatch) -> None:
+    """Sharding skips other ranks' batches but still draws their random starts, so every
+    batch is attacked from exactly the start it gets in one process."""
+    model, val = _fitted_model(_config())
+    spec = AttackSpec("pgd", "pgd", eps=8 / 255, step_size=2 / 255, steps=1)
+    seen: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        x_adv = real_pgd(*args, **kwargs)
+        seen[tuple(args[2].tolist())] = x_adv  # keyed by the batch's labels
+        return x_adv
+
+    real_pgd = engine.pgd
+    monkeypatch.setattr(engine, "pgd", spy)
+
+    def attack(shard: tuple[int, int]) -> tuple[torch.Tensor, dict[tuple[int, ...], Any]]:
+        seen.clear()
+        correct = engine.attack_correct(
+            model,
+            val.x,
+            val.y,
+            spec,
+            batch_size=8,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(11),
+            attack_mask=torch.ones(len(val.y), dtype=torch.bool),
+            shard=shard,
+        )
+        return correct, dict(seen)
+
+    whole, starts = attack((0, 1))
+    first, starts0 = attack((0, 2))
+    second, starts1 = attack((1, 2))
+    assert len(starts) == 8 and len(starts0) == len(starts1) == 4
+    assert starts.keys() == starts0.keys() | starts1.keys()
+    for key, x_adv in {**starts0, **starts1}.items():
+        assert torch.equal(x_adv, starts[key])
+    assert torch.equal(first | second, whole)
+
+
+def test_diverging_masks_fail_loudly(tmp_path) -> None:
+    with pytest.raises(Exception, match="differ across the 2 ranks"):
+        _run(_config(), tmp_path / "run", corrupt_at=1)
+    assert not RunDir(tmp_path / "run").model_weights.exists()
+
+
+def test_check_same_passes_equal_values_outside_torchrun() -> None:
+    Distributed().check_same(torch.tensor([1.0, 2.0]), "x")  # one process: nothing to compare
+    a = tensor_checksum([torch.tensor([True, False, True])])
+    b = tensor_checksum([torch.tensor([True, True, False])])
+    assert a[0] == b[0] and a[1] != b[1]  # same count, another position
+    assert issubclass(RankDivergenceError, RuntimeError)
+
+
+def test_an_interrupted_two_rank_run_resumes_to_the_same_result(runs: Path, tmp_path) -> None:
+    cfg, out = _config(), tmp_path / "run"
+    _run(cfg, out, fail_at=2)  # interrupted in epoch 2's hook: last.pt holds epoch 1
+    assert (tmp_path / "run.interrupted0").exists() and (tmp_path / "run.interrupted1").exists()
+    assert len(_metrics(out)) == 1
+    _run(cfg, out, resume=True)
+    a = load_file(str(RunDir(runs / "rank0").model_weights))
+    b = load_file(str(RunDir(out).model_weights))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = ("wall_seconds", "train_seconds", "images_per_sec")
+    clean = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(out)]
+    ref = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(runs / "rank0")]
+    assert clean == ref
+
+
+def test_loader_shards_are_the_single_process_batches() -> None:
+    x = torch.arange(13 * 3 * 4 * 4, dtype=torch.uint8).reshape(13, 3, 4, 4)
+    split = Split(x, torch.arange(13))
+    one = BatchLoader(split, 4, "cpu", shuffle=True, augment=True, seed=2, padding=1)
+    shards = [
+        BatchLoader(split, 4, "cpu", shuffle=True, augment=True, seed=2, padding=1, rank=r, world=2)
+        for r in range(2)
+    ]
+    assert len(one) == 4 and all(len(s) == 3 for s in shards)  # last batch of 1 < 2 ranks
+    for whole, (a, b) in zip(one.epoch(1), zip(*(s.epoch(1) for s in shards), strict=True)):
+        assert torch.equal(torch.cat([a[0], b[0]]), whole[0])
+        assert torch.equal(torch.cat([a[1], b[1]]), whole[1])
+    with pytest.raises(ValueError, match="multiple of the 2 ranks"):
+        BatchLoader(split, 5, "cpu", shuffle=False, augment=False, rank=0, world=2)
+
+
+def test_torchrun_cli_trains_evaluates_and_logs_once(tmp_path) -> None:
+    """The README's command, as a user types it."""
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "dnr",
+        "train",
+        "--out",
+        str(out),
+        *tiny_overrides(sparsity__method="dnr", sparsity__density=0.1, train__epochs=2),
+        "eval.subset=32",
+        "eval.sanity=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/2") == 1, proc.stdout  # rank 0 logs, rank 1 does not
+    assert proc.stdout.count("run directory:") == 1
+    assert "torchrun: 2 processes (gloo), 16 images per process and step" in proc.stdout
+    meta = json.loads(RunDir(out).model_meta.read_text())
+    assert meta["sparsity"]["method"] == "dnr"
+    assert RunDir(out).eval_json.is_file()
+    # A global batch that does not split evenly is refused on every rank, exit code 2.
+    bad = [*cmd[: cmd.index("--out")], "--out", str(tmp_path / "bad"), "train.batch_size=33"]
+    proc = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "must be a multiple of the 2 torchrun processes" in proc.stderr
