@@ -90,6 +90,9 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs (and always on the last)
     init_from: str | None = None  # a finished run directory whose weights this run starts from
     init_masks: bool = False  # ... and whose masks (at the same sparsity.density)
+    # also save resume state every N optimizer steps inside an epoch (0: at epoch ends only);
+    # a pre-empted run then loses at most N steps
+    checkpoint_every: int = 0
     # under torchrun (see docs/distributed.md); batch_size is then the global batch
     dist_backend: DistBackend = "auto"  # auto: nccl on CUDA, gloo on CPU
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only); else per-rank BN batches
@@ -306,6 +309,10 @@ def validate(cfg: Config) -> None:
         f"train.warmup_epochs: must be in [0, train.epochs={t.epochs}], got {t.warmup_epochs}",
     )
     _check(t.val_every >= 1, f"train.val_every: must be >= 1, got {t.val_every}")
+    _check(
+        t.checkpoint_every >= 0,
+        f"train.checkpoint_every: must be >= 0 steps (0: at epoch ends), got {t.checkpoint_every}",
+    )
     _check(
         not t.init_masks or bool(t.init_from),
         "train.init_masks: needs train.init_from=RUN_DIR to take the masks from",
