@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -366,6 +367,7 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_result(runs: Path, tmp_
     _run(cfg, out, fail_at=2)  # interrupted in epoch 2's hook: last.pt holds epoch 1
     assert (tmp_path / "run.interrupted0").exists() and (tmp_path / "run.interrupted1").exists()
     assert len(_metrics(out)) == 1
+    shutil.copytree(out, tmp_path / "one")
     _run(cfg, out, resume=True)
     a = load_file(str(RunDir(runs / "rank0").model_weights))
     b = load_file(str(RunDir(out).model_weights))
@@ -375,6 +377,10 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_result(runs: Path, tmp_
     clean = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(out)]
     ref = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(runs / "rank0")]
     assert clean == ref
+    # The same interrupted run, resumed by a single process: the global batch is the same.
+    train(cfg, tmp_path / "one", resume=True, progress=False, log=lambda _: None)
+    assert [r["epoch"] for r in _metrics(tmp_path / "one")] == [1, 2, 3]
+    assert _metrics(tmp_path / "one")[0] == _metrics(out)[0]
 
 
 def test_loader_shards_are_the_single_process_batches() -> None:
@@ -427,3 +433,27 @@ def test_torchrun_cli_trains_evaluates_and_logs_once(tmp_path) -> None:
     proc = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0
     assert "must be a multiple of the 2 torchrun processes" in proc.stderr
+
+
+def test_compare_under_torchrun_is_refused_with_the_workflow(monkeypatch, tmp_path) -> None:
+    from dnr.compare import run_compare
+    from dnr.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="train each method under torchrun"):
+        run_compare(None, tmp_path / "cmp", ["dense", "dnr"])
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_setup_outside_torchrun_is_one_process_and_refuses_bad_launches() -> None:
+    from dnr.errors import ConfigError
+
+    dist, device = Distributed.setup("cpu", env={})
+    assert (dist.rank, dist.world, dist.enabled, dist.is_main) == (0, 1, False, True)
+    assert device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="each rank uses cuda:LOCAL_RANK"):
+        Distributed.setup("cuda:1", env={"WORLD_SIZE": "2", "RANK": "0"})
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not an integer"):
+        Distributed.setup("cpu", env={"WORLD_SIZE": "two"})
+    with pytest.raises(ConfigError, match="nccl needs CUDA"):
+        Distributed.setup("cpu", "nccl", env={"WORLD_SIZE": "2", "RANK": "1"})

@@ -143,7 +143,8 @@ def pgd(
     ``generator``, or the given ``noise`` of ``x``'s shape; one restart only). With
     ``restarts > 1`` each example keeps the first restart that misclassifies it, otherwise
     the one with the highest final loss; with the same seed the first restart equals the
-    ``restarts=1`` result, so restarts never weaken the attack. Returns a detached tensor with the dtype of ``x``.
+    ``restarts=1`` result, so restarts never weaken the attack. Returns a detached tensor
+    with the dtype of ``x``.
     """
     eps = _check_eps(eps)
     step_size = float(step_size)

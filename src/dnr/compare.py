@@ -22,6 +22,7 @@ import yaml
 
 from dnr.artifacts import ArtifactError, RunDir, read_model_meta
 from dnr.config import Config, ConfigError, load_config, parse_override
+from dnr.distributed import Distributed
 from dnr.fileio import atomic_write, atomic_write_json, atomic_write_text, read_jsonl
 from dnr.markdown import markdown_table
 from dnr.registry import SPARSITY_METHODS, UnknownNameError
@@ -149,6 +150,14 @@ def run_compare(
     Returns the path of ``comparison.md``. Rerunning the same command continues an
     interrupted comparison: finished runs are reused, an interrupted one resumes.
     """
+    if Distributed.launched():
+        # Each method's test evaluation runs on rank 0 alone; the other ranks would wait for
+        # the next method's process group longer than its timeout allows.
+        raise ConfigError(
+            "dnr compare runs in one process: train each method under torchrun with "
+            "`torchrun ... -m dnr train --out OUT/METHOD sparsity.method=METHOD ...`, then "
+            "run the same dnr compare command without torchrun (it reuses finished runs)"
+        )
     names = select_methods(methods, log)
     configs = method_configs(cfg_path, names, list(overrides))
     out = Path(out_dir)
