@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,8 @@ class Distributed:
     local_rank: int = 0
     backend: str | None = None
     owns_group: bool = False  # this object initialised the process group, so it closes it
+    # the gloo group agree() uses beside NCCL (False: the default group is gloo already)
+    _control: Any = field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -72,6 +75,11 @@ class Distributed:
     def is_main(self) -> bool:
         """The process that writes files and logs."""
         return self.rank == 0
+
+    @staticmethod
+    def launched(env: Mapping[str, str] = os.environ) -> bool:
+        """Whether this process is one of several started by torchrun."""
+        return _env_int(env, "WORLD_SIZE", 1) > 1
 
     @classmethod
     def setup(
@@ -147,6 +155,20 @@ class Distributed:
         if self.enabled:
             dist.all_reduce(tensor)
         return tensor
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (e.g. a signal that reached one).
+
+        Runs on a gloo group with a CPU tensor, so it never waits for the GPU.
+        """
+        if not self.enabled:
+            return flag
+        if self._control is None:  # created on first use, at the same call on every rank
+            self._control = dist.new_group(backend="gloo") if self.backend != "gloo" else False
+        group = self._control or None
+        votes = torch.tensor([int(flag)])
+        dist.all_reduce(votes, group=group)
+        return bool(votes.item())
 
     def shard(self, batch: Tensor) -> Tensor:
         """This rank's equal slice (dim 0) of a tensor drawn for the whole global batch."""

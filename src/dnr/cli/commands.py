@@ -18,6 +18,7 @@ def _log_for(quiet: bool):
 def _cmd_train(args: argparse.Namespace) -> int:
     from dnr.artifacts import RunDir
     from dnr.runner import run_train
+    from dnr.training.guards import TrainingStopped
 
     if args.out is None and not args.print_config:
         args.parser.error("the following arguments are required: --out")
@@ -36,7 +37,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result, report = run_train(
             cfg, args.out, resume=args.resume, progress=progress, evaluate=not args.no_eval, log=log
         )
-    except KeyboardInterrupt:
+    except TrainingStopped as stopped:  # SIGINT/SIGTERM: the state was saved first
+        print(f"\n{stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint is the resume point
         print(
             f"\ninterrupted; continue with: dnr train --resume --out {args.out}",
             file=sys.stderr,

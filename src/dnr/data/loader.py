@@ -181,8 +181,12 @@ class BatchLoader:
             return n // bs
         return -(-n // bs)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)``: x float32 (B, 3, H, W) in [0, 1], y int64 (B,), on the device."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)``: x float32 (B, 3, H, W) in [0, 1], y int64 (B,), on the device.
+
+        ``start`` skips the epoch's first batches (a run resumed mid-epoch): the rest are
+        exactly those of an uninterrupted epoch.
+        """
         n = self.num_samples
         gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
         order = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
@@ -190,7 +194,7 @@ class BatchLoader:
             shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=gen)
             flips = torch.rand(n, generator=gen) < 0.5
             shifts, flips = shifts.to(self.device), flips.to(self.device)
-        for batch in range(len(self)):
+        for batch in range(start, len(self)):
             lo, hi = batch * self.batch_size, min((batch + 1) * self.batch_size, n)
             if self.world > 1:
                 per = (hi - lo) // self.world

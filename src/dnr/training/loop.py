@@ -16,6 +16,7 @@ every epoch's sparsity hook.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from dnr.distributed import Distributed, tensor_checksum
 from dnr.robustness import clean_accuracy, pgd_accuracy
 from dnr.seeding import derive_seed
 from dnr.sparsity import Progress, SparsityMethod, Stage, build_sparsity
+from dnr.training.guards import FiniteWatch, NonFiniteLossError, StopSignals, TrainingStopped
 from dnr.training.schedule import learning_rate, schedule_warning
 from dnr.training.setup import (
     build_optimizer,
@@ -80,6 +82,7 @@ class _Run:
     loader: BatchLoader
     state: TrainState
     writer: RunWriter
+    stop: StopSignals = field(default_factory=StopSignals)
 
 
 def train(
@@ -124,12 +127,21 @@ def _train(
         log=log,
         seed=t.seed,
     )
+    with run.stop.installed():
+        _epochs(run, prog, show, log)
+    return _finish(run)
+
+
+def _epochs(run: _Run, prog: Progress, show: bool, log: Callable[[str], None]) -> None:
+    cfg, dist = run.cfg, run.dist
+    t, state = cfg.train, run.state
     last_stage, staged = run.plan[-1][0], len({s for s, _ in run.plan}) > 1
     for epoch in range(state.epochs_done, t.epochs):
         started = time.perf_counter()
         prog.epoch = epoch
         prog.stage, prog.stage_start = run.plan[epoch]
-        if epoch == prog.stage_start:
+        # (a run resumed mid-epoch began its stage before the checkpoint)
+        if epoch == prog.stage_start and state.batch == 0:
             if staged:
                 end = prog.stage_start + prog.stage.epochs
                 log(f"stage {prog.stage.name}: epochs {prog.stage_start + 1}-{end}")
@@ -148,13 +160,14 @@ def _train(
         dist.broadcast_buffers(run.model)  # a rewiring's BN refresh saw each rank's batches
         if cfg.train.check_ranks:
             dist.check_same(_rank_checksum(run), f"masks or weights after epoch {epoch + 1}")
-        record["wall_seconds"] = time.perf_counter() - started
+        record["wall_seconds"] = time.perf_counter() - started + record.pop("resumed_seconds")
         state.epochs_done, state.step = epoch + 1, prog.step
         run.writer.append_metrics(record)
         state.history.append(record)
         run.writer.save_last(_resume_state(run))
         log(_epoch_line(record, t.epochs))
-    return _finish(run)
+        if dist.agree(run.stop.signum is not None) and epoch < t.epochs - 1:
+            _stopped(run, f"the end of epoch {epoch + 1}")
 
 
 def stage_plan(stages: list[Stage], epochs: int) -> list[tuple[Stage, int]]:
@@ -227,8 +240,9 @@ def _setup(
         state.load_state_dict(resume_state["state"])
         torch.set_rng_state(resume_state["rng_cpu"])
         state.history = writer.history(state.epochs_done)
+        within = f", after batch {state.batch}" if state.batch else ""
         log(
-            f"resuming {writer.path} at epoch {state.epochs_done + 1}/{t.epochs}"
+            f"resuming {writer.path} at epoch {state.epochs_done + 1}/{t.epochs}{within}"
             if state.epochs_done < t.epochs
             else f"{writer.path}: all {t.epochs} epochs were done; writing the final artifacts"
         )
@@ -260,19 +274,31 @@ def _no_validation_note(cfg: Config, data: DatasetSplits) -> str | None:
 
 
 def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
-    """One pass over the training data; returns the epoch's training metrics."""
-    cfg, epoch = run.cfg, prog.epoch
-    t, steps = cfg.train, len(run.loader)
-    torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
+    """One pass over the training data; returns the epoch's training metrics.
+
+    A run resumed mid-epoch (``state.batch`` > 0) continues from the saved batch with the
+    saved RNG states and partial sums: the epoch ends exactly as an uninterrupted one.
+    """
+    cfg, epoch, state = run.cfg, prog.epoch, run.state
+    t, steps, start = cfg.train, len(run.loader), state.batch
     # On the training device: random starts need no host-to-device copy per step.
     attack_gen = torch.Generator(device=run.device).manual_seed(
         derive_seed(t.seed, "attack", epoch)
     )
+    # loss*n, clean correct, adv correct, n
+    sums = torch.tensor(state.sums, dtype=torch.float32, device=run.device)
+    if start == 0:
+        torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
+    elif state.attack_rng is not None:  # the global RNG was restored with the checkpoint
+        attack_gen.set_state(state.attack_rng)
     run.trained.train()  # the DDP wrapper too, where there is one
-    sums = torch.zeros(4, device=run.device)  # loss*n, clean correct, adv correct, n
+    watch = FiniteWatch(run.device)
+    every = t.checkpoint_every
+    resumed_seconds = state.seconds
     started = time.perf_counter()
     bar = tqdm(
         total=steps,
+        initial=start,
         desc=f"epoch {epoch + 1}/{t.epochs}",
         disable=not show,
         leave=False,
@@ -280,7 +306,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     )
     lr = t.lr
     random_start = attacks_in_training(cfg) and cfg.attack.random_start
-    for i, (x, y) in enumerate(run.loader.epoch(epoch)):
+    for i, (x, y) in enumerate(run.loader.epoch(epoch, start), start):
         lr = learning_rate(cfg, epoch - prog.stage_start + i / steps, 1 / steps, prog.stage_epochs)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -299,14 +325,28 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
                 sums[1] += (out.logits_clean.argmax(1) == y).sum()
             if out.logits_adv is not None:
                 sums[2] += (out.logits_adv.argmax(1) == y).sum()
+        watch.update(out.loss, i)
         bar.update(1)
         if show and (i % 10 == 0 or i == steps - 1):
-            rate = (i + 1) * t.batch_size / (time.perf_counter() - started)
+            if not run.dist.enabled:  # .item() syncs here anyway (rank 0 alone shows a bar)
+                _check_finite(run, watch, epoch)
+            rate = (i + 1 - start) * t.batch_size / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+        stop = run.dist.agree(run.stop.signum is not None)
+        if i < steps - 1 and (stop or (every and prog.step % every == 0)):
+            _check_finite(run, watch, epoch)
+            state.batch, state.step, state.sums = i + 1, prog.step, sums.tolist()
+            state.seconds = resumed_seconds + time.perf_counter() - started
+            state.attack_rng = attack_gen.get_state()
+            run.writer.save_last(_resume_state(run))
+            if stop:
+                _stopped(run, f"epoch {epoch + 1}, after batch {i + 1}/{steps}")
     bar.close()
+    _check_finite(run, watch, epoch)
     run.dist.all_reduce_(sums)  # the global batch's figures
     loss_sum, clean_sum, adv_sum, count = sums.tolist()  # syncs: the timing is honest
-    seconds = time.perf_counter() - started
+    seconds = resumed_seconds + time.perf_counter() - started
+    state.batch, state.sums, state.seconds, state.attack_rng = 0, [0.0] * 4, 0.0, None
     attacked = attacks_in_training(cfg)
     return {
         "epoch": epoch + 1,
@@ -318,7 +358,32 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         "train_images": count,  # examples trained on this epoch (for equal-budget comparisons)
         "images_per_sec": count / seconds,
         "train_seconds": seconds,
+        "resumed_seconds": resumed_seconds,  # (popped by the caller into wall_seconds)
     }
+
+
+def _check_finite(run: _Run, watch: FiniteWatch, epoch: int) -> None:
+    """Stop before a non-finite loss's state is saved (every rank, if any rank saw one)."""
+    bad = watch.bad_batch()
+    if run.dist.agree(bad is not None):
+        where = f"batch {bad + 1}" if bad is not None else "a batch of another rank"
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite at epoch {epoch + 1}, {where}; "
+            f"the run stopped without saving that state ({run.writer.run.last_checkpoint} "
+            "holds the last good one). Lower train.lr or raise train.warmup_epochs and "
+            "start again (train.init_from can start from a finished run)"
+        )
+
+
+def _stopped(run: _Run, where: str) -> None:
+    """The state at ``where`` is saved: stop with how to continue."""
+    signum = run.stop.signum or signal.SIGTERM
+    raise TrainingStopped(
+        f"stopped by {signal.Signals(signum).name} at {where}; the state is saved. "
+        f"Continue with: dnr train --resume --out {run.writer.path} "
+        "(under torchrun, the same launcher with --resume)",
+        signum,
+    )
 
 
 def _validate(run: _Run, epoch: int) -> dict[str, float]:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 __all__ = ["TrainState"]
 
 
@@ -14,7 +16,10 @@ class TrainState:
     """Counters and the best-so-far selection; ``history`` is rebuilt from metrics.jsonl.
 
     ``epochs_done`` is the number of finished epochs, so a resumed run starts at epoch
-    index ``epochs_done``. ``best_val`` is the validation PGD accuracy of ``best_epoch``
+    index ``epochs_done``; ``batch`` > 0 says a step-level checkpoint was taken inside that
+    epoch after ``batch`` batches, with the epoch's partial ``sums`` (loss*n, clean correct,
+    adversarial correct, n), its training ``seconds`` so far and the attack generator's
+    state ``attack_rng``. ``best_val`` is the validation PGD accuracy of ``best_epoch``
     (1-based; -1 before any selection).
     """
 
@@ -22,6 +27,10 @@ class TrainState:
     step: int = 0
     best_val: float = -1.0
     best_epoch: int = -1
+    batch: int = 0
+    sums: list[float] = field(default_factory=lambda: [0.0] * 4)
+    seconds: float = 0.0
+    attack_rng: Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def select(self, value: float | None, epoch: int) -> bool:
@@ -37,6 +46,10 @@ class TrainState:
             "step": self.step,
             "best_val_pgd": self.best_val,
             "best_epoch": self.best_epoch,
+            "batch": self.batch,
+            "sums": list(self.sums),
+            "seconds": self.seconds,
+            "attack_rng": self.attack_rng,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -44,3 +57,8 @@ class TrainState:
         self.step = int(state["step"])
         self.best_val = float(state["best_val_pgd"])
         self.best_epoch = int(state["best_epoch"])
+        # (absent from checkpoints of versions without step-level checkpoints)
+        self.batch = int(state.get("batch", 0))
+        self.sums = [float(v) for v in state.get("sums", [0.0] * 4)]
+        self.seconds = float(state.get("seconds", 0.0))
+        self.attack_rng = state.get("attack_rng")
