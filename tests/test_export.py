@@ -126,7 +126,9 @@ def test_sparse_file_is_12x_smaller_at_density_005(tmp_path) -> None:
     dense = RunDir(tmp_path / "run").model_weights.stat().st_size
     sparse = RunDir(tmp_path / "out").model_weights.stat().st_size
     assert dense / sparse >= 12, (dense, sparse)
-    assert any(f"{dense:,}" in note and "x smaller" in note for note in result.notes)
+    note = next(note for note in result.notes if "x smaller" in note)
+    quoted = int(note.split(" against ")[1].split(" ")[0].replace(",", ""))
+    assert 0 <= dense - quoted <= 200  # the run's file also carries its checksum header
 
 
 def test_dense_weights_stay_dense_where_rows_would_be_larger(tmp_path) -> None:

@@ -1,21 +1,26 @@
 """Every write a training run makes into its run directory, behind one object.
 
 Reads happen on every process; writes only where ``enabled`` (rank 0 under torchrun), so
-the loop never asks which process it is. Every write is atomic (``dnr.fileio``).
+the loop never asks which process it is. Every write is atomic (``dnr.fileio``), and every
+checkpoint is checksummed (``dnr.artifacts``). ``save_last`` keeps the state before it as
+``checkpoints/previous.pt``: a resume whose ``last.pt`` is damaged continues from that one,
+with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dnr.artifacts import RunDir, load_checkpoint, save_checkpoint, save_model
+from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, save_checkpoint, save_model
 from dnr.config import Config, ConfigError, save_config
-from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl
+from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl, temp_files
 
 __all__ = ["CHECKPOINT_VERSION", "RunExistsError", "RunWriter"]
 
@@ -27,31 +32,56 @@ class RunExistsError(ConfigError):
     """The output directory already holds a run and --resume was not given."""
 
 
-class RunWriter:
-    """The run directory of one training run: guards, config, metrics, checkpoints, model."""
+def _stderr_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
-    def __init__(self, path: str | Path, *, enabled: bool = True) -> None:
+
+class RunWriter:
+    """The run directory of one training run: guards, config, metrics, checkpoints, model.
+
+    ``log`` receives warnings (a damaged ``last.pt`` resumed from ``previous.pt``); they are
+    also kept in :attr:`warnings`. Without ``log``, the writing process prints them to
+    stderr.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        enabled: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.run = RunDir(Path(path))
         self.enabled = enabled
+        self.warnings: list[str] = []
+        self._log = log
+        # last.pt was found damaged: the next save must not rotate it into previous.pt
+        self._last_damaged = False
 
     @property
     def path(self) -> Path:
         return self.run.path
 
+    def has_run(self) -> bool:
+        """Whether the directory holds a run's checkpoints or model (not just a config)."""
+        run = self.run
+        return any(
+            p.exists() for p in (run.last_checkpoint, run.previous_checkpoint, run.model_weights)
+        )
+
     def open(self, cfg: Config, resume: bool) -> dict[str, Any] | None:
         """The resume checkpoint, or None for a fresh run; never overwrite a run silently."""
         run = self.run
-        has_run = run.last_checkpoint.exists() or run.model_weights.exists()
+        if run.path.exists() and not run.path.is_dir():
+            raise ConfigError(f"--out {run.path} is a file, not a run directory")
         if not resume:
-            if has_run:
+            if self.has_run():
                 raise RunExistsError(
-                    f"{run.path} already holds a run; pass --resume to continue it "
-                    "or choose another --out"
+                    f"{run.path} already holds a run; pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out"
                 )
             return None
-        if not run.last_checkpoint.exists():
-            raise ConfigError(f"--resume: no checkpoint to resume in {run.checkpoints}")
-        state = load_checkpoint(run.last_checkpoint)
+        state, source = self._resume_checkpoint()
         saved = state.get("config")
         if saved != cfg.to_dict():
             raise ConfigError(
@@ -60,10 +90,68 @@ class RunWriter:
             )
         if state.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(
-                f"--resume: {run.last_checkpoint} was written by another "
+                f"--resume: {source} was written by another "
                 f"version of torch-dnr (checkpoint format {state.get('version')})"
             )
         return state
+
+    def _resume_checkpoint(self) -> tuple[dict[str, Any], Path]:
+        """``last.pt``, else (damaged or missing) ``previous.pt`` with a warning."""
+        last, previous = self.run.last_checkpoint, self.run.previous_checkpoint
+        if not last.exists() and not previous.exists():
+            raise ConfigError(f"--resume: no checkpoint to resume in {self.run.checkpoints}")
+        problem = f"{last} is missing"
+        if last.exists():
+            try:
+                return load_checkpoint(last), last
+            except ArtifactError as err:
+                if not previous.exists():
+                    raise ArtifactError(
+                        f"{err}; no previous checkpoint to fall back to: start again "
+                        "(dnr train --overwrite) or restore the file"
+                    ) from None
+                problem = str(err)
+        try:
+            state = load_checkpoint(previous)
+        except ArtifactError as err:
+            raise ArtifactError(f"{problem}; the fallback is unusable too: {err}") from None
+        self._last_damaged = True
+        epochs = state.get("state", {}).get("epochs_done") if isinstance(state, dict) else None
+        at = f" (after epoch {epochs})" if isinstance(epochs, int) else ""
+        self._warn(
+            f"{problem}; resuming from the previous checkpoint {previous}{at} instead: "
+            "the steps after it are trained again"
+        )
+        return state, previous
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self._log is not None:
+            self._log(f"warning: {message}")
+        elif self.enabled:
+            _stderr_warning(message)
+
+    def clear(self) -> list[Path]:
+        """Delete an earlier run's files (``dnr train --overwrite``) and return them.
+
+        Only the files :meth:`RunDir.artifacts` names (and leftovers of their interrupted
+        atomic writes) go; anything else in the directory stays. Checkpoints and weights go
+        last, so an interrupted clear still counts as a run.
+        """
+        if not self.enabled:
+            return []
+        removed = []
+        for path in self.run.artifacts():
+            for leftover in temp_files(path):
+                leftover.unlink(missing_ok=True)
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        try:
+            self.run.checkpoints.rmdir()  # only if nothing else is in it
+        except OSError:
+            pass
+        return removed
 
     def start(self, cfg: Config) -> None:
         """A fresh run: the resolved config, and no metrics from an earlier attempt."""
@@ -84,8 +172,14 @@ class RunWriter:
             append_jsonl(self.run.metrics, record)
 
     def save_last(self, state: dict[str, Any]) -> None:
+        """The resume state; the one it replaces becomes ``previous.pt`` (unless damaged)."""
         if self.enabled:
-            save_checkpoint(self.run.last_checkpoint, {"version": CHECKPOINT_VERSION, **state})
+            save_checkpoint(
+                self.run.last_checkpoint,
+                {"version": CHECKPOINT_VERSION, **state},
+                previous=None if self._last_damaged else self.run.previous_checkpoint,
+            )
+            self._last_damaged = False
 
     def save_best(self, state: dict[str, Any]) -> None:
         if self.enabled:
