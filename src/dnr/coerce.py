@@ -64,9 +64,11 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            if not (isinstance(value, float) and value.is_integer()):
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            value = int(value)
+        if not -(2**63) <= value < 2**63:  # what torch and numpy can hold
+            raise ConfigError(f"{key}: {value} is out of range for a 64-bit integer")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
@@ -78,7 +80,13 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
                 return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)

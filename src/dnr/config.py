@@ -7,6 +7,9 @@ typo on the command line is a one-line error naming the key instead of a silent 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ WeightInit = Literal["pytorch", "xavier"]
 Schedule = Literal["multistep", "cosine"]
 Norm = Literal["Linf", "L2"]
 DistBackend = Literal["auto", "nccl", "gloo"]
+TrainMode = Literal["pgd", "fgsm_rs", "free"]
 
 
 def _named(default: str, registry: Registry) -> Any:
@@ -67,6 +71,13 @@ class AttackConfig:
     step_size: float = 2 / 255
     steps: int = 7
     random_start: bool = True
+    # how training examples are made (validation always uses the PGD above): pgd; fgsm_rs
+    # (Wong et al. 2020: one 1.25*eps step from a random start); free (Shafahi et al. 2019:
+    # each batch replayed `replays` times, each replay one weight step and one eps-sign step
+    # of a perturbation carried over between batches; train.epochs counts passes over the
+    # data, so divide the PGD recipe's epochs by `replays`)
+    train_mode: TrainMode = "pgd"
+    replays: int = 4
 
 
 @dataclass
@@ -83,7 +94,9 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 1.0  # linear LR warm-up from ~0 (fractional epochs allowed)
     beta: float = 0.5  # hybrid loss: beta * CE(clean) + (1 - beta) * CE(adversarial)
-    bf16: bool = False  # bf16 autocast for training forward passes only
+    bf16: bool = False  # bf16 autocast for training passes and training attacks (eval: fp32)
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
+    compile: bool = False  # torch.compile the model for training (masks never recompile it)
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     eval_batch_size: int = 256
@@ -162,19 +175,57 @@ def name_fields() -> dict[str, Registry]:
     }
 
 
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def config_keys() -> list[str]:
+    """Every ``SECTION.FIELD`` key of a :class:`Config`."""
+    return [
+        f"{section}.{name}"
+        for section, section_cls in _section_fields(Config).items()
+        for name in _section_fields(section_cls)
+    ]
+
+
+def config_keys_of(section: str) -> list[str]:
+    return [k for k in config_keys() if k.startswith(f"{section}.")]
+
+
+def _unknown_key_hint(dotted: str) -> str:
+    """The closest real key: a misspelt field or section, or a field in another section."""
+    keys = config_keys()
+    # a right field in the wrong section (train.density) or without one (epochs)
+    field_name = dotted.rsplit(".", 1)[-1]
+    homes = [k for k in keys if k.endswith(f".{field_name}")]
+    if len(homes) == 1:
+        return f" (did you mean {homes[0]!r}?)"
+    return did_you_mean(dotted, keys)
+
+
 def _set(cfg: Config, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     sections = _section_fields(Config)
+    if len(parts) == 1 and parts[0] in sections:
+        raise ConfigError(
+            f"{dotted}: expected a mapping of {dotted}.* keys, got {value!r}; on the command "
+            f"line set one key at a time, e.g. {next(iter(config_keys_of(dotted)))}=..."
+        )
     if len(parts) != 2 or parts[0] not in sections:
         raise ConfigError(
-            f"unknown key {dotted!r}; keys look like SECTION.FIELD with SECTION one of "
-            f"{', '.join(sections)}"
+            f"unknown key {dotted!r}{_unknown_key_hint(dotted)}; keys look like SECTION.FIELD "
+            f"with SECTION one of {', '.join(sections)}"
         )
     section_name, field_name = parts
     section = getattr(cfg, section_name)
     fields = _section_fields(type(section))
     if field_name not in fields:
-        raise ConfigError(f"unknown key {dotted!r}; {section_name} has {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"unknown key {dotted!r}{_unknown_key_hint(dotted)}; {section_name} has "
+            f"{', '.join(sorted(fields))}"
+        )
     setattr(section, field_name, coerce(dotted, value, fields[field_name]))
 
 
@@ -207,8 +258,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {err}") from None
+    # PyYAML also raises ValueError (a date such as 2024-13-01), and deep nesting recurses
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+        detail = " ".join(str(err).split())
+        raise ConfigError(f"{key.strip()}: cannot parse value {raw!r}: {detail}") from None
     return key.strip(), value
 
 
@@ -253,8 +306,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = resolve_config_path(path)
         try:
             tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return from_dict(tree, overrides)
@@ -272,10 +327,19 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in registry:
+            names = registry.names()
             raise ConfigError(
-                f"{key}: {value!r} is not allowed; choose one of {', '.join(registry.names())}"
+                f"{key}: {value!r} is not allowed{did_you_mean(str(value).lower(), names)}; "
+                f"choose one of {', '.join(names)}"
             )
         setattr(getattr(cfg, section), name, value.lower())
+    for key in ("data.seed", "train.seed", "eval.seed"):
+        section, name = key.split(".")
+        seed = getattr(getattr(cfg, section), name)
+        _check(0 <= seed < 2**63, f"{key}: must be in [0, 2**63), got {seed}")
+    _check_finite("model.kwargs", m.kwargs)
+    _check_finite("sparsity.options", s.options)
+    _check_model_kwargs(m.name, m.kwargs)
     _check(
         is_device_name(t.device),
         f"train.device: {t.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps",
@@ -288,6 +352,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= a.eps <= 1, f"attack.eps: must be in [0, 1] (pixel scale), got {a.eps}")
     _check(a.step_size >= 0, f"attack.step_size: must be >= 0, got {a.step_size}")
     _check(a.steps >= 0, f"attack.steps: must be >= 0, got {a.steps}")
+    _check(a.replays >= 1, f"attack.replays: must be >= 1, got {a.replays}")
     _check(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _check(t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")
@@ -360,13 +425,52 @@ def validate(cfg: Config) -> None:
             f"{{lwm: {{pretrain_epochs: 2}}}}; got {name!r}: {entry!r}",
         )
         known = getattr(SPARSITY_METHODS.get(name), "option_defaults", {})
-        unknown = sorted(set(entry) - set(known))
+        unknown = sorted(set(entry) - set(known), key=str)
         _check(
             not unknown,
             f"sparsity.options.{name}: no option {', '.join(map(str, unknown))}"
+            + (did_you_mean(str(unknown[0]), known) if unknown else "")
             + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)"),
         )
     method.check_config(cfg)
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """No NaN or infinity hides in a free-form mapping (typed fields are checked by coerce)."""
+    if isinstance(value, float):
+        _check(math.isfinite(value), f"{key}: must be a finite number, got {value}")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(f"{key}.{name}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(f"{key}[{i}]", item)
+
+
+#: Set from the dataset and model.width, never through model.kwargs.
+_MODEL_ARGUMENTS = ("num_classes", "input_size", "width", "mean", "std")
+
+
+def _check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """model.kwargs against the architecture's constructor, before any data is read."""
+    for key in kwargs:
+        _check(
+            key not in _MODEL_ARGUMENTS,
+            f"model.kwargs.{key}: set by the dataset or model.width, not through model.kwargs",
+        )
+    try:
+        parameters = inspect.signature(MODELS.get(name)).parameters
+    except (TypeError, ValueError):  # a constructor without a signature: it decides
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in _MODEL_ARGUMENTS]
+    for key in kwargs:
+        _check(
+            key in parameters,
+            f"model.kwargs.{key}: model {name} has no such argument{did_you_mean(key, accepted)}"
+            + (f"; it takes {', '.join(accepted)}" if accepted else "; it takes none"),
+        )
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
