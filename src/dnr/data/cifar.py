@@ -100,6 +100,11 @@ def _read_cifar(spec: _CifarSpec, root: Path, *, download: bool) -> SourceData:
         missing = _cifar_missing(folder, spec)
     if missing:
         hint = "" if download else "; pass data.download=true to fetch it, or set data.root"
+        if not root.is_dir():
+            raise DataError(
+                f"{spec.name}: data.root {root} is not a directory (the files go in "
+                f"{root / spec.folder}){hint}"
+            )
         raise DataError(f"{spec.name}: {folder / missing[0]} not found (looked in {root}){hint}")
 
     parts = [_read_cifar_batch(folder / name, spec) for name in spec.train_files]

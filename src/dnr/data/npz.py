@@ -42,6 +42,8 @@ def _resolve(path: str, root: Path) -> Path:
 
 
 def _read_npz_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; data.train and data.test list .npz files")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -96,7 +98,15 @@ def _read_npz(train: list[str], test: list[str], *, root: Path) -> SourceData:
             check_labels(y, len(y), len(classes), str(path))
         num_classes = len(classes)
     else:
-        num_classes = 1 + max(int(y.max()) for _, _, y in splits["train"] + splits["test"])
+        parts = splits["train"] + splits["test"]
+        top_path, top = max(((p, int(y.max())) for p, _, y in parts), key=lambda t: t[1])
+        num_classes = top + 1
+        images = sum(len(y) for _, _, y in parts)
+        if num_classes > images:  # a stray label would size the model's output layer
+            raise DataError(
+                f"{top_path}: label {top} implies {num_classes} classes for {images} images; "
+                "use labels 0..K-1, or add a 'classes' array naming the K classes"
+            )
         classes = [str(i) for i in range(num_classes)]
 
     def stack(split: str) -> tuple[torch.Tensor, torch.Tensor]:

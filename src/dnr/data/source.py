@@ -104,11 +104,31 @@ def check_labels(raw: Any, n: int, num_classes: int | None, where: str) -> np.nd
 
 
 def check_images_nhwc(x: Any, where: str) -> np.ndarray:
-    """Images must be non-empty uint8 N x H x W x 3 with H == W."""
+    """Images must be non-empty uint8 N x H x W x 3 with H == W.
+
+    The message says how to fix the common near-misses: float pixels (and NaN in them),
+    channels first.
+    """
     if not isinstance(x, np.ndarray):
         raise DataError(f"{where}: x must be an array, got {type(x).__name__}")
+    if x.dtype.kind == "f":
+        if x.size and not np.isfinite(x).all():
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise DataError(
+                f"{where}: x holds {bad} NaN or infinite values (dtype {x.dtype}); "
+                "fix or drop those images, then store uint8 pixels 0..255"
+            )
+        raise DataError(
+            f"{where}: x must be uint8 pixels 0..255, got {x.dtype}; convert it, e.g. "
+            "np.round(x * 255).clip(0, 255).astype(np.uint8) for values in [0, 1]"
+        )
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise DataError(f"{where}: x must be uint8 N x H x W x 3, got {x.dtype} {x.shape}")
+        hint = ""
+        if x.ndim == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
+            hint = " (channels first? use x.transpose(0, 2, 3, 1))"
+        elif x.ndim == 3:
+            hint = " (grayscale? repeat it: np.repeat(x[..., None], 3, axis=-1))"
+        raise DataError(f"{where}: x must be uint8 N x H x W x 3, got {x.dtype} {x.shape}{hint}")
     if x.shape[1] != x.shape[2]:
         raise DataError(f"{where}: images must be square, got {x.shape[1]}x{x.shape[2]}")
     if len(x) == 0:

@@ -243,6 +243,11 @@ def read_tiny_imagenet(cfg: DataConfig) -> SourceData:
         folder = _find_tiny_folder(root)
     if folder is None:
         hint = "" if download else "; pass data.download=true to fetch it, or set data.root"
+        if not root.is_dir():
+            raise DataError(
+                f"tiny-imagenet: data.root {root} is not a directory (expected "
+                f"{root / 'tiny-imagenet-200'}/wnids.txt){hint}"
+            )
         raise DataError(
             f"tiny-imagenet: no wnids.txt in {root} or {root / 'tiny-imagenet-200'}{hint}"
         )
