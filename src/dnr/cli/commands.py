@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.out is None and not args.print_config:
         args.parser.error("the following arguments are required: --out")
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite starts afresh and --resume continues: give one of them")
     config_path = args.config
     if config_path is None and args.resume and args.out and RunDir(args.out).config.exists():
         config_path = RunDir(args.out).config  # resume with the run's own config
@@ -33,6 +36,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     log = _log_for(args.quiet)
     progress = False if args.quiet else None
+    if args.overwrite:
+        _clear_run(args.out)
     try:
         result, report = run_train(
             cfg, args.out, resume=args.resume, progress=progress, evaluate=not args.no_eval, log=log
@@ -51,6 +56,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.is_main:  # under torchrun, one line from rank 0
         print(f"run directory: {result.run_dir}")
     return 0
+
+
+def _clear_run(out: Path) -> None:
+    """``--overwrite``: remove the earlier run's files before training starts (said on
+    stderr even with --quiet: it deletes files).
+
+    Under torchrun only rank 0 deletes. It does so before it joins the process group, and
+    the other ranks look at the directory only after the group has formed, so none of
+    them sees a half-cleared run.
+    """
+    from dnr.training.writer import RunWriter
+
+    removed = RunWriter(out, enabled=os.environ.get("RANK", "0") == "0").clear()
+    if removed:
+        names = ", ".join(p.relative_to(out).as_posix() for p in removed)
+        print(f"--overwrite: removed the earlier run's {names} in {out}", file=sys.stderr)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

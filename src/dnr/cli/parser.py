@@ -220,6 +220,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--out holds an earlier run: delete its files (only those a run writes) and "
+        "train afresh",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument(
@@ -429,12 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(Dynamic Network Rewiring), evaluate them honestly, report what they keep.",
     )
     parser.add_argument("--version", action="version", version=f"torch-dnr {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(sub)
-    _add_eval(sub)
-    _add_report(sub)
-    _add_export(sub)
-    _add_demo(sub)
-    _add_compare(sub)
+    for add in (_add_train, _add_eval, _add_report, _add_export, _add_demo, _add_compare):
+        add(sub)
     _add_list(sub)
+    for command in sub.choices.values():  # also after the command: dnr train ... --debug
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+        )
     return parser
+
+
+_DEBUG_HELP = "on an error, also print the traceback (errors are otherwise one line)"
