@@ -9,8 +9,8 @@ so they must leave the model exactly as they found it:
 * BatchNorm runs in eval mode, so running statistics are never updated;
 * every submodule's ``training`` flag and every parameter's ``requires_grad`` are restored
   exactly (see :func:`attack_mode`);
-* they run in fp32 even inside an outer (bf16) autocast region, and work under
-  ``torch.no_grad()``.
+* they run in fp32 even inside an outer (bf16) autocast region (training may ask for bf16
+  passes with ``amp=True``), and work under ``torch.no_grad()``.
 
 The step loop has no host synchronisation; with ``restarts > 1`` there is one sync per
 restart (to stop early once every example is already misclassified).
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 LossName = Literal["ce", "cw"]
 
-__all__ = ["attack_mode", "attack_loss", "fgsm", "pgd", "start_noise"]
+__all__ = ["attack_mode", "attack_loss", "fgsm", "fgsm_rs", "pgd", "start_noise"]
 
 
 @contextlib.contextmanager
@@ -112,6 +112,38 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, loss: LossName =
     return x_adv.detach().to(x.dtype)
 
 
+def fgsm_rs(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    amp: bool = False,
+) -> Tensor:
+    """FGSM from a random start (Wong, Rice & Kolter 2020, "Fast is better than free").
+
+    A uniform start in the ε-ball, one signed step of ``step_size`` (default 1.25·ε, the
+    paper's α), projected back to the ε-ball and [0, 1]: one forward and one input-gradient
+    pass, for training. It is PGD with one step, so it shares :func:`pgd`'s guarantees.
+    """
+    step = 1.25 * eps if step_size is None else step_size
+    return pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        step_size=step,
+        steps=1,
+        random_start=True,
+        generator=generator,
+        noise=noise,
+        amp=amp,
+    )
+
+
 def start_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     """The uniform [0, 1) draws of one PGD random start, on the generator's device.
 
@@ -136,6 +168,7 @@ def pgd(
     loss: LossName = "ce",
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    amp: bool = False,
 ) -> Tensor:
     """Projected gradient descent (ℓ∞, sign steps) within ``eps`` of ``x`` and inside [0,1].
 
@@ -144,7 +177,8 @@ def pgd(
     ``restarts > 1`` each example keeps the first restart that misclassifies it, otherwise
     the one with the highest final loss; with the same seed the first restart equals the
     ``restarts=1`` result, so restarts never weaken the attack. Returns a detached tensor
-    with the dtype of ``x``.
+    with the dtype of ``x``. ``amp`` runs the model's passes in bf16 autocast (training
+    attacks only; an evaluation stays in fp32).
     """
     eps = _check_eps(eps)
     step_size = float(step_size)
@@ -163,7 +197,7 @@ def pgd(
     with (
         attack_mode(model),
         torch.enable_grad(),
-        torch.autocast(device_type=x.device.type, enabled=False),
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp),
     ):
         x0 = x.detach().to(dtype)
         lo = (x0 - eps).clamp_(min=0.0)  # the ε-ball intersected with [0,1]

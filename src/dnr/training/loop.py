@@ -47,7 +47,7 @@ from dnr.training.setup import (
     model_meta,
 )
 from dnr.training.state import TrainState
-from dnr.training.step import attacks_in_training, train_step
+from dnr.training.step import StepState, attacks_in_training, train_mode, train_step
 from dnr.training.writer import RunWriter
 
 __all__ = ["TrainResult", "train"]
@@ -122,7 +122,7 @@ def _train(
         step=state.step,
         epoch=state.epochs_done,
         epochs=t.epochs,
-        steps_per_epoch=len(run.loader),
+        steps_per_epoch=len(run.loader) * train_mode(cfg).replays(cfg),
         batches=run.loader.epoch,
         log=log,
         seed=t.seed,
@@ -137,6 +137,8 @@ def _epochs(run: _Run, prog: Progress, show: bool, log: Callable[[str], None]) -
     t, state = cfg.train, run.state
     last_stage, staged = run.plan[-1][0], len({s for s, _ in run.plan}) > 1
     for epoch in range(state.epochs_done, t.epochs):
+        if state.stopped_at:  # (a resumed run that had stopped at a collapse)
+            break
         started = time.perf_counter()
         prog.epoch = epoch
         prog.stage, prog.stage_start = run.plan[epoch]
@@ -166,6 +168,15 @@ def _epochs(run: _Run, prog: Progress, show: bool, log: Callable[[str], None]) -
         state.history.append(record)
         run.writer.save_last(_resume_state(run))
         log(_epoch_line(record, t.epochs))
+        if _collapsed(run, record) and epoch < t.epochs - 1:
+            state.stopped_at = epoch + 1
+            run.writer.save_last(_resume_state(run))
+            log(
+                f"validation PGD accuracy collapsed to {_fmt(record['val_pgd_acc'])} (best "
+                f"{_fmt(state.best_val)}, epoch {state.best_epoch}): catastrophic overfitting "
+                f"of {cfg.attack.train_mode} training; stopping, epoch {state.best_epoch} is kept"
+            )
+            break
         if dist.agree(run.stop.signum is not None) and epoch < t.epochs - 1:
             _stopped(run, f"the end of epoch {epoch + 1}")
 
@@ -224,6 +235,8 @@ def _setup(
     if source and not t.init_masks:
         load_init_weights(model, source)  # the method's initial masks then apply to them
     model.to(device)
+    if t.channels_last:  # before the optimizer and masks take the parameters
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg, model)
     method = build_sparsity(
         cfg, model, optimizer, torch.Generator().manual_seed(derive_seed(t.seed, "masks"))
@@ -261,6 +274,8 @@ def _setup(
         rank=dist.rank,
         world=dist.world,
     )
+    if t.compile:  # in place: state dicts, masks and the attack see the same module
+        model.compile()
     trained = dist.wrap(model, device, sync_bn=t.sync_bn)
     return _Run(
         cfg, data, device, dist, model, trained, optimizer, method, plan, loader, state, writer
@@ -305,7 +320,9 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     lr = t.lr
-    random_start = attacks_in_training(cfg) and cfg.attack.random_start
+    mode = train_mode(cfg)
+    random_start = attacks_in_training(cfg) and mode.draws_start(cfg)
+    step_state = StepState(delta=state.delta)  # free training's perturbation
     for i, (x, y) in enumerate(run.loader.epoch(epoch, start), start):
         lr = learning_rate(cfg, epoch - prog.stage_start + i / steps, 1 / steps, prog.stage_epochs)
         for group in run.optimizer.param_groups:
@@ -315,8 +332,18 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         if random_start:
             global_shape = (len(y) * run.dist.world, *x.shape[1:])
             noise = run.dist.shard(start_noise(global_shape, attack_gen))
+        steps_before = prog.step
         out = train_step(
-            run.trained, run.optimizer, x, y, cfg, run.method, prog, attack_gen, noise=noise
+            run.trained,
+            run.optimizer,
+            x,
+            y,
+            cfg,
+            run.method,
+            prog,
+            attack_gen,
+            noise=noise,
+            state=step_state,
         )
         with torch.no_grad():  # accumulate on the device: no host sync per step
             sums[0] += out.loss.detach().float() * y.numel()
@@ -333,9 +360,11 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
             rate = (i + 1 - start) * t.batch_size / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
         stop = run.dist.agree(run.stop.signum is not None)
-        if i < steps - 1 and (stop or (every and prog.step % every == 0)):
+        due = every and prog.step // every > steps_before // every
+        if i < steps - 1 and (stop or due):
             _check_finite(run, watch, epoch)
             state.batch, state.step, state.sums = i + 1, prog.step, sums.tolist()
+            state.delta = step_state.delta
             state.seconds = resumed_seconds + time.perf_counter() - started
             state.attack_rng = attack_gen.get_state()
             run.writer.save_last(_resume_state(run))
@@ -347,6 +376,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     loss_sum, clean_sum, adv_sum, count = sums.tolist()  # syncs: the timing is honest
     seconds = resumed_seconds + time.perf_counter() - started
     state.batch, state.sums, state.seconds, state.attack_rng = 0, [0.0] * 4, 0.0, None
+    state.delta = step_state.delta
     attacked = attacks_in_training(cfg)
     return {
         "epoch": epoch + 1,
@@ -360,6 +390,19 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         "train_seconds": seconds,
         "resumed_seconds": resumed_seconds,  # (popped by the caller into wall_seconds)
     }
+
+
+def _collapsed(run: _Run, record: dict[str, Any]) -> bool:
+    """A single-step training mode's catastrophic overfitting, seen on validation.
+
+    Robust accuracy under PGD falls to under half of the best epoch's (and by at least 2
+    points) within an epoch or two when FGSM-trained networks overfit catastrophically
+    (Wong et al. 2020); multi-step PGD training does not, so it is never stopped.
+    """
+    value, best = record.get("val_pgd_acc"), run.state.best_val
+    if not train_mode(run.cfg).single_step or value is None or best <= 0:
+        return False
+    return bool(value < 0.5 * best and best - value >= 0.02)
 
 
 def _check_finite(run: _Run, watch: FiniteWatch, epoch: int) -> None:

@@ -31,6 +31,8 @@ class TrainState:
     sums: list[float] = field(default_factory=lambda: [0.0] * 4)
     seconds: float = 0.0
     attack_rng: Tensor | None = None
+    delta: Tensor | None = None  # free training's perturbation, carried between batches
+    stopped_at: int = 0  # the epoch after which a collapse stopped the run (0: it did not)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def select(self, value: float | None, epoch: int) -> bool:
@@ -50,6 +52,8 @@ class TrainState:
             "sums": list(self.sums),
             "seconds": self.seconds,
             "attack_rng": self.attack_rng,
+            "delta": self.delta,
+            "stopped_at": self.stopped_at,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -62,3 +66,5 @@ class TrainState:
         self.sums = [float(v) for v in state.get("sums", [0.0] * 4)]
         self.seconds = float(state.get("seconds", 0.0))
         self.attack_rng = state.get("attack_rng")
+        self.delta = state.get("delta")
+        self.stopped_at = int(state.get("stopped_at", 0))
