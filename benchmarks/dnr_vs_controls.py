@@ -103,7 +103,7 @@ CHANNEL_RUNS = [
 ]
 
 
-def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
+def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], float]]:
     """(group, name, seed, overrides, epochs multiplier) in priority order."""
     main = [
         ("dense", ["sparsity.method=dense"]),
@@ -116,11 +116,19 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], int]]:
         ("flyingbird-uniform", ["sparsity.method=flyingbird", "sparsity.init=uniform"]),
         ("lwm", ["sparsity.method=lwm"]),
     ]
-    runs: list[tuple[str, str, int, list[str], int]] = []
+    runs: list[tuple[str, str, int, list[str], float]] = []
     for seed in seeds:
         runs += [("main", name, seed, ov, 1) for name, ov in main]
     for seed in seeds:
         runs += [("peers", name, seed, ov, 1) for name, ov in peers]
+    fast = [  # the same DNR run trained on PGD-3, FGSM-RS or free examples
+        ("dnr-uniform pgd3", DNR_U, 1.0),
+        ("dnr-uniform fgsm_rs", [*DNR_U, "attack.train_mode=fgsm_rs"], 1.0),
+        # free replays each batch 3 times: a third of the epochs, the same optimizer steps
+        ("dnr-uniform free m=3", [*DNR_U, "attack.train_mode=free", "attack.replays=3"], 1 / 3),
+    ]
+    for seed in seeds:
+        runs += [("fast", name, seed, ov, mult) for name, ov, mult in fast]
     for seed in seeds:
         runs += [("channel", name, seed, ov, 1) for name, ov in CHANNEL_RUNS]
         runs += [("channel", f"{name} x4 epochs", seed, ov, 4) for name, ov in CHANNEL_RUNS[:2]]
@@ -270,12 +278,12 @@ def run_one(
     name: str,
     seed: int,
     overrides: list[str],
-    mult: int,
+    mult: float,
     data: DatasetSplits,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     base = base_overrides(args)
-    epochs = args.epochs * mult
+    epochs = max(1, round(args.epochs * mult))
     cfg = load_config(
         "vgg16_cifar10", [*base, f"train.epochs={epochs}", f"train.seed={seed}", *overrides]
     )
@@ -489,6 +497,7 @@ def report(paths: list[Path]) -> None:
         ("before", "Before this change: the paper's rewiring and no warm-up"),
         ("long", "Longer runs: four times the epochs"),
         ("peers", "Peers at the same recipe and epochs: FlyingBird and LWM (d = 0.05)"),
+        ("fast", "Fast training modes: DNR on PGD-3, FGSM-RS and free (m = 3) examples"),
         ("channel", "Channel mode at d = 0.1: DNR, its static control, and weight mode"),
         ("ablation", "Ablation around the DNR defaults (uniform init)"),
     ):
@@ -526,6 +535,8 @@ def report(paths: list[Path]) -> None:
         ("dnr-weight d=0.1", "static-weight d=0.1"),
         ("dnr-channel d=0.1", "dnr-weight d=0.1"),
         ("dnr-channel d=0.1 x4 epochs", "static-channel d=0.1 x4 epochs"),
+        ("dnr-uniform fgsm_rs", "dnr-uniform pgd3"),
+        ("dnr-uniform free m=3", "dnr-uniform pgd3"),
     ]
     for dnr_name, static_name in pairs:
         deltas = []
