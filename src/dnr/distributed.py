@@ -47,11 +47,13 @@ def tensor_checksum(tensors: Iterable[Tensor]) -> Tensor:
     Bitwise-equal tensors give equal checksums on every rank (same reduction on the same
     hardware); a mask with one weight moved, or a weight that differs, changes them.
     """
-    sums = []
+    sums: list[Tensor] = []
+    device = None
     for t in tensors:
         flat = t.detach().reshape(-1).double()
+        device = device or flat.device  # (masks may live on the CPU, weights on a GPU)
         weights = torch.arange(flat.numel(), device=flat.device, dtype=torch.float64) % 1021 + 1
-        sums += [flat.sum(), (flat * weights).sum()]
+        sums += [flat.sum().to(device), (flat * weights).sum().to(device)]
     return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
 
 

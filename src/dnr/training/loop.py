@@ -116,7 +116,8 @@ def _train(
     show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     if not dist.is_main:
         log = _silent
-    run = _setup(cfg, RunWriter(out_dir, enabled=dist.is_main), dist, device, resume, data, log)
+    writer = RunWriter(out_dir, enabled=dist.is_main, log=log)
+    run = _setup(cfg, writer, dist, device, resume, data, log)
     t, state = cfg.train, run.state
     prog = Progress(
         step=state.step,
@@ -160,7 +161,7 @@ def _epochs(run: _Run, prog: Progress, show: bool, log: Callable[[str], None]) -
             run.writer.save_best(_best_state(run, epoch, record))
         record.update(run.method.on_epoch_end(prog))
         dist.broadcast_buffers(run.model)  # a rewiring's BN refresh saw each rank's batches
-        if cfg.train.check_ranks:
+        if cfg.train.check_ranks and dist.enabled:
             dist.check_same(_rank_checksum(run), f"masks or weights after epoch {epoch + 1}")
         record["wall_seconds"] = time.perf_counter() - started + record.pop("resumed_seconds")
         state.epochs_done, state.step = epoch + 1, prog.step
