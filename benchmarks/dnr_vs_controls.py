@@ -126,6 +126,13 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], float]]:
         ("dnr-uniform fgsm_rs", [*DNR_U, "attack.train_mode=fgsm_rs"], 1.0),
         # free replays each batch 3 times: a third of the epochs, the same optimizer steps
         ("dnr-uniform free m=3", [*DNR_U, "attack.train_mode=free", "attack.replays=3"], 1 / 3),
+        # at about the training cost of the PGD-3 run: twice the epochs, or every epoch
+        ("dnr-uniform fgsm_rs x2 epochs", [*DNR_U, "attack.train_mode=fgsm_rs"], 2.0),
+        (
+            "dnr-uniform free m=3 x3 epochs",
+            [*DNR_U, "attack.train_mode=free", "attack.replays=3"],
+            1.0,
+        ),
     ]
     for seed in seeds:
         runs += [("fast", name, seed, ov, mult) for name, ov, mult in fast]
@@ -537,6 +544,8 @@ def report(paths: list[Path]) -> None:
         ("dnr-channel d=0.1 x4 epochs", "static-channel d=0.1 x4 epochs"),
         ("dnr-uniform fgsm_rs", "dnr-uniform pgd3"),
         ("dnr-uniform free m=3", "dnr-uniform pgd3"),
+        ("dnr-uniform fgsm_rs x2 epochs", "dnr-uniform pgd3"),
+        ("dnr-uniform free m=3 x3 epochs", "dnr-uniform pgd3"),
     ]
     for dnr_name, static_name in pairs:
         deltas = []
