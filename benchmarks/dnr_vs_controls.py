@@ -94,6 +94,7 @@ PAPER = [
 ]
 STATIC_U = ["sparsity.method=static", "sparsity.init=uniform"]
 DNR_U = ["sparsity.method=dnr", "sparsity.init=uniform"]
+FGSM_RS = "attack.train_mode=fgsm_rs"
 CHANNEL = ["sparsity.granularity=channel", "sparsity.density=0.1"]
 CHANNEL_RUNS = [
     ("dnr-channel d=0.1", [*DNR_U, *CHANNEL]),
@@ -133,6 +134,11 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], float]]:
             [*DNR_U, "attack.train_mode=free", "attack.replays=3"],
             1.0,
         ),
+        # FGSM-RS's step: the paper's 1.25 eps, a smaller and a larger one
+        ("dnr-uniform fgsm_rs step 1.0", [*DNR_U, FGSM_RS, "attack.fgsm_step=1.0"], 1.0),
+        ("dnr-uniform fgsm_rs step 1.5", [*DNR_U, FGSM_RS, "attack.fgsm_step=1.5"], 1.0),
+        ("dnr-uniform fgsm_rs step 2.0", [*DNR_U, FGSM_RS, "attack.fgsm_step=2.0"], 1.0),
+        ("dnr-uniform fgsm_rs step 1.5 x2 epochs", [*DNR_U, FGSM_RS, "attack.fgsm_step=1.5"], 2.0),
     ]
     for seed in seeds:
         runs += [("fast", name, seed, ov, mult) for name, ov, mult in fast]
@@ -546,6 +552,10 @@ def report(paths: list[Path]) -> None:
         ("dnr-uniform free m=3", "dnr-uniform pgd3"),
         ("dnr-uniform fgsm_rs x2 epochs", "dnr-uniform pgd3"),
         ("dnr-uniform free m=3 x3 epochs", "dnr-uniform pgd3"),
+        ("dnr-uniform fgsm_rs step 1.0", "dnr-uniform pgd3"),
+        ("dnr-uniform fgsm_rs step 1.5", "dnr-uniform pgd3"),
+        ("dnr-uniform fgsm_rs step 2.0", "dnr-uniform pgd3"),
+        ("dnr-uniform fgsm_rs step 1.5 x2 epochs", "dnr-uniform pgd3"),
     ]
     for dnr_name, static_name in pairs:
         deltas = []

@@ -78,6 +78,7 @@ class AttackConfig:
     # data, so divide the PGD recipe's epochs by `replays`)
     train_mode: TrainMode = "pgd"
     replays: int = 4
+    fgsm_step: float = 1.25  # fgsm_rs: the step, in multiples of eps (paper: 1.25)
 
 
 @dataclass
@@ -353,6 +354,7 @@ def validate(cfg: Config) -> None:
     _check(a.step_size >= 0, f"attack.step_size: must be >= 0, got {a.step_size}")
     _check(a.steps >= 0, f"attack.steps: must be >= 0, got {a.steps}")
     _check(a.replays >= 1, f"attack.replays: must be >= 1, got {a.replays}")
+    _check(0 < a.fgsm_step <= 4, f"attack.fgsm_step: must be in (0, 4] x eps, got {a.fgsm_step}")
     _check(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     _check(t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")

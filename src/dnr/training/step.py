@@ -110,8 +110,16 @@ def _fgsm_rs(
     generator: torch.Generator | None,
     noise: Tensor | None,
 ) -> Tensor:
+    a = cfg.attack
     return fgsm_rs(
-        model, x, y, eps=cfg.attack.eps, generator=generator, noise=noise, amp=cfg.train.bf16
+        model,
+        x,
+        y,
+        eps=a.eps,
+        step_size=a.fgsm_step * a.eps,
+        generator=generator,
+        noise=noise,
+        amp=cfg.train.bf16,
     )
 
 
