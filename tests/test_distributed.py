@@ -112,13 +112,26 @@ def _train_worker(
     resume: bool,
     fail_at: int,
     corrupt_at: int,
+    fail_step: int = -1,
 ) -> None:
     _join(rank, port)
     _record_masks(Path(record) if record else None, fail_at, corrupt_at)
+    if fail_step > 0:  # interrupt both ranks inside this optimizer step
+        import dnr.training.step as step_module
+
+        real, calls = step_module.hybrid_loss, [0]
+
+        def flaky(*args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == fail_step:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        step_module.hybrid_loss = flaky
     try:
         train(from_dict(cfg), out.format(rank=rank), resume=resume, progress=False, log=print)
     except KeyboardInterrupt:
-        if fail_at < 0:
+        if fail_at < 0 and fail_step < 0:
             raise
         Path(out.format(rank=rank) + f".interrupted{rank}").touch()
 
@@ -131,6 +144,7 @@ def _run(
     resume: bool = False,
     fail_at: int = -1,
     corrupt_at: int = -1,
+    fail_step: int = -1,
 ) -> None:
     _spawn(
         _train_worker,
@@ -140,6 +154,7 @@ def _run(
         resume,
         fail_at,
         corrupt_at,
+        fail_step,
     )
 
 
@@ -381,6 +396,31 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_result(runs: Path, tmp_
     train(cfg, tmp_path / "one", resume=True, progress=False, log=lambda _: None)
     assert [r["epoch"] for r in _metrics(tmp_path / "one")] == [1, 2, 3]
     assert _metrics(tmp_path / "one")[0] == _metrics(out)[0]
+
+
+def test_a_two_rank_run_resumes_mid_epoch_from_a_step_checkpoint(tmp_path) -> None:
+    """Step checkpoints hold the global partial sums (rank 0 carries them on) and give
+    every rank rank 0's BN statistics, so the resumed run ends bitwise as the straight one,
+    the last weights (not only the selected ones) and every epoch's figures included."""
+    cfg, out = _config(train__checkpoint_every=2), tmp_path / "run"
+    _run(cfg, out, fail_step=9)  # epoch 2's third step: the checkpoint after step 8 holds
+    state = load_checkpoint(RunDir(out).last_checkpoint)["state"]
+    assert (state["epochs_done"], state["batch"]) == (1, 2)
+    straight = tmp_path / "straight"
+    _run(cfg, straight)  # the same config: step checkpoints also sync the ranks' BN buffers
+    _run(cfg, out, resume=True)
+    for which in ("model", "last"):
+        ckpt = [load_checkpoint(RunDir(r).last_checkpoint)["model"] for r in (straight, out)]
+        if which == "model":
+            ckpt = [load_file(str(RunDir(r).model_weights)) for r in (straight, out)]
+        for key in ckpt[0]:
+            assert torch.equal(ckpt[0][key], ckpt[1][key]), (which, key)
+    strip = ("wall_seconds", "train_seconds", "images_per_sec")
+    clean = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(out)]
+    ref = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(straight)]
+    for got, want in zip(clean, ref, strict=True):
+        differ = {k for k in set(got) | set(want) if got.get(k) != want.get(k)}
+        assert not differ, (got["epoch"], differ)
 
 
 def test_loader_shards_are_the_single_process_batches() -> None:

@@ -367,6 +367,12 @@ def test_to_dict_is_json_with_settings_next_to_numbers(full_report):
     md = full_report.to_markdown()
     assert "| attack | accuracy |" in md and "| sanity check | status |" in md
     assert "worst case" in md and "8/255" in md
+    # The time went somewhere, and the sanity checks' share is named (it dominates short runs)
+    assert 0 < doc["sanity_seconds"] < doc["seconds"]
+    assert sum(r["seconds"] for r in doc["results"]) + doc["sanity_seconds"] <= doc["seconds"]
+    assert "| attack | accuracy | correct | seconds | settings |" in md
+    assert f"Evaluation took {full_report.seconds:.1f} s, {full_report.sanity_seconds:.1f} s" in md
+    assert "eval.sanity=false skips them" in md
 
 
 # ----------------------------------------------------------------------------- fp32 / state

@@ -134,6 +134,7 @@ def evaluate_model(
             else:
                 r = run_attack(m, x, y, spec, **common)
             results.append(r)
+        sanity_started = time.perf_counter()
         checks = (
             run_sanity_checks(
                 m,
@@ -152,6 +153,7 @@ def evaluate_model(
             if sanity
             else []
         )
+        sanity_seconds = time.perf_counter() - sanity_started
 
     versions = {
         "torch": torch.__version__,
@@ -172,6 +174,7 @@ def evaluate_model(
         num_classes=num_classes,
         batch_size=batch_size,
         seconds=time.perf_counter() - started,
+        sanity_seconds=sanity_seconds,
     )
 
 

@@ -118,6 +118,7 @@ class EvalReport:
     num_classes: int | None = None
     batch_size: int | None = None
     seconds: float = 0.0
+    sanity_seconds: float = 0.0  # of ``seconds``: the sanity checks' extra attacks
 
     def result(self, name: str) -> AttackResult:
         for r in self.results:
@@ -170,11 +171,18 @@ class EvalReport:
             "sanity": [c.to_dict() for c in self.sanity],
             "sanity_passed": self.all_passed,
             "seconds": round(self.seconds, 3),
+            "sanity_seconds": round(self.sanity_seconds, 3),
         }
 
     def to_markdown(self) -> str:
         rows = [
-            [r.name, f"{100 * r.accuracy:.2f}%", str(r.num_correct), _format_settings(r.settings)]
+            [
+                r.name,
+                f"{100 * r.accuracy:.2f}%",
+                str(r.num_correct),
+                f"{r.seconds:.1f}",
+                _format_settings(r.settings),
+            ]
             for r in self.results
         ]
         worst = self.worst_case
@@ -184,6 +192,7 @@ class EvalReport:
                     "**worst case**",
                     f"**{100 * worst.accuracy:.2f}%**",
                     str(worst.num_correct),
+                    "",
                     "robust only if it survives every attack above",
                 ]
             )
@@ -196,7 +205,7 @@ class EvalReport:
             f"Protocol `{self.protocol}`, {self.norm}, {self.num_examples} examples "
             f"({subset}), device {self.device}, fp32.",
             "",
-            markdown_table(["attack", "accuracy", "correct", "settings"], rows),
+            markdown_table(["attack", "accuracy", "correct", "seconds", "settings"], rows),
         ]
         if self.sanity:
             lines += [
@@ -209,4 +218,15 @@ class EvalReport:
                     ],
                 ),
             ]
+        lines += ["", self.time_line()]
         return "\n".join(lines)
+
+    def time_line(self) -> str:
+        """Where the evaluation's time went: it dominates short runs, sanity checks most."""
+        line = f"Evaluation took {self.seconds:.1f} s"
+        if self.sanity:
+            line += (
+                f", {self.sanity_seconds:.1f} s of it in the sanity checks' extra attacks "
+                "(eval.sanity=false skips them)"
+            )
+        return line + "."

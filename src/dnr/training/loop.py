@@ -116,7 +116,7 @@ def _train(
     show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     if not dist.is_main:
         log = _silent
-    writer = RunWriter(out_dir, enabled=dist.is_main, log=log)
+    writer = RunWriter(out_dir, enabled=dist.is_main)  # warnings to stderr, also with --quiet
     run = _setup(cfg, writer, dist, device, resume, data, log)
     t, state = cfg.train, run.state
     prog = Progress(
@@ -301,8 +301,10 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     attack_gen = torch.Generator(device=run.device).manual_seed(
         derive_seed(t.seed, "attack", epoch)
     )
-    # loss*n, clean correct, adv correct, n
-    sums = torch.tensor(state.sums, dtype=torch.float32, device=run.device)
+    # loss*n, clean correct, adv correct, n; a step checkpoint holds the global partial sums,
+    # which rank 0 carries on (the ranks' sums are added at the end of the epoch)
+    carried = state.sums if run.dist.is_main else [0.0] * 4
+    sums = torch.tensor(carried, dtype=torch.float32, device=run.device)
     if start == 0:
         torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
     elif state.attack_rng is not None:  # the global RNG was restored with the checkpoint
@@ -364,10 +366,17 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         due = every and prog.step // every > steps_before // every
         if i < steps - 1 and (stop or due):
             _check_finite(run, watch, epoch)
-            state.batch, state.step, state.sums = i + 1, prog.step, sums.tolist()
+            state.batch, state.step = i + 1, prog.step
+            partial = run.dist.all_reduce_(sums.clone())
+            state.sums = partial.tolist()
+            if run.dist.enabled:  # go on from the split a resume starts from (same rounding)
+                sums = partial if run.dist.is_main else torch.zeros_like(sums)
             state.delta = step_state.delta
             state.seconds = resumed_seconds + time.perf_counter() - started
             state.attack_rng = attack_gen.get_state()
+            # Rank 0's BN statistics on every rank, as a resume will have them: a resumed
+            # run goes on exactly as this one does
+            run.dist.broadcast_buffers(run.model)
             run.writer.save_last(_resume_state(run))
             if stop:
                 _stopped(run, f"epoch {epoch + 1}, after batch {i + 1}/{steps}")
