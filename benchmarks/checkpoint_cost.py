@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from benchutil import cpu_name
 from dnr.artifacts import load_checkpoint, save_checkpoint, verify_checkpoint
 from dnr.config import load_config
 from dnr.fileio import atomic_write
@@ -58,16 +59,6 @@ def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> list
         sync()
         out.append(time.perf_counter() - start)
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -171,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "attack": "PGD-7 hybrid (train.beta 0.5)",
         "device": str(device),
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),

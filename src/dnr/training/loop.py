@@ -509,25 +509,20 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def _finish(run: _Run) -> TrainResult:
-    """The deployed model is the best epoch on validation PGD accuracy."""
+    """The deployed model is the best epoch on validation PGD accuracy.
+
+    Rank 0 selects and saves it; other torchrun ranks keep the last epoch's model (the run
+    directory may not be on their file system).
+    """
     state = run.state
-    if not run.dist.is_main:  # rank 0 selects and saves; the run directory may be remote
-        return TrainResult(
-            run.writer.path,
-            run.model.eval(),
-            run.method,
-            state.best_epoch,
-            state.best_val,
-            state.history,
-            is_main=False,
+    if run.dist.is_main:
+        best = run.writer.load_best(map_location=run.device)
+        run.model.load_state_dict(best["model"])
+        run.method.load_state_dict(best["sparsity"])
+        selection = {"by": "val_pgd_acc", "epoch": state.best_epoch, "value": state.best_val}
+        run.writer.save_model(
+            run.model, model_meta(run.cfg, run.data, run.method, {"selection": selection})
         )
-    best = run.writer.load_best(map_location=run.device)
-    run.model.load_state_dict(best["model"])
-    run.method.load_state_dict(best["sparsity"])
-    selection = {"by": "val_pgd_acc", "epoch": state.best_epoch, "value": state.best_val}
-    run.writer.save_model(
-        run.model, model_meta(run.cfg, run.data, run.method, {"selection": selection})
-    )
     return TrainResult(
         run.writer.path,
         run.model.eval(),
@@ -535,6 +530,7 @@ def _finish(run: _Run) -> TrainResult:
         state.best_epoch,
         state.best_val,
         state.history,
+        is_main=run.dist.is_main,
     )
 
 

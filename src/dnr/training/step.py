@@ -20,6 +20,7 @@ from FGSM-RS or free examples instead of PGD ones (docs/method.md, "Fast trainin
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -86,8 +87,16 @@ def _pgd(
     cfg: Config,
     generator: torch.Generator | None,
     noise: Tensor | None,
+    *,
+    single_step: bool = False,
 ) -> Tensor:
-    a = cfg.attack
+    """The configured PGD, or FGSM-RS: one ``attack.fgsm_step``-eps step from a random start."""
+    a, amp = cfg.attack, cfg.train.bf16
+    if single_step:
+        step = a.fgsm_step * a.eps
+        return fgsm_rs(
+            model, x, y, eps=a.eps, step_size=step, generator=generator, noise=noise, amp=amp
+        )
     return pgd(
         model,
         x,
@@ -98,28 +107,7 @@ def _pgd(
         random_start=a.random_start,
         generator=generator,
         noise=noise,
-        amp=cfg.train.bf16,
-    )
-
-
-def _fgsm_rs(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    cfg: Config,
-    generator: torch.Generator | None,
-    noise: Tensor | None,
-) -> Tensor:
-    a = cfg.attack
-    return fgsm_rs(
-        model,
-        x,
-        y,
-        eps=a.eps,
-        step_size=a.fgsm_step * a.eps,
-        generator=generator,
-        noise=noise,
-        amp=cfg.train.bf16,
+        amp=amp,
     )
 
 
@@ -151,7 +139,13 @@ class TrainMode:
 
 TRAIN_MODES: dict[str, TrainMode] = {
     "pgd": TrainMode("pgd", _pgd, uses_steps=True, start="config", single_step=False),
-    "fgsm_rs": TrainMode("fgsm_rs", _fgsm_rs, uses_steps=False, start="always", single_step=True),
+    "fgsm_rs": TrainMode(
+        "fgsm_rs",
+        functools.partial(_pgd, single_step=True),
+        uses_steps=False,
+        start="always",
+        single_step=True,
+    ),
     "free": TrainMode("free", None, uses_steps=False, start="never", single_step=True),
 }
 
