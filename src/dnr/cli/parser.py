@@ -208,7 +208,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model with a sparsity method (dnr list methods) and evaluate it",
         description="Train with the DNR hybrid loss into one run directory, then evaluate "
-        "on the test set. Interrupt at any time; --resume continues from the last epoch.",
+        "on the test set. Interrupt at any time (Ctrl-C / SIGTERM save the state first); "
+        "--resume continues from the last checkpoint (epoch ends, and every "
+        "train.checkpoint_every steps). Several GPUs: torchrun --nproc_per_node N -m dnr "
+        "train ... (train.batch_size is the global batch; docs/distributed.md).",
         epilog_factory=_train_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         intermixed=True,
