@@ -485,6 +485,19 @@ def test_compare_under_torchrun_is_refused_with_the_workflow(monkeypatch, tmp_pa
     assert not (tmp_path / "cmp").exists()
 
 
+def test_a_download_under_torchrun_is_refused_when_the_data_is_missing(monkeypatch, tmp_path):
+    from dnr.errors import ConfigError
+    from dnr.runner import run_train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = load_config(
+        None, ["data.name=cifar10", f"data.root={tmp_path / 'none'}", "data.download=true"]
+    )
+    with pytest.raises(ConfigError, match="download it first in one process"):
+        run_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "none").exists() and not (tmp_path / "run").exists()
+
+
 def test_setup_outside_torchrun_is_one_process_and_refuses_bad_launches() -> None:
     from dnr.errors import ConfigError
 

@@ -235,3 +235,26 @@ def test_a_non_finite_loss_stops_before_its_state_is_saved(tmp_path, monkeypatch
     assert last["state"]["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert len(_metrics(tmp_path / "run")) == 1
+
+
+def test_rewirings_inside_an_epoch_survive_a_mid_epoch_resume(tmp_path, monkeypatch) -> None:
+    """With rewire_every, an epoch's rewiring records accumulate until its end: a step
+    checkpoint must carry them, or the epoch's metrics lose the ones before it."""
+    cfg = load_config(None, [*OVERRIDES, "sparsity.rewire_every=2", "train.checkpoint_every=3"])
+    train(cfg, tmp_path / "straight", progress=False, log=lambda _: None)
+    real, calls = step_module.hybrid_loss, {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 8:  # epoch 2, after the step-6 checkpoint and the step-6 rewiring
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "hybrid_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    monkeypatch.undo()
+    train(cfg, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
+    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "run")
+    assert len(a[1]["rewire"]) == 2  # steps 6 and 8 of epoch 2 (5-8)
+    assert _strip(a) == _strip(b)

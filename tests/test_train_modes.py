@@ -9,6 +9,7 @@ tensor's value on the host: that is a device synchronisation on a GPU.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from dnr.config import Config, load_config
 from dnr.data import BatchLoader, load_dataset
 from dnr.sparsity import Progress, build_sparsity
 from dnr.training import build_optimizer, model_for, train, train_step
-from dnr.training.step import StepState, attacks_in_training
+from dnr.training.step import StepState, attacks_in_training, train_mode
 
 
 def _config(**extra: Any) -> Config:
@@ -284,3 +285,15 @@ def test_fast_modes_train_end_to_end(tmp_path) -> None:
         assert math.isfinite(record["train_loss"]) and record["train_adv_acc"] is not None
         # free: 2 optimizer steps per batch, counted in the step
         assert record["step"] == 3 * math.ceil(192 / 32) * (2 if mode == "free" else 1)
+        meta = json.loads((tmp_path / mode / "model.json").read_text())
+        assert meta["training"]["attack"]["train_mode"] == mode
+
+
+def test_free_without_an_attack_takes_one_step_per_batch() -> None:
+    """beta = 1 trains on clean images only: no replays, and the schedules count so."""
+    cfg = _config(attack__train_mode="free", attack__replays=3, train__beta=1.0)
+    assert not attacks_in_training(cfg)
+    assert train_mode(cfg).replays(cfg) == 1
+    assert train_mode(_config(attack__train_mode="free", attack__replays=3)).replays(cfg) == 1
+    free = _config(attack__train_mode="free", attack__replays=3)
+    assert train_mode(free).replays(free) == 3

@@ -30,8 +30,9 @@ from dnr.config import (
     from_dict,
     load_config,
 )
-from dnr.data import DatasetSplits, load_dataset
+from dnr.data import DataError, DatasetSplits, load_dataset
 from dnr.devices import resolve_device
+from dnr.distributed import Distributed
 from dnr.fileio import atomic_write_json
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
@@ -48,7 +49,7 @@ def run_train(
     log: Callable[[str], None] = print,
 ) -> tuple[TrainResult, EvalReport | None]:
     """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report."""
-    data = load_dataset(cfg.data)
+    data = _load_for_training(cfg.data)
     result = train(cfg, out_dir, resume=resume, progress=progress, log=log, data=data)
     if not result.is_main:  # torchrun: rank 0 evaluates and writes the report
         return result, None
@@ -65,6 +66,21 @@ def run_train(
     plot_layer_density(result.run_dir)
     write_report(result.run_dir)
     return result, report
+
+
+def _load_for_training(cfg: DataConfig) -> DatasetSplits:
+    """The dataset; under torchrun it must be on disk already: every process downloading
+    and extracting into the same files at once would corrupt them."""
+    if not (cfg.download and Distributed.launched()):
+        return load_dataset(cfg)
+    try:
+        return load_dataset(replace(cfg, download=False))
+    except DataError as err:
+        raise ConfigError(
+            f"{err}. Under torchrun data.download=true would download once per process into "
+            "the same files: download it first in one process (the same dnr train command "
+            "without torchrun, stopped with Ctrl-C once training starts), then launch torchrun"
+        ) from None
 
 
 def evaluate_loaded(

@@ -8,6 +8,7 @@ each rewiring BatchNorm statistics are re-estimated on a few seeded clean batche
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dnr.errors import ConfigError
@@ -82,6 +83,15 @@ class DNR(MaskedMethod):
         every = self.cfg.sparsity.rewire_every
         if every > 0 and progress.step % every == 0 and self._in_window(progress):
             self._pending.append(self._rewire(progress))
+
+    def state_dict(self) -> dict[str, Any]:
+        # the epoch's rewirings so far (rewire_every > 0): a step-level checkpoint inside the
+        # epoch must bring them back for the epoch's metrics record
+        return {**super().state_dict(), "pending_rewires": [dict(r) for r in self._pending]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state.items() if k != "pending_rewires"})
+        self._pending = [dict(r) for r in state.get("pending_rewires", [])]
 
     def epoch_end_update(self, progress: Progress) -> dict[str, Any]:
         if self.cfg.sparsity.rewire_every == 0 and self._in_window(progress):

@@ -308,6 +308,12 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     if start == 0:
         torch.manual_seed(derive_seed(t.seed, "epoch", epoch))
     elif state.attack_rng is not None:  # the global RNG was restored with the checkpoint
+        if state.attack_rng.numel() != attack_gen.get_state().numel():
+            raise ConfigError(
+                f"--resume: {run.writer.run.last_checkpoint} was saved mid-epoch on another "
+                f"kind of device than {run.device.type}; resume on the device type it was "
+                "trained on (train.device)"
+            )
         attack_gen.set_state(state.attack_rng)
     run.trained.train()  # the DDP wrapper too, where there is one
     watch = FiniteWatch(run.device)
@@ -325,7 +331,9 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     lr = t.lr
     mode = train_mode(cfg)
     random_start = attacks_in_training(cfg) and mode.draws_start(cfg)
-    step_state = StepState(delta=state.delta)  # free training's perturbation
+    # free training's perturbation (checkpoints hold it on the CPU)
+    delta = None if state.delta is None else state.delta.to(run.device)
+    step_state = StepState(delta=delta)
     for i, (x, y) in enumerate(run.loader.epoch(epoch, start), start):
         lr = learning_rate(cfg, epoch - prog.stage_start + i / steps, 1 / steps, prog.stage_epochs)
         for group in run.optimizer.param_groups:
@@ -420,11 +428,12 @@ def _check_finite(run: _Run, watch: FiniteWatch, epoch: int) -> None:
     bad = watch.bad_batch()
     if run.dist.agree(bad is not None):
         where = f"batch {bad + 1}" if bad is not None else "a batch of another rank"
+        last = run.writer.run.last_checkpoint
+        kept = f"{last} holds the last good one" if last.exists() else "nothing was saved yet"
         raise NonFiniteLossError(
             f"the training loss became NaN or infinite at epoch {epoch + 1}, {where}; "
-            f"the run stopped without saving that state ({run.writer.run.last_checkpoint} "
-            "holds the last good one). Lower train.lr or raise train.warmup_epochs and "
-            "start again (train.init_from can start from a finished run)"
+            f"the run stopped without saving that state ({kept}). Lower train.lr or raise "
+            "train.warmup_epochs and start again (train.init_from can start from a finished run)"
         )
 
 

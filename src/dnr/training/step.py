@@ -130,8 +130,8 @@ class TrainMode:
     single_step: bool
 
     def replays(self, cfg: Config) -> int:
-        """Optimizer steps per batch."""
-        return cfg.attack.replays if self.adversary is None else 1
+        """Optimizer steps per batch (one whenever training is not adversarial)."""
+        return cfg.attack.replays if self.adversary is None and attacks_in_training(cfg) else 1
 
     def draws_start(self, cfg: Config) -> bool:
         return self.start == "always" or (self.start == "config" and cfg.attack.random_start)

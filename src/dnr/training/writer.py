@@ -75,7 +75,9 @@ class RunWriter:
         if run.path.exists() and not run.path.is_dir():
             raise ConfigError(f"--out {run.path} is a file, not a run directory")
         if not resume:
-            if self.has_run():
+            # The writing rank decides: under torchrun another rank could look before rank 0
+            # has cleared an earlier run for --overwrite (no barrier comes first)
+            if self.enabled and self.has_run():
                 raise RunExistsError(
                     f"{run.path} already holds a run; pass --resume to continue it, "
                     "--overwrite to replace it, or choose another --out"
