@@ -297,3 +297,32 @@ def test_free_without_an_attack_takes_one_step_per_batch() -> None:
     assert train_mode(_config(attack__train_mode="free", attack__replays=3)).replays(cfg) == 1
     free = _config(attack__train_mode="free", attack__replays=3)
     assert train_mode(free).replays(free) == 3
+
+
+def test_a_collapse_of_validation_pgd_stops_single_step_training(tmp_path, monkeypatch) -> None:
+    """Catastrophic overfitting guard: FGSM-RS training whose validation PGD accuracy falls
+    under half the best stops after that epoch, keeps the best, and stays stopped on resume;
+    the same figures never stop PGD training."""
+    import dnr.training.loop as loop_module
+    from dnr.artifacts import RunDir, load_checkpoint
+
+    figures = iter([0.30, 0.32, 0.10, 0.31, 0.31])  # epoch 3 collapses (0.10 < 0.32 / 2)
+
+    def fake_validate(run: Any, epoch: int) -> dict[str, float]:
+        return {"val_clean_acc": 0.5, "val_pgd_acc": next(figures)}
+
+    monkeypatch.setattr(loop_module, "_validate", fake_validate)
+    cfg = _config(sparsity__method="dnr", attack__train_mode="fgsm_rs", train__epochs=5)
+    lines: list[str] = []
+    result = train(cfg, tmp_path / "fgsm", progress=False, log=lines.append)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.best_epoch == 2 and any("catastrophic overfitting" in line for line in lines)
+    last = load_checkpoint(RunDir(tmp_path / "fgsm").last_checkpoint)
+    assert last["state"]["stopped_at"] == 3
+    again = train(cfg, tmp_path / "fgsm", resume=True, progress=False, log=lambda _: None)
+    assert [r["epoch"] for r in again.history] == [1, 2, 3]  # not trained past the stop
+
+    figures = iter([0.30, 0.32, 0.10, 0.31, 0.31])
+    pgd_cfg = _config(sparsity__method="dnr", train__epochs=5)
+    pgd_run = train(pgd_cfg, tmp_path / "pgd", progress=False, log=lambda _: None)
+    assert len(pgd_run.history) == 5
