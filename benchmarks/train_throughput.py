@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import statistics
 import time
 from collections import defaultdict
@@ -66,7 +65,7 @@ from benchutil import (
     sync,
     write_results,
 )
-from dnr.config import config_keys, load_config
+from dnr.config import load_config
 from dnr.costs import model_costs
 from dnr.data.loader import BatchLoader, Split
 from dnr.devices import resolve_device
@@ -74,12 +73,8 @@ from dnr.markdown import markdown_table
 from dnr.models import create_model, init_weights
 from dnr.sparsity import Progress, build_sparsity
 from dnr.training import build_optimizer, train_step
+from dnr.training.step import StepState, accumulate, train_mode
 from reference_loop import ReferenceTrainer, make_loader, reference_masks
-
-try:  # the training modes' step state (free training's perturbation), when present
-    from dnr.training.step import StepState
-except ImportError:  # pragma: no cover - older step without fast modes
-    StepState = None  # type: ignore[assignment,misc]
 
 METHODS: dict[str, list[str]] = {
     "dense": ["sparsity.method=dense"],
@@ -93,35 +88,17 @@ METHOD_LABELS = {
 }
 
 
-def mode_overrides(mode: str, replays: int) -> list[str] | None:
-    """Config overrides of a training mode; None when this version of dnr lacks it."""
-    keys = set(config_keys())
-    if "attack.train_mode" not in keys:
-        return [] if mode == "pgd" else None
+def mode_overrides(mode: str, replays: int) -> list[str]:
+    """Config overrides of a training mode (``attack.train_mode``)."""
     if mode == "free":
         return ["attack.train_mode=free", f"attack.replays={replays}"]
     return [f"attack.train_mode={mode}"]
 
 
-def optional_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Overrides for --bf16/--channels-last/--compile, and notes for the ones dnr lacks."""
-    keys, out, notes = set(config_keys()), [], []
-    for flag, key in (
-        ("bf16", "train.bf16"),
-        ("channels_last", "train.channels_last"),
-        ("compile", "train.compile"),
-    ):
-        if getattr(args, flag):
-            if key in keys:
-                out.append(f"{key}=true")
-            else:
-                notes.append(f"--{flag.replace('_', '-')} skipped: this dnr has no {key}")
-    return out, notes
-
-
-def optimizer_steps_per_call(cfg: Any) -> int:
-    """Optimizer steps one ``train_step`` call takes (``attack.replays`` in free mode)."""
-    return int(cfg.attack.replays) if getattr(cfg.attack, "train_mode", "pgd") == "free" else 1
+def optional_overrides(args: argparse.Namespace) -> list[str]:
+    """Overrides for --bf16/--channels-last/--compile."""
+    flags = ("bf16", "channels_last", "compile")
+    return [f"train.{flag}=true" for flag in flags if getattr(args, flag)]
 
 
 def forward_passes(cfg: Any) -> dict[str, float]:
@@ -140,11 +117,11 @@ def forward_passes(cfg: Any) -> dict[str, float]:
     beta = cfg.train.beta
     train_fwd = 2 if 0 < beta < 1 else 1
     update = 3 * train_fwd
-    mode = getattr(cfg.attack, "train_mode", "pgd")
+    mode = cfg.attack.train_mode
     if beta >= 1 or cfg.attack.eps <= 0:
         return {"conventional": float(train_fwd * 3), "needed": float(train_fwd * 3)}
     if mode == "free":
-        m = optimizer_steps_per_call(cfg)
+        m = train_mode(cfg).replays(cfg)
         return {"conventional": float(update * m), "needed": float(update * m)}
     k = 1 if mode == "fgsm_rs" else int(cfg.attack.steps)
     return {"conventional": float(3 * k + update), "needed": float(2 * k + update)}
@@ -209,34 +186,26 @@ def ours_case(
     cfg = load_config(None, overrides)
     t = cfg.train
     model = build_model(name, cfg.model.width, cfg.model.init, seed).to(device)
-    if getattr(t, "channels_last", False):  # before the optimizer and masks take the params
+    if t.channels_last:  # before the optimizer and masks take the params
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg, model)
     sparsity = build_sparsity(cfg, model, optimizer, torch.Generator().manual_seed(seed))
     loader = BatchLoader(split, batch, device, shuffle=True, augment=True, seed=seed)
-    if getattr(t, "compile", False):
+    if t.compile:
         model.compile()
-    steps = optimizer_steps_per_call(cfg)
+    steps = train_mode(cfg).replays(cfg)
     # rewiring happens at epoch ends (rewire_every=0), outside the measured steps
     progress = Progress(step=0, epoch=0, epochs=1, steps_per_epoch=len(loader) * steps)
     gen = torch.Generator(device=device).manual_seed(seed)
-    extra: dict[str, Any] = {}
-    if StepState is not None and "state" in inspect.signature(train_step).parameters:
-        extra["state"] = StepState()
+    state = StepState()  # free training's perturbation, carried between steps
     sums = torch.zeros(4, device=device)
     model.train()
 
     def one(x: torch.Tensor, y: torch.Tensor) -> None:
         for group in optimizer.param_groups:  # the loop sets the LR every step
             group["lr"] = t.lr
-        out = train_step(model, optimizer, x, y, cfg, sparsity, progress, gen, **extra)
-        with torch.no_grad():  # the loop's on-device sums (no host sync per step)
-            sums[0] += out.loss.detach().float() * y.numel()
-            sums[3] += y.numel()
-            if out.logits_clean is not None:
-                sums[1] += (out.logits_clean.argmax(1) == y).sum()
-            if out.logits_adv is not None:
-                sums[2] += (out.logits_adv.argmax(1) == y).sum()
+        out = train_step(model, optimizer, x, y, cfg, sparsity, progress, gen, state=state)
+        accumulate(sums, out, y)  # the loop's on-device sums (no host sync per step)
 
     def run(batches: int, epoch: int) -> float:
         start = now(device)
@@ -571,7 +540,7 @@ def bench_model(
             name,
             method,
             mode,
-            base + METHODS[method] + (mode_overrides(mode, args.replays) or []) + extra,
+            base + METHODS[method] + mode_overrides(mode, args.replays) + extra,
             split,
             batch,
             device,
@@ -610,7 +579,7 @@ def bench_model(
         cost = statistics.median(c.per_image)
         dense = find("ours", "dense", c.mode)
         pgd = find("ours", c.method, "pgd")
-        steps = optimizer_steps_per_call(c.cfg)
+        steps = train_mode(c.cfg).replays(c.cfg)
         passes = forward_passes(c.cfg)
         rows.append(
             {
@@ -768,15 +737,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     batches = [int(b) for b in args.batch_size.split(",")]
-    extra, notes = optional_overrides(args)
-    modes: list[str] = []
-    for mode in args.modes.split(","):
-        if mode_overrides(mode, args.replays) is None:
-            notes.append(f"mode {mode} skipped: this dnr has no attack.train_mode")
-        elif mode:
-            modes.append(mode)
-    for note in notes:
-        print(note)
+    extra, notes = optional_overrides(args), []  # (notes: for the report; none yet)
+    modes = [mode for mode in args.modes.split(",") if mode]
 
     info = machine_info(device)
     print(f"{info['cpu']}; torch {info['torch']}, {info['threads']} threads; {device}")

@@ -294,7 +294,6 @@ def test_free_without_an_attack_takes_one_step_per_batch() -> None:
     cfg = _config(attack__train_mode="free", attack__replays=3, train__beta=1.0)
     assert not attacks_in_training(cfg)
     assert train_mode(cfg).replays(cfg) == 1
-    assert train_mode(_config(attack__train_mode="free", attack__replays=3)).replays(cfg) == 1
     free = _config(attack__train_mode="free", attack__replays=3)
     assert train_mode(free).replays(free) == 3
 

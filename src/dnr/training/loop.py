@@ -47,7 +47,13 @@ from dnr.training.setup import (
     model_meta,
 )
 from dnr.training.state import TrainState
-from dnr.training.step import StepState, attacks_in_training, train_mode, train_step
+from dnr.training.step import (
+    StepState,
+    accumulate,
+    attacks_in_training,
+    train_mode,
+    train_step,
+)
 from dnr.training.writer import RunWriter
 
 __all__ = ["TrainResult", "train"]
@@ -356,13 +362,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
             noise=noise,
             state=step_state,
         )
-        with torch.no_grad():  # accumulate on the device: no host sync per step
-            sums[0] += out.loss.detach().float() * y.numel()
-            sums[3] += y.numel()
-            if out.logits_clean is not None:
-                sums[1] += (out.logits_clean.argmax(1) == y).sum()
-            if out.logits_adv is not None:
-                sums[2] += (out.logits_adv.argmax(1) == y).sum()
+        accumulate(sums, out, y)
         watch.update(out.loss, i)
         bar.update(1)
         if show and (i % 10 == 0 or i == steps - 1):

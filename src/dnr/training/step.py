@@ -39,6 +39,7 @@ __all__ = [
     "StepOutput",
     "StepState",
     "TrainMode",
+    "accumulate",
     "attacks_in_training",
     "hybrid_loss",
     "train_mode",
@@ -158,6 +159,20 @@ def attacks_in_training(cfg: Config) -> bool:
     """Whether training examples are adversarial (beta < 1 and a non-trivial attack)."""
     a, mode = cfg.attack, train_mode(cfg)
     return cfg.train.beta < 1.0 and a.eps > 0 and (a.steps > 0 or not mode.uses_steps)
+
+
+@torch.no_grad()
+def accumulate(sums: Tensor, out: StepOutput, y: Tensor) -> None:
+    """Add a step's loss x n, clean correct, adversarial correct and n to ``sums`` (4 values).
+
+    On the device, so the training loop reads them once per epoch, not once per step.
+    """
+    sums[0] += out.loss.detach().float() * y.numel()
+    sums[3] += y.numel()
+    if out.logits_clean is not None:
+        sums[1] += (out.logits_clean.argmax(1) == y).sum()
+    if out.logits_adv is not None:
+        sums[2] += (out.logits_adv.argmax(1) == y).sum()
 
 
 @dataclass
