@@ -7,8 +7,13 @@ PY      = $(VENV)/bin/python
 # $(TORCH); otherwise pip installs $(TORCH) from your index (PIP_INDEX_URL etc. apply).
 # Pin only where needed, e.g. `make test TORCH=torch==2.5.1` (.ci/run pins CI's).
 TORCH  ?= torch>=2.1
+# mypy's verdict on calls into torch depends on torch's own type hints, which change between
+# releases. On the torch versions CI checks (TYPED_TORCH) mypy must pass; on any other torch
+# it still runs, but its findings do not fail `make test`. CI sets TYPECHECK=strict.
+TYPED_TORCH ?= 2.13.0 2.14.1
+TYPECHECK   ?= auto
 
-.PHONY: demo test venv clean
+.PHONY: demo test typecheck venv clean
 
 $(VENV)/.installed: pyproject.toml
 	if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -27,11 +32,19 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/dnr demo --out runs/demo
 
-test: venv
+typecheck: venv
+	@v=$$($(PY) -c "import torch; print(torch.__version__.split('+')[0])"); \
+	if [ "$(TYPECHECK)" = strict ] || echo " $(TYPED_TORCH) " | grep -q " $$v "; then \
+		$(VENV)/bin/mypy; \
+	else \
+		$(VENV)/bin/mypy || echo "note: torch $$v is not among the type-checked versions" \
+			"($(TYPED_TORCH)); mypy's findings above do not fail make test"; \
+	fi
+
+test: venv typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-newest runs .pytest_cache

@@ -243,7 +243,8 @@ def _setup(
         load_init_weights(model, source)  # the method's initial masks then apply to them
     model.to(device)
     if t.channels_last:  # before the optimizer and masks take the parameters
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # torch < 2.14's hints lack Module.to(memory_format=...); newer ones have it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload, unused-ignore]
     optimizer = build_optimizer(cfg, model)
     method = build_sparsity(
         cfg, model, optimizer, torch.Generator().manual_seed(derive_seed(t.seed, "masks"))
