@@ -4,7 +4,8 @@ Real CIFAR-10, VGG16 width 0.25, 10,000 training images (1,000 more held out for
 validation), a few epochs of PGD-3 hybrid training (eps 8/255, step 2.5·eps/3, beta 0.5),
 density 0.05, one recipe for every method (cosine LR 0.05, one warm-up epoch). Each model
 is evaluated with PGD-20 × 5 restarts on 1,000 seeded test images; every figure comes
-with its 95 % (Wilson) interval. Runs are grouped:
+with its 95 % (Wilson) interval, and every difference between two runs is paired by seed
+and comes with its 95 % Student-t interval over seeds (``dnr.stats``). Runs are grouped:
 
 * ``main``      dense / static (uniform, ERK) / DNR (uniform, ERK), every seed given;
 * ``before``    the recipe and rewiring of the paper as first implemented (no warm-up,
@@ -57,6 +58,7 @@ from dnr.data.loader import Split  # noqa: E402
 from dnr.devices import resolve_device  # noqa: E402
 from dnr.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from dnr.robustness import evaluate_model, select_subset  # noqa: E402
+from dnr.stats import PairedDifference, paired_by_key  # noqa: E402
 from dnr.training import model_for, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,7 +116,12 @@ def plan(seeds: list[int]) -> list[tuple[str, str, int, list[str], float]]:
         ("dnr-erk", ["sparsity.method=dnr", "sparsity.init=erk"]),
     ]
     peers = [  # the nearest alternatives, same recipe and total epochs
-        ("flyingbird-uniform", ["sparsity.method=flyingbird", "sparsity.init=uniform"]),
+        # (FlyingBird as released starts from IGQ; this row keeps the uniform start it
+        # was measured with)
+        (
+            "flyingbird-uniform",
+            ["sparsity.method=flyingbird", "sparsity.options={flyingbird: {init: uniform}}"],
+        ),
         ("lwm", ["sparsity.method=lwm"]),
     ]
     runs: list[tuple[str, str, int, list[str], float]] = []
@@ -465,6 +472,17 @@ def _summary_rows(rs: list[dict]) -> list[str]:
     return rows
 
 
+def _delta_cells(diff: PairedDifference, first: str, second: str) -> list[str]:
+    """Δ (mean, per seed), its 95 % t interval and the verdict, as three table cells."""
+    if diff.mean is None:
+        return ["–", "–", "–"]
+    each = " / ".join(f"{100 * d:+.1f}" for d in diff.diffs)
+    delta = f"**{100 * diff.mean:+.1f}**" + (f" ({each})" if diff.n > 1 else "")
+    if diff.lo is None or diff.hi is None:
+        return [delta, "none (1 seed)", "no difference shown"]
+    return [delta, f"[{100 * diff.lo:+.1f}, {100 * diff.hi:+.1f}]", diff.says(first, second)]
+
+
 SUMMARY_HEADER = [
     "| run | seeds | test images | test clean % (per seed) | test PGD-20 % (per seed) | "
     "95 % CI of one PGD-20 figure | val PGD-3 % | final train loss |",
@@ -534,8 +552,16 @@ def report(paths: list[Path]) -> None:
         "",
         "## Paired differences, same seed (test, final weights)",
         "",
-        "| pair | seed | test images | Δ clean | Δ PGD-20 |",
-        "|---|---|---|---|---|",
+        "Δ = first − second run, in percentage points: the mean over the seeds both ran, each "
+        "seed's own Δ in brackets, and the 95 % Student-t interval of the mean over seeds "
+        "(`dnr.stats`, n − 1 degrees of freedom; the seeds are treated as independent draws). "
+        '"X ahead" only where that interval excludes 0, otherwise "no difference shown"; one '
+        "seed gives no interval. The interval is over training seeds on one test set: it does "
+        "not include the test-set sampling error of the Wilson columns above.",
+        "",
+        "| pair | seeds | test images | Δ clean (per seed) | 95 % CI | verdict (clean) | "
+        "Δ PGD-20 (per seed) | 95 % CI | verdict (PGD-20) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     pairs = [
         ("dnr-uniform", "static-uniform"),
@@ -557,23 +583,24 @@ def report(paths: list[Path]) -> None:
         ("dnr-uniform fgsm_rs step 2.0", "dnr-uniform pgd3"),
         ("dnr-uniform fgsm_rs step 1.5 x2 epochs", "dnr-uniform pgd3"),
     ]
-    for dnr_name, static_name in pairs:
-        deltas = []
-        for seed in sorted({r["seed"] for r in rs}):
-            d = runs.get(f"{dnr_name}|{seed}|{main_n}")
-            s = runs.get(f"{static_name}|{seed}|{main_n}")
-            if d and s:
-                dc = d["test_final"]["clean"]["acc"] - s["test_final"]["clean"]["acc"]
-                dp = d["test_final"]["pgd20"]["acc"] - s["test_final"]["pgd20"]["acc"]
-                deltas.append((dc, dp))
-                lines.append(
-                    f"| {dnr_name} − {static_name} | {seed} | "
-                    f"{d['test_final']['clean']['n']} | {100 * dc:+.1f} | {100 * dp:+.1f} |"
-                )
-        if len(deltas) > 1:
+    for first, second in pairs:
+        cells = []
+        for metric in ("clean", "pgd20"):
+            figures = [
+                {
+                    r["seed"]: r["test_final"][metric]["acc"]
+                    for r in rs
+                    if r["name"] == name and r["test_final"]["clean"]["n"] == main_n
+                }
+                for name in (first, second)
+            ]
+            seeds, diff = paired_by_key(*figures)
+            cells += _delta_cells(diff, first, second)
+        if seeds:
             lines.append(
-                f"| **mean** | | | **{100 * _mean([d[0] for d in deltas]):+.1f}** | "
-                f"**{100 * _mean([d[1] for d in deltas]):+.1f}** |"
+                f"| {first} − {second} | {', '.join(map(str, seeds))} | {main_n} | "
+                + " | ".join(cells)
+                + " |"
             )
     lines += ["", "## Where the budget ends up (final per-layer density, seed 0)", ""]
     shown = [

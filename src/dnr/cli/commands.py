@@ -161,15 +161,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from dnr.compare import run_compare
+    from dnr.compare import parse_seeds, run_compare
 
     methods = None if args.methods is None else args.methods.split(",")
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
     try:
         path = run_compare(
             args.config,
             args.out,
             methods,
             args.overrides,
+            seeds=seeds,
+            reference=args.reference,
+            noise_floor=args.noise_floor,
             progress=False if args.quiet else None,
             log=_log_for(args.quiet),
         )

@@ -87,6 +87,18 @@ def _preset_entries() -> list[tuple[str, str]]:
     return rows
 
 
+def _method_entries() -> list[tuple[str, str]]:
+    """Sparsity methods with their options and defaults (``sparsity.options.<name>``)."""
+    from dnr import registry
+
+    rows = []
+    for name, description in _entries("SPARSITY_METHODS"):
+        keys = registry.SPARSITY_METHODS.get(name).option_keys()
+        shown = ", ".join(f"{k}={v}" for k, v in keys.items())
+        rows.append((name, f"{description}" + (f" [options: {shown}]" if shown else "")))
+    return rows
+
+
 def _config_option(p: argparse.ArgumentParser) -> None:
     """``--config``, shared by the commands that read a training config."""
     p.add_argument(
@@ -100,7 +112,7 @@ def _config_option(p: argparse.ArgumentParser) -> None:
 LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "models": lambda: _entries("MODELS"),
     "presets": _preset_entries,
-    "sparsity-methods": lambda: _entries("SPARSITY_METHODS"),
+    "sparsity-methods": _method_entries,
     "protocols": lambda: _entries("PROTOCOLS"),
     "datasets": lambda: _entries("DATASETS"),
     "granularities": lambda: _entries("GRANULARITIES"),
@@ -379,8 +391,15 @@ sparsity methods (--methods, comma-separated; default: all of them):
 every method trains with the same config, seed, data and budget (only sparsity.method
 differs) into OUT/<method>/; then OUT/comparison.json, .md and .png. Run the same command
 again after an interruption: finished runs are reused, an interrupted one resumes.
-example:
+seeds: one seed shows no difference as more than seed noise. --seeds 0,1,2 trains every
+method once per seed into OUT/<method>/seed<k>/ and gives, per method and accuracy, the
+mean over seeds and the paired difference (same seed) against --reference and against
+static with its 95 % t interval; "X ahead" only where the interval excludes 0.
+--noise-floor trains the reference again with seeds + 1000: the interval of the reference
+against itself is what identical configurations differ by.
+examples:
   dnr compare --config demo --out runs/cmp --methods dense,static,dnr train.epochs=5
+  dnr compare --config demo --out runs/cmp3 --methods static,dnr --seeds 0,1,2 --noise-floor
 """
 
 
@@ -390,7 +409,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="train and evaluate several sparsity methods with one recipe; one table",
         description="Train and evaluate each method (as dnr train would) with the same "
         "config, seed, data and budget, then tabulate densities, epochs, images seen and "
-        "clean / attack / worst-case accuracy, and plot clean vs. worst-case accuracy.",
+        "clean / attack / worst-case accuracy, and plot clean vs. worst-case accuracy. "
+        "With --seeds: every difference with its paired 95 % interval over seeds.",
         epilog_factory=_compare_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         intermixed=True,
@@ -406,6 +426,24 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "--methods",
         metavar="A,B,...",
         help="comma-separated sparsity methods, listed below (default: every registered one)",
+    )
+    p.add_argument(
+        "--seeds",
+        metavar="K,K,...",
+        help="distinct non-negative train.seed values, each method trains once per seed into "
+        "OUT/<method>/seed<k>/ (default: the config's train.seed alone, into OUT/<method>/)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="METHOD",
+        help="the method every other is compared with (default: dnr if compared, else the "
+        "first of --methods)",
+    )
+    p.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="also train the reference with every seed + 1000 and report the reference "
+        "against itself: what identical configurations differ by",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
