@@ -68,8 +68,10 @@ def test_lwm_stays_dense_then_prunes_by_magnitude_and_never_moves_its_mask(tiny_
     _steps(model, opt, lwm, progress)
     assert lwm.density() == 1.0 and "masks" not in lwm.state_dict()
     weights = {n: p.detach().clone() for n, p in prunable_parameters(model).items()}
-    lwm.begin_stage(lwm.stages()[1], progress)
-    expected = magnitude_masks(weights, 0.2, "global")
+    finetune = lwm.stages()[1]
+    assert (finetune.lr, finetune.warmup) == (0.01, False)  # HYDRA's fine-tune recipe
+    lwm.begin_stage(finetune, progress)
+    expected = magnitude_masks(weights, 0.2, "layer")  # the reference LWM: per layer
     assert lwm.masking is not None
     for name, mask in lwm.masking.masks.items():
         assert torch.equal(mask, expected[name])
@@ -88,27 +90,47 @@ def test_lwm_stays_dense_then_prunes_by_magnitude_and_never_moves_its_mask(tiny_
 def test_admm_projects_onto_the_top_k_per_layer_and_accumulates_the_residual(tiny_config) -> None:
     x = torch.tensor([[0.5, -3.0, 0.1], [2.0, -0.2, 2.0]])
     assert project(x, 3).tolist() == [[0.0, -3.0, 0.0], [2.0, 0.0, 2.0]]  # ties: lower index
-    model, opt, admm = _method(tiny_config, "admm", pretrain_epochs=1, admm_epochs=1, rho=0.5)
-    assert [s.name for s in admm.stages()] == ["pretrain", "admm", "finetune"]
-    progress = Progress(step=0, epoch=1, epochs=3, steps_per_epoch=3, log=lambda _m: None)
-    admm.begin_stage(admm.stages()[1], progress)
-    weights = prunable_parameters(model)
-    budgets = admm._budgets(weights)
-    assert sum(budgets.values()) == round(0.2 * sum(w.numel() for w in weights.values()))
+    model, opt, admm = _method(tiny_config, "admm", pretrain_epochs=1, admm_epochs=1, updates=3)
+    stages = admm.stages()
+    assert [(s.name, s.lr, s.warmup) for s in stages] == [
+        ("pretrain", None, True),
+        ("admm", 0.01, False),  # the release's ADMM and retrain LR, no warm-up
+        ("finetune", 0.01, False),
+    ]
+    progress = Progress(
+        step=3,
+        epoch=1,
+        epochs=3,
+        steps_per_epoch=3,
+        log=lambda _m: None,
+        stage=stages[1],
+        stage_start=1,
+    )
+    admm.begin_stage(stages[1], progress)
+    assert admm.rho == 1e-3  # the release's start
+    weights, budgets = admm._constrained()
+    every = prunable_parameters(model)
+    assert "classifier.weight" not in weights  # conv layers only, as the release
+    dense = every["classifier.weight"].numel()
+    assert sum(budgets.values()) + dense == round(0.2 * sum(w.numel() for w in every.values()))
     for name, z in admm.z.items():
         assert int(torch.count_nonzero(z)) == budgets[name]
         kept = weights[name].detach().abs()[z != 0]
         assert kept.min() >= weights[name].detach().abs()[z == 0].max()
     term = admm.loss_term(model)
     assert term is not None and term.requires_grad and float(term.detach()) > 0
-    _steps(model, opt, admm, progress)
-    u_before = {n: u.clone() for n, u in admm.u.items()}
-    admm.on_epoch_end(progress)
-    for name, w in prunable_parameters(model).items():
-        assert int(torch.count_nonzero(admm.z[name])) <= budgets[name]
-        torch.testing.assert_close(admm.u[name], u_before[name] + w.detach() - admm.z[name])
-    admm.begin_stage(admm.stages()[2], progress)  # hard prune: each layer keeps its k_l
-    assert admm.masking is not None and admm.masking.layer_counts() == budgets
+    for update in range(1, 4):  # 3 updates over the stage's 3 steps: one per step
+        u_before = {n: u.clone() for n, u in admm.u.items()}
+        _steps(model, opt, admm, progress, n=1)
+        assert admm.rho == pytest.approx(1e-3 * 1.3**update)
+        for name, w in weights.items():
+            assert int(torch.count_nonzero(admm.z[name])) <= budgets[name]
+            torch.testing.assert_close(admm.u[name], u_before[name] + w.detach() - admm.z[name])
+    admm.begin_stage(stages[2], progress)  # hard prune: each conv keeps its k_l, fc dense
+    counts = admm.masking.layer_counts()
+    assert counts["classifier.weight"] == dense
+    assert {n: counts[n] for n in budgets} == budgets
+    assert admm.masking.num_active == round(0.2 * admm.masking.num_prunable)
     assert admm.loss_term(model) is None
 
 
@@ -133,7 +155,7 @@ def test_admm_in_channel_mode_projects_and_prunes_whole_filters(tiny_config) -> 
 
 
 def test_hydra_freezes_the_weights_trains_the_scores_and_masks_their_top_k(tiny_config) -> None:
-    from dnr.sparsity.hydra import top_k_mask
+    from dnr.sparsity.selection import top_k_mask
 
     model, opt, hydra = _method(tiny_config, "hydra", pretrain_epochs=1, prune_epochs=1)
     assert [s.name for s in hydra.stages()] == ["pretrain", "prune", "finetune"]
@@ -141,22 +163,30 @@ def test_hydra_freezes_the_weights_trains_the_scores_and_masks_their_top_k(tiny_
     pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
     hydra.begin_stage(hydra.stages()[1], progress)
     weights = prunable_parameters(model)
-    budgets = hydra._budgets(weights)
-    for name, score in hydra.scores.items():  # initialised proportional to |w|
-        ratio = score.detach() / pretrained[name].abs().clamp_min(1e-12)
+    budgets = hydra.uniform_budgets(weights)
+    for name, score in hydra.scores.items():  # initialised proportional to w (per layer)
+        ratio = score.detach() / pretrained[name]
         assert torch.allclose(ratio[pretrained[name] != 0], ratio[pretrained[name] != 0][0])
     scores_before = {n: s.detach().clone() for n, s in hydra.scores.items()}
     _steps(model, opt, hydra, progress, n=4)
     moved = sum(float((hydra.scores[n].detach() - s).abs().sum()) for n, s in scores_before.items())
     assert moved > 0
+    norms = {
+        f"{n}.{p}"
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
     for name, p in model.named_parameters():
-        if name in hydra.scores:  # the frozen weight times the top-k of the current scores
-            mask = top_k_mask(hydra.scores[name], budgets[name])
+        if name in hydra.scores:  # the frozen weight times the top-k of the current |scores|
+            mask = top_k_mask(hydra.scores[name].abs(), budgets[name])
             assert int(mask.sum()) == budgets[name]
             assert torch.equal(p.detach(), pretrained[name] * mask)
+        elif name in norms:  # BatchNorm trains in the prune stage, as in the release
+            assert not torch.equal(p.detach(), pretrained[name]), name
         else:
-            assert torch.equal(p.detach(), pretrained[name]), name  # BN etc. frozen too
-    final = {n: top_k_mask(s, budgets[n]) for n, s in hydra.scores.items()}
+            assert torch.equal(p.detach(), pretrained[name]), name  # the classifier's bias
+    final = {n: top_k_mask(s.abs(), budgets[n]) for n, s in hydra.scores.items()}
     hydra.begin_stage(hydra.stages()[2], progress)
     assert hydra.masking is not None
     for name, mask in hydra.masking.masks.items():
@@ -219,16 +249,20 @@ def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
 def test_baselines_train_to_the_exact_density_and_export(tmp_path, method, options, stages) -> None:
     overrides = tiny_overrides(
         sparsity__method=method, sparsity__density=0.1, sparsity__options=options
-    )
+    ) + (["sparsity.granularity=channel"] if method == "lasso" else [])
     cfg = load_config(None, overrides)
     result = dnr.train(cfg, tmp_path / "run", **QUIET)
     records = _records(tmp_path / "run")
     assert [r.get("stage", "train") for r in records] == stages
+    tuned = [r for r in records if r.get("stage") == "finetune"]
+    if tuned:  # fine-tuning trained weights: its own LR from the first step, no warm-up
+        assert tuned[0]["lr_first"] == pytest.approx(0.01)
+        assert records[0]["lr_first"] < cfg.train.lr / 2  # the first stage warms up
     masking = result.sparsity.masking
     target = round(0.1 * masking.num_prunable)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["sparsity"]["method"] == method
-    if method == "lasso":  # channels, whatever sparsity.granularity says: within one channel
+    if method == "lasso":  # channels: within one channel
         assert meta["sparsity"]["mode"] == "channel"
         assert 0.9 * target < masking.num_active <= target
         export_run(tmp_path / "run", "compact", tmp_path / "compact")
@@ -254,24 +288,50 @@ def _test_batch() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def test_group_lasso_drives_channel_norms_down(tiny_config) -> None:
+def test_group_lasso_zeroes_whole_channels_by_proximal_steps(tiny_config) -> None:
     from dnr.sparsity.lasso import group_norms
 
-    norms = {}
-    for lam in (0.0, 0.5):
-        model, opt, lasso = _method(tiny_config, "lasso", lam=lam)
-        gen = torch.Generator().manual_seed(1)
-        x, y = torch.rand(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
-        for _ in range(10):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            term = lasso.loss_term(model)
-            assert (term is None) == (lam == 0)
-            (loss + (term if term is not None else 0)).backward()
-            opt.step()
-        norms[lam] = torch.cat([n.detach() for n in group_norms(model, lasso.layout)])
-    assert norms[0.5].sum() < 0.8 * norms[0.0].sum()
-    assert (norms[0.5] < norms[0.0]).float().mean() > 0.9  # nearly every channel shrinks
+    tiny_config.sparsity.granularity = "channel"
+    model, opt, lasso = _method(tiny_config, "lasso", sparsify_epochs=1)
+    sparsify = lasso.stages()[0]
+    progress = Progress(step=0, epoch=0, epochs=3, steps_per_epoch=3, log=lambda _m: None)
+    lasso.begin_stage(sparsify, progress)
+    assert lasso.lam is not None and lasso.lam > 1e-4  # calibrated above the floor
+    assert lasso.loss_term(model) is None  # proximal: nothing in the loss
+    before = torch.cat([n.clone() for n in group_norms(model, lasso.layout)])
+    _steps(model, opt, lasso, progress, n=3)
+    after = torch.cat(group_norms(model, lasso.layout))
+    assert (after < before).float().mean() > 0.9  # nearly every channel shrinks
+    zero = lasso.zero_fraction()
+    assert zero == float((after <= 1e-8).float().mean()) and zero > 0  # exactly zero ones
+    record = lasso.on_epoch_end(progress)
+    assert record["lasso"] == {
+        "lambda": lasso.lam,
+        "zero_fraction": zero,
+        "target": lasso.zero_target,
+    }
+    lam, progress.step = lasso.lam, 1  # early in the stage: a zero fraction of 0 is behind
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # every channel alive again
+    _steps(model, opt, lasso, progress, n=1)
+    assert lasso.zero_fraction() < lasso.scheduled_zeros(progress)
+    assert lasso.lam == pytest.approx(lam * 1.1)
+
+
+def test_lasso_reaches_its_zero_fraction_before_the_cut(tmp_path) -> None:
+    """The lasso only counts if it produces group sparsity: by the end of its sparsify stage
+    the fraction of exactly-zero channels reaches the share the budget removes."""
+    overrides = tiny_overrides(
+        sparsity__method="lasso",
+        sparsity__granularity="channel",
+        sparsity__density=0.1,
+        sparsity__options="{lasso: {sparsify_epochs: 2}}",
+        train__epochs=3,
+    )
+    dnr.train(load_config(None, overrides), tmp_path / "run", **QUIET)
+    last = [r for r in _records(tmp_path / "run") if r.get("stage") == "sparsify"][-1]
+    assert last["lasso"]["zero_fraction"] >= last["lasso"]["target"] > 0.5
 
 
 def test_method_options_are_checked() -> None:
@@ -284,10 +344,31 @@ def test_method_options_are_checked() -> None:
         load("dnr", "{lwm: {bogus: 1}}")  # every method's entry is checked (dnr compare)
     with pytest.raises(ConfigError, match="keys are method names"):
         load("lwm", "{pretrain_epochs: 1}")
-    with pytest.raises(ConfigError, match="sparsity.options.lwm.pretrain_epochs"):
+    with pytest.raises(ConfigError, match="sparsity.options.lwm: .*no epoch to fine-tune"):
         load("lwm", "{lwm: {pretrain_epochs: 3}}")
-    with pytest.raises(ConfigError, match="room to fine-tune"):
+    with pytest.raises(ConfigError, match="sparsity.options.lwm.pretrain_epochs: must be >= 0"):
+        load("lwm", "{lwm: {pretrain_epochs: -1}}")
+    with pytest.raises(ConfigError, match="sparsity.options.lwm.scope: 'all' is not allowed"):
+        load("lwm", "{lwm: {scope: all}}")
+    with pytest.raises(ConfigError, match="no epoch to fine-tune"):
         load("admm", "{admm: {admm_epochs: 3}}")
+    with pytest.raises(ConfigError, match="sparsity.options.admm.rho_growth: must be > 0"):
+        load("admm", "{admm: {rho_growth: 0}}")
+    with pytest.raises(ConfigError, match="sparsity.method=lasso removes whole channels"):
+        load("lasso", "{}")
     with pytest.raises(ConfigError, match="sparsity.options.dnr: no option x .it takes none"):
         load("dnr", "{dnr: {x: 1}}")
     load("dnr", "{lwm: {pretrain_epochs: 2}}")  # another method's valid options: fine
+
+
+def test_dnr_paper_runs_the_papers_rewiring_whatever_the_config_says(tiny_config) -> None:
+    from dnr.sparsity.dnr_paper import PAPER_REWIRING
+
+    model, opt, method = _method(tiny_config, "dnr-paper")
+    assert tiny_config.sparsity.prune_rate == 0.2  # the typed config keeps the tuned value
+    s = method.cfg.sparsity
+    assert {k: getattr(s, k) for k in PAPER_REWIRING} == PAPER_REWIRING
+    m = method.masking
+    assert (m.redistribution, m.grow_momentum, m.keep_regrown_values) == (1.0, "keep", True)
+    assert not m.protect_channels
+    assert method.stats()["rewiring"]["prune_rate"] == 0.5

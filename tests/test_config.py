@@ -118,7 +118,7 @@ def test_int_given_for_float_field_becomes_float() -> None:
         ("model.name=alexnet", "choose one of resnet18, vgg16"),
         (
             "sparsity.method=magic",
-            "choose one of admm, dense, dnr, flyingbird, hydra, lasso, lwm, static",
+            "choose one of admm, dense, dnr, dnr-paper, flyingbird, hydra, lasso, lwm, static",
         ),
         ("train.epochs=0", "train.epochs: must be >= 1"),
         ("train.epochs=two", "train.epochs: expected an integer"),

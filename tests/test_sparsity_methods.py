@@ -135,7 +135,8 @@ def test_stages_must_cover_the_run() -> None:
 
 def test_an_unknown_method_is_a_config_error_listing_the_registered_ones() -> None:
     with pytest.raises(
-        ConfigError, match="choose one of admm, dense, dnr, flyingbird, hydra, lasso, lwm, static"
+        ConfigError,
+        match="choose one of admm, dense, dnr, dnr-paper, flyingbird, hydra, lasso, lwm, static",
     ):
         load_config(None, ["sparsity.method=magic"])
 

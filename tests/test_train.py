@@ -326,6 +326,16 @@ def test_linear_warmup_counts_the_current_step() -> None:
         load_config(None, ["train.epochs=2", "train.warmup_epochs=3"])
 
 
+def test_a_stage_sets_its_own_peak_lr_and_whether_it_warms_up() -> None:
+    cfg = load_config(None, ["train.epochs=10", "train.schedule=cosine", "train.warmup_epochs=1"])
+    step = 1 / 20
+    # a fine-tune stage: its own peak, no warm-up, the schedule over the stage's 4 epochs
+    assert learning_rate(cfg, 0, step, 4, peak=0.01, warmup=False) == pytest.approx(0.01)
+    assert learning_rate(cfg, 2, step, 4, peak=0.01, warmup=False) == pytest.approx(0.005)
+    # the default stage: train.lr, warmed up
+    assert learning_rate(cfg, 0, step, 4) == pytest.approx(0.1 / 20)
+
+
 def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) -> None:
     cfg = load_config(
         None, tiny_overrides(sparsity__method="dnr", train__epochs=2, sparsity__rewire_until=0.4)
@@ -393,3 +403,22 @@ def _mask_generator(cfg):
     from dnr.seeding import derive_seed
 
     return torch.Generator().manual_seed(derive_seed(cfg.train.seed, "masks"))
+
+
+def test_validation_pgd_can_be_stronger_than_the_training_attack(monkeypatch, tmp_path) -> None:
+    import dnr
+    import dnr.training.loop as loop_module
+
+    seen: list[tuple[int, float]] = []
+    real = loop_module.pgd_accuracy
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["steps"], kwargs["step_size"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "pgd_accuracy", spy)
+    cfg = load_config(None, tiny_overrides(train__epochs=1, attack__steps=1, attack__val_steps=10))
+    dnr.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    assert seen == [(10, pytest.approx(2.5 * cfg.attack.eps / 10))]
+    with pytest.raises(ConfigError, match="attack.val_steps: must be >= 1"):
+        load_config(None, ["attack.val_steps=0"])

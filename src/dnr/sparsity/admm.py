@@ -1,78 +1,38 @@
 """``admm``: robust ADMM pruning (Ye et al., ICCV 2019), per-layer budgets, weights or filters.
 
-Three stages in one ``dnr train``: dense adversarial ``pretrain``; an ``admm`` stage that
-adds ``ρ/2 · Σ_l ||W_l − Z_l + U_l||²`` to the hybrid loss, where after every epoch
-``Z_l`` is ``W_l + U_l`` projected onto "at most k_l nonzeros" (its k_l largest entries)
-and ``U_l += W_l − Z_l`` accumulates the residual (ρ grows by ``rho_growth`` per epoch);
-then hard pruning to each layer's k_l largest weights and masked adversarial ``finetune``.
-k_l is layer l's uniform share of ``round(density · N)``, as the paper's per-layer
-constraint. With ``sparsity.granularity: channel`` the constraint is on output channels
-(filter pruning): each channel group keeps its uniform channel count of the channel-mode
-budget, Z keeps the largest-norm filters, and the finetune stage fixes those channels.
-Options: ``pretrain_epochs``, ``admm_epochs`` (default a third of the run each), ``rho``
-(1e-2), ``rho_growth`` (1.0: constant).
+Three stages in one ``dnr train``, as the release's three jobs: dense adversarial
+``pretrain``; an ``admm`` stage at ``stage_lr`` (0.01) that adds
+``ρ/2 · Σ_l ||W_l − Z_l + U_l||²`` to the hybrid loss, where ``updates`` times, evenly
+spaced over the stage's steps, ``Z_l`` becomes ``W_l + U_l`` projected onto "at most k_l
+nonzeros" (its k_l largest entries), ``U_l += W_l − Z_l`` accumulates the residual and ρ
+grows ×``rho_growth`` (the release: ρ from 1e-3, ×1.3 per update, an update every ~20 epochs
+of a ~200-epoch stage: 10 updates); then hard pruning to each layer's k_l largest weights
+and masked adversarial ``finetune`` at ``stage_lr``. Like the release, only conv layers are
+constrained (``dense_linear``): the classifier stays dense and the convs share what is left
+of ``round(density · N)``, each at the same density. With ``sparsity.granularity: channel``
+the constraint is on output channels (filter pruning): each channel group keeps its uniform
+channel count of the channel-mode budget, Z keeps the largest-norm filters, and the
+finetune stage fixes those channels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dnr.errors import ConfigError
-from dnr.sparsity.base import Progress, Stage, method_options, register_method
+from dnr.sparsity.base import Progress, Stage, register_method
+from dnr.sparsity.budgets import layer_budgets
 from dnr.sparsity.channels import ChannelLayout
-from dnr.sparsity.lwm import LWM, magnitude_masks
-from dnr.sparsity.rewiring import _select
+from dnr.sparsity.selection import top_k_mask, top_rows
+from dnr.sparsity.staged import StagedPruning, split_epochs, staged
+from dnr.statedict import canonical_name
 
-__all__ = ["ADMM", "check_three_stages", "project", "project_rows", "three_stages"]
-
-
-def _split(cfg: Any, middle: str) -> tuple[int, int]:
-    """Epochs of ``pretrain`` and of the middle stage (default: a third of the run each)."""
-    opts, epochs = method_options(cfg), cfg.train.epochs
-    pre, mid = opts.get("pretrain_epochs"), opts.get(f"{middle}_epochs")
-    return (
-        epochs // 3 if pre is None else int(pre),
-        max(1, epochs // 3) if mid is None else int(mid),
-    )
-
-
-def three_stages(cfg: Any, middle: str) -> list[Stage]:
-    """``pretrain`` → ``middle`` → ``finetune`` (empty stages left out)."""
-    pre, mid = _split(cfg, middle)
-    plan = [
-        Stage("pretrain", pre),
-        Stage(middle, mid),
-        Stage("finetune", cfg.train.epochs - pre - mid),
-    ]
-    return [s for s in plan if s.epochs > 0]
-
-
-def check_three_stages(cfg: Any, middle: str) -> None:
-    """``ConfigError`` unless the stage lengths are integers that leave room to fine-tune."""
-    opts, epochs = method_options(cfg), cfg.train.epochs
-    for key in ("pretrain_epochs", f"{middle}_epochs"):
-        value = opts.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(
-                f"sparsity.options.{cfg.sparsity.method}.{key}: must be an integer, got {value!r}"
-            )
-    pre, mid = _split(cfg, middle)
-    if pre < 0 or mid < 1 or pre + mid >= epochs:
-        raise ConfigError(
-            f"sparsity.options: {cfg.sparsity.method} needs pretrain_epochs >= 0, "
-            f"{middle}_epochs >= 1 and room to fine-tune in train.epochs={epochs} "
-            f"(got {pre} + {mid})"
-        )
-
-
-@torch.no_grad()
-def top_rows(x: Tensor, k: int) -> Tensor:
-    """Boolean mask of the ``k`` output channels (rows) of ``x`` with the largest norm."""
-    return _select(x.detach().flatten(1).norm(dim=1).float(), k, largest=True)
+__all__ = ["ADMM", "project", "project_rows"]
 
 
 @torch.no_grad()
@@ -84,51 +44,107 @@ def project_rows(x: Tensor, k: int) -> Tensor:
 @torch.no_grad()
 def project(x: Tensor, k: int) -> Tensor:
     """``x`` with all but its ``k`` largest-|x| entries set to 0 (ties → lower index)."""
-    keep = _select(x.abs().flatten().float(), k, largest=True)
-    return x * keep.view(x.shape).to(x.dtype)
+    return x * top_k_mask(x.abs(), k).to(x.dtype)
+
+
+def linear_weights(model: nn.Module) -> set[str]:
+    """Canonical names of the weights of ``nn.Linear`` layers (the classifier)."""
+    return {
+        canonical_name(f"{name}.weight")
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+
+
+def conv_only_budgets(
+    weights: Mapping[str, Tensor], dense: set[str], density: float
+) -> dict[str, int]:
+    """``round(density · N)`` with the ``dense`` tensors kept whole and the others sharing
+    the rest at one density (``ValueError`` if the dense ones alone exceed the budget)."""
+    total = round(density * sum(w.numel() for w in weights.values()))
+    free = {n: w.numel() for n, w in weights.items() if n not in dense}
+    rest = total - sum(w.numel() for n, w in weights.items() if n in dense)
+    if rest < 0 or not free:
+        raise ValueError(
+            f"density {density}: the dense classifier alone needs more than the "
+            f"{total} weights of the budget; set sparsity.options.admm.dense_linear=false"
+        )
+    counts = layer_budgets(list(free.values()), rest / sum(free.values()))
+    budgets = dict(zip(free, counts))
+    return {n: budgets.get(n, w.numel()) for n, w in weights.items()}
 
 
 @register_method
-class ADMM(LWM):
+class ADMM(StagedPruning):
     """Dense pretraining, ADMM towards per-layer sparsity, hard pruning, masked finetuning."""
 
     name = "admm"
     description = "robust ADMM: dense pretrain, ADMM to per-layer sparsity, prune, finetune"
     granularities: ClassVar[tuple[str, ...]] = ("weight", "channel")
-    option_defaults = {
-        "pretrain_epochs": None,
-        "admm_epochs": None,
-        "rho": 1e-2,
-        "rho_growth": 1.0,
-    }
+
+    @dataclass(frozen=True)
+    class Options:
+        #: dense epochs (None: a third of train.epochs, as the release's equal stages)
+        pretrain_epochs: int | None = None
+        #: epochs of the ADMM stage (None: a third of train.epochs)
+        admm_epochs: int | None = None
+        #: ρ at the start of the ADMM stage (release: 1e-3)
+        rho: float = 1e-3
+        #: ρ ×= rho_growth at every Z/U update (release: 1.3)
+        rho_growth: float = 1.3
+        #: Z/U updates in the ADMM stage, evenly spaced in steps (release: every ~20 of ~200)
+        updates: int = 10
+        #: peak LR of the ADMM and fine-tune stages, no warm-up (release: 0.01)
+        stage_lr: float = 0.01
+        #: keep nn.Linear layers dense, as the release constrains conv layers only
+        dense_linear: bool = True
+
+        def check(self, key: str) -> None:
+            for name in ("rho", "rho_growth", "stage_lr"):
+                if getattr(self, name) <= 0:
+                    raise ConfigError(f"{key}.{name}: must be > 0, got {getattr(self, name)}")
+            if self.updates < 1:
+                raise ConfigError(f"{key}.updates: must be >= 1, got {self.updates}")
+            for name in ("pretrain_epochs", "admm_epochs"):
+                value = getattr(self, name)
+                if value is not None and value < (0 if name == "pretrain_epochs" else 1):
+                    raise ConfigError(f"{key}.{name}: must be >= {int(name != 'pretrain_epochs')}")
 
     @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        check_three_stages(cfg, "admm")
-        for key in ("rho", "rho_growth"):
-            value = method_options(cfg).get(key, cls.option_defaults[key])
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(
-                    f"sparsity.options.{cfg.sparsity.method}.{key}: must be a positive number"
-                )
+    def stage_plan(cls, cfg: Any) -> list[Stage]:
+        o, total = cls.options_of(cfg), cfg.train.epochs
+        before = split_epochs(
+            total,
+            {"pretrain": o.pretrain_epochs, "admm": o.admm_epochs},
+            {"pretrain": 1 / 3, "admm": 1 / 3},
+        )
+        plan = staged(total, before, o.stage_lr)
+        return [
+            Stage(s.name, s.epochs, lr=o.stage_lr, warmup=False) if s.name == "admm" else s
+            for s in plan
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.z: dict[str, Tensor] = {}
         self.u: dict[str, Tensor] = {}
-        self.rho = float(self.option("rho"))
+        self.rho = float(self.opts.rho)
         self._k: dict[str, int] | None = None  # the constraint's k per weight (lazy)
+        self._dense: set[str] = set()  # weights kept dense (the classifier)
 
-    def stages(self) -> list[Stage]:
-        return three_stages(self.cfg, "admm")
-
-    def _constrained(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, int]]:
+    def _constrained(self) -> tuple[dict[str, nn.Parameter], dict[str, int]]:
         """The weights under the sparsity constraint and each one's k: entries per layer
         (weight mode), or output channels per channel group's producer (channel mode)."""
-        weights = self._weights()
+        weights = self.weights()
         if self._k is None:  # fixed by the architecture and the budget: computed once
             if self.granularity != "channel":
-                self._k = self._budgets(weights)
+                dense = linear_weights(self.model) if self.opts.dense_linear else set()
+                try:
+                    budgets = conv_only_budgets(weights, dense, self.cfg.sparsity.density)
+                except ValueError as err:
+                    raise ConfigError(f"sparsity.method=admm: {err}") from None
+                self._dense = {n for n in weights if n in dense}
+                self._k = {n: k for n, k in budgets.items() if n not in dense}
             else:
                 layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
                 target = round(self.cfg.sparsity.density * layout.num_prunable)
@@ -141,47 +157,66 @@ class ADMM(LWM):
 
     @torch.no_grad()
     def _update(self) -> None:
-        """Z = proj(W + U); U += W − Z."""
+        """Z = proj(W + U); U += W − Z; ρ grows."""
         weights, budgets = self._constrained()
         for name, w in weights.items():
             self.z[name] = self._project(w.detach() + self.u[name], budgets[name])
             self.u[name] += w.detach() - self.z[name]
+        self.rho *= float(self.opts.rho_growth)
+
+    def _update_due(self, progress: Progress) -> bool:
+        """``updates`` Z/U updates, evenly spaced over the ADMM stage's steps (a pure
+        function of the step, so a resumed run updates where an uninterrupted one does)."""
+        stage_steps = progress.stage_epochs * progress.steps_per_epoch
+        done = progress.step - progress.stage_start * progress.steps_per_epoch
+        every = max(1, stage_steps // int(self.opts.updates))
+        return done % every == 0 and done // every <= int(self.opts.updates)
 
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "admm":
             weights, budgets = self._constrained()
             self.u = {n: torch.zeros_like(w) for n, w in weights.items()}
             self.z = {n: self._project(w.detach(), budgets[n]) for n, w in weights.items()}
-            progress.log(f"admm: rho {self.rho:g}, {self.granularity} budgets per layer")
+            progress.log(
+                f"admm: rho {self.rho:g} (x{self.opts.rho_growth:g} at each of "
+                f"{self.opts.updates} Z/U updates), {self.granularity} budgets per layer"
+                + (", classifier dense" if self._dense else "")
+            )
         elif stage.name == "finetune":
             self.z, self.u = {}, {}
-            weights, budgets = self._constrained()
-            if self.granularity == "channel":  # each group's k largest-norm filters
-                masks = {
-                    n.removesuffix(".weight"): top_rows(w, budgets[n]) for n, w in weights.items()
-                }
-            else:
-                masks = magnitude_masks(weights, self.cfg.sparsity.density, "layer")
-            self._build(masks)
-            progress.log(f"admm: hard-pruned to density {self.density():.4f}; mask fixed")
+            super().begin_stage(stage, progress)
 
-    def loss_term(self, model: torch.nn.Module) -> Tensor | None:
+    def decide_masks(self) -> dict[str, Tensor]:
+        weights, budgets = self._constrained()
+        if self.granularity == "channel":  # each group's k largest-norm filters
+            return {n.removesuffix(".weight"): top_rows(w, budgets[n]) for n, w in weights.items()}
+        masks = {n: top_k_mask(w.abs(), budgets[n]) for n, w in weights.items()}
+        every = self.weights()
+        masks.update({n: torch.ones_like(every[n], dtype=torch.bool) for n in self._dense})
+        return {n: masks[n] for n in every}  # in the model's order
+
+    def loss_term(self, model: nn.Module) -> Tensor | None:
         if not self.z:
             return None
         weights, _ = self._constrained()
-        total = sum(((w - self.z[n] + self.u[n]) ** 2).sum() for n, w in weights.items())
-        return 0.5 * self.rho * total  # type: ignore[return-value]
+        total = torch.stack(
+            [((w - self.z[n] + self.u[n]) ** 2).sum() for n, w in weights.items()]
+        ).sum()
+        return 0.5 * self.rho * total
+
+    def after_step(self, progress: Progress) -> None:
+        super().after_step(progress)
+        if self.z and self._update_due(progress):
+            self._update()
 
     def on_epoch_end(self, progress: Progress) -> dict[str, Any]:
         record = super().on_epoch_end(progress)
         if self.z:
-            self._update()
             residual = sum(
                 float((w.detach() - self.z[n]).norm() ** 2)
                 for n, w in self._constrained()[0].items()
             )
             record["admm"] = {"rho": self.rho, "residual": residual**0.5}
-            self.rho *= float(self.option("rho_growth"))
         return record
 
     def state_dict(self) -> dict[str, Any]:
@@ -194,10 +229,8 @@ class ADMM(LWM):
         super().load_state_dict(state)
         admm = state.get("admm")
         if admm is not None:
-            device = next(iter(self._weights().values())).device
+            device = next(iter(self.weights().values())).device
+            self._constrained()
             self.rho = float(admm["rho"])
             self.z = {n: t.to(device) for n, t in admm["z"].items()}
             self.u = {n: t.to(device) for n, t in admm["u"].items()}
-
-    def adopt_masks(self, state: Mapping[str, Any]) -> None:
-        raise ValueError("admm finds its own mask; set train.init_masks=false")

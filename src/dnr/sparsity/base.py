@@ -22,6 +22,8 @@ name is then valid for ``sparsity.method``, listed by ``dnr list`` and usable fr
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from dnr.coerce import coerce
+from dnr.errors import ConfigError, did_you_mean
 from dnr.registry import SPARSITY_METHODS
 from dnr.seeding import derive_seed
 
@@ -53,11 +57,16 @@ M = TypeVar("M", bound="type[SparsityMethod]")
 class Stage:
     """A contiguous block of epochs with one purpose (``pretrain``, ``prune``, ``finetune``).
 
-    The learning-rate schedule restarts at each stage and runs over the stage's epochs.
+    The learning-rate schedule (``train.schedule``) restarts at each stage and runs over the
+    stage's epochs. A stage owns its recipe: ``lr`` is its peak learning rate (``None``:
+    ``train.lr``) and ``warmup`` whether ``train.warmup_epochs`` applies at its start —
+    fine-tuning trained weights starts at the release's fine-tune LR, with no warm-up.
     """
 
     name: str
     epochs: int
+    lr: float | None = None
+    warmup: bool = True
 
 
 @dataclass
@@ -70,7 +79,9 @@ class Progress:
     ``batches(epoch)`` replays that epoch's seeded training batches (for statistics such as
     BatchNorm re-estimation) without drawing from any RNG; ``log`` prints a line to the
     run's log; ``generator(...)`` is a seeded random stream for a method's own draws, so
-    that they replay exactly on resume.
+    that they replay exactly on resume. ``metrics`` holds the epoch's training and
+    validation figures (``train_adv_acc``, ``val_pgd_acc``, ...) when ``on_epoch_end`` runs
+    (FlyingBird+ reacts to them).
     """
 
     step: int
@@ -82,6 +93,7 @@ class Progress:
     seed: int = 0
     stage: Stage | None = None
     stage_start: int = 0
+    metrics: Mapping[str, Any] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -111,7 +123,11 @@ class SparsityMethod(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     granularities: ClassVar[tuple[str, ...]] = ("weight",)
-    #: ``sparsity.options`` this method reads, with their defaults (other keys are refused)
+    #: The method's settings (``sparsity.options.<name>``) as a frozen dataclass: typed
+    #: fields with defaults, range checks in an optional ``check(key)``; other keys are
+    #: refused. Methods without settings leave it ``None``.
+    Options: ClassVar[type | None] = None
+    #: Untyped alternative for plug-ins: the keys this method reads, with their defaults.
     option_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
@@ -128,9 +144,54 @@ class SparsityMethod(ABC):
         self.cfg = cfg
         self.model = model
         self.optimizer = optimizer
+        self._opts: Any = None
+
+    @classmethod
+    def option_keys(cls) -> dict[str, Any]:
+        """Every option this method takes, with its default (for checks and ``dnr list``)."""
+        if cls.Options is None:
+            return dict(cls.option_defaults)
+        return {f.name: f.default for f in dataclasses.fields(cls.Options)}
+
+    @classmethod
+    def parse_options(cls, entry: Mapping[str, Any], key: str) -> Any:
+        """``entry`` (the method's ``sparsity.options`` mapping) as the method's typed
+        ``Options``, each value checked against its field's type and the ranges; a dict of
+        the untyped defaults for plug-ins without ``Options``. ``ConfigError`` names the key."""
+        known = cls.option_keys()
+        unknown = sorted(set(entry) - set(known), key=str)
+        if unknown:
+            raise ConfigError(
+                f"{key}: no option {', '.join(map(str, unknown))}"
+                + did_you_mean(str(unknown[0]), known)
+                + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)")
+            )
+        if cls.Options is None:
+            return {**known, **entry}
+        hints = typing.get_type_hints(cls.Options)
+        values = {n: coerce(f"{key}.{n}", v, hints[n]) for n, v in entry.items()}
+        options = cls.Options(**values)
+        check = getattr(options, "check", None)
+        if check is not None:
+            check(key)
+        return options
+
+    @classmethod
+    def options_of(cls, cfg: Config) -> Any:
+        """The typed options of ``cfg`` for this method (``sparsity.options.<method>``)."""
+        return cls.parse_options(method_options(cfg), f"sparsity.options.{cfg.sparsity.method}")
+
+    @property
+    def opts(self) -> Any:
+        """This run's typed options (``Options``), parsed once."""
+        if self._opts is None:
+            self._opts = self.options_of(self.cfg)
+        return self._opts
 
     def option(self, key: str) -> Any:
         """``sparsity.options.<method>.<key>``, or this method's default for it."""
+        if self.Options is not None:
+            return getattr(self.opts, key)
         return method_options(self.cfg).get(key, self.option_defaults[key])
 
     @property

@@ -1,7 +1,7 @@
 """Budgets: how many active weights each layer gets, and which ones, at initialisation.
 
 Pure functions of counts, shapes and tensors (see ``rewiring.py`` for the conventions):
-per-layer budgets (uniform or ERK, with per-channel floors), random masks, and the
+per-layer budgets (uniform, ERK or IGQ, with per-channel floors), random masks, and the
 water-filling split of a total over capacity-limited layers that rewiring also uses.
 Integer counts are made exact with largest-remainder rounding (ties → lower layer index).
 """
@@ -82,6 +82,32 @@ def _erk_densities(
         dense |= over
 
 
+def _igq_densities(numels: Sequence[int], density: float) -> list[float]:
+    """Ideal-gas-quota densities (IGQ, Vysogorets & Kempe 2021), FlyingBird's released init.
+
+    density_l = 1 / (f · numel_l + 1): one "force" f >= 0 shared by all layers, solved so
+    that Σ density_l · numel_l = density · N (f = 0 keeps everything; larger layers are
+    sparser, small ones stay nearly dense). The release (``sparselearning/igq.py``) finds f
+    by bisection to a tolerance of one weight and truncates each layer's count; here f is
+    bisected to float precision and the counts are rounded to the exact total by the caller.
+    """
+    total = density * sum(numels)
+    if density >= 1.0 or total <= 0:
+        return [1.0 if density >= 1.0 else 0.0] * len(numels)
+
+    def kept(force: float) -> float:  # decreasing in force: N at 0, < L / force beyond
+        return sum(n / (force * n + 1.0) for n in numels)
+
+    lo, hi = 0.0, len(numels) / total  # kept(hi) <= L / hi = total
+    for _ in range(200):  # halves [lo, hi] down to float resolution (f may be tiny)
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if kept(mid) > total else (lo, mid)
+    force = 0.5 * (lo + hi)
+    return [1.0 / (force * n + 1.0) for n in numels]
+
+
 def layer_budgets(
     numels: Sequence[int],
     density: float,
@@ -93,9 +119,11 @@ def layer_budgets(
 
     ``init="uniform"`` gives every layer ≈ ``density·numel_l``; ``init="erk"`` scales
     per-layer density with (Σ shape dims)/(Π shape dims) (small layers denser; needs
-    ``shapes``). Both round with largest remainders, so each count lies in [0, numel_l] and
-    the total is exact. ``round`` is Python's (half to even); it is applied once to the
-    total, never per layer, so the global budget is the same for both inits.
+    ``shapes``); ``init="igq"`` sets density_l = 1/(f·numel_l + 1) (:func:`_igq_densities`,
+    FlyingBird's released allocation; small layers denser). All round with largest
+    remainders, so each count lies in [0, numel_l] and the total is exact. ``round`` is
+    Python's (half to even); it is applied once to the total, never per layer, so the
+    global budget is the same for every init.
 
     ``min_counts`` (e.g. each layer's number of output channels, so that none starts dead)
     raises a layer's count to at least ``min(min_counts_l, numel_l)``; the other layers give
@@ -119,8 +147,10 @@ def layer_budgets(
             if math.prod(s) != n:
                 raise ValueError(f"shape {tuple(s)} does not have {n} elements")
         per_layer = _erk_densities(numels, shapes, density)
+    elif init == "igq":
+        per_layer = _igq_densities(numels, density)
     else:
-        raise ValueError(f"init must be 'uniform' or 'erk', got {init!r}")
+        raise ValueError(f"init must be 'uniform', 'erk' or 'igq', got {init!r}")
     # Targets sum to d·N; round(d·N) differs by at most ½, which largest-remainder absorbs
     # (deficit ∈ [0, #fractional entries]), so every count stays within 1 of its target.
     targets = torch.tensor([d * n for d, n in zip(per_layer, numels)], dtype=torch.float64)

@@ -44,7 +44,7 @@ class DNR(MaskedMethod):
     """Momentum-driven rewiring of a weight or channel mask at a fixed budget."""
 
     name = "dnr"
-    description = "dynamic network rewiring: prune by |w|, regrow by momentum (the paper)"
+    description = "dynamic network rewiring: prune by |w|, regrow by momentum (tuned defaults)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,33 +1,43 @@
-"""``lasso``: robust group-lasso channel pruning — shrink whole channels, cut the smallest.
+"""``lasso``: robust group-lasso channel pruning — shrink whole channels to zero, cut, fine-tune.
 
 A ``sparsify`` stage of adversarial training with the group-lasso penalty
-``λ · Σ_channels ||(filter_c, γ_c)||₂`` over every channel group (the filter *and* its
-BatchNorm scale: BN undoes any shrinking of the filter alone, so only shrinking both turns a
-channel off), then pruning to the channel-mode budget — every group keeps its strongest
-channel, then channels join in order of their RMS group norm while the compacted network
-stays within ``round(density · N)`` weights — and a ``finetune`` stage with the channels
-fixed. Always channel granularity (whatever ``sparsity.granularity`` says); the result
-exports with ``dnr export --format compact``. Options: ``sparsify_epochs`` (default half
-the run), ``lam`` (λ, default 1e-4).
+``λ · Σ_channels ||(filter_c, γ_c, β_c)||₂`` over every channel group (the filter *and* its
+BatchNorm scale and shift: BN undoes any shrinking of the filter alone, and a live shift keeps
+a dead filter's channel on), applied as a **proximal step** after every optimizer step —
+group soft-thresholding ``v ← v · max(0, 1 − lr·λ/||v||)`` — so channels reach exactly zero
+(a penalty added to the loss only oscillates around zero with SGD). λ is calibrated, not
+guessed: at the stage's start it is set so that shrinking alone would zero the fraction of
+channels the budget removes (``lam`` is its floor), and after every step at which the
+fraction of zero channels is behind a schedule rising linearly to that target over the
+first ``ramp`` of the stage, λ grows ×``lam_growth`` (and eases off as much when ahead)
+— so the cut that follows removes the channels the lasso has already switched off. Both
+are logged (``lasso`` in ``metrics.jsonl``). Then the channel-mode budget is filled with the
+strongest channels — every group keeps its best one, then channels join in order of their
+RMS group norm while the compacted network stays within ``round(density · N)`` weights —
+and a ``finetune`` stage at ``finetune_lr`` fixes them. Channel granularity only: its result
+is compared with channel-mode methods and exports with ``dnr export --format compact``.
+(DNR's lasso baseline released no training code; this is the standard proximal method.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from dnr.errors import ConfigError
-from dnr.sparsity.base import Progress, Stage, method_options, register_method
+from dnr.sparsity.base import Progress, Stage, register_method
 from dnr.sparsity.channels import ChannelLayout
-from dnr.sparsity.lwm import LWM
+from dnr.sparsity.staged import StagedPruning, split_epochs, staged
 from dnr.statedict import canonical_name
 
-__all__ = ["GroupLasso", "channel_scores"]
+__all__ = ["GroupLasso", "channel_scores", "group_norms"]
 
-_EPS = 1e-12  # keeps the norm's gradient finite at a zero channel
+#: a channel whose group norm is at most this is counted as removed by the lasso
+ZERO = 1e-8
 
 
 def _groups(model: nn.Module, layout: ChannelLayout) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -39,10 +49,11 @@ def _groups(model: nn.Module, layout: ChannelLayout) -> list[tuple[nn.Conv2d, nn
     ]
 
 
+@torch.no_grad()
 def group_norms(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
-    """Per channel group, the norm of each channel's (filter, BN scale), differentiable."""
+    """Per channel group, the norm of each channel's (filter, BN scale, BN shift)."""
     return [
-        (conv.weight.flatten(1).pow(2).sum(1) + bn.weight.pow(2) + _EPS).sqrt()
+        (conv.weight.flatten(1).pow(2).sum(1) + bn.weight.pow(2) + bn.bias.pow(2)).sqrt()
         for conv, bn in _groups(model, layout)
     ]
 
@@ -51,9 +62,20 @@ def group_norms(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
 def channel_scores(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
     """RMS group norms (comparable across layers of different fan-in), on the CPU."""
     return [
-        (norms / (conv.weight[0].numel() + 1) ** 0.5).cpu()
+        (norms / (conv.weight[0].numel() + 2) ** 0.5).cpu()
         for norms, (conv, _) in zip(group_norms(model, layout), _groups(model, layout))
     ]
+
+
+@torch.no_grad()
+def shrink_groups(model: nn.Module, layout: ChannelLayout, threshold: float) -> None:
+    """The group-lasso proximal step: every channel's (filter, γ, β) scaled by
+    ``max(0, 1 − threshold / norm)`` — exactly zero where the norm is below ``threshold``."""
+    for norms, (conv, bn) in zip(group_norms(model, layout), _groups(model, layout)):
+        scale = (1 - threshold / norms.clamp_min(1e-30)).clamp_min(0)
+        conv.weight.mul_(scale.view(-1, *[1] * (conv.weight.dim() - 1)).to(conv.weight.dtype))
+        bn.weight.mul_(scale.to(bn.weight.dtype))
+        bn.bias.mul_(scale.to(bn.bias.dtype))
 
 
 def strongest_channels(scores: list[Tensor], layout: ChannelLayout, target: int) -> list[Tensor]:
@@ -73,30 +95,54 @@ def strongest_channels(scores: list[Tensor], layout: ChannelLayout, target: int)
 
 
 @register_method
-class GroupLasso(LWM):
-    """Group-lasso training, then the largest-norm channels kept, then masked finetuning."""
+class GroupLasso(StagedPruning):
+    """Proximal group-lasso training, then the strongest channels kept, then finetuning."""
 
     name = "lasso"
-    description = "robust group lasso: shrink channels (lambda), keep the strongest, finetune"
-    granularities: ClassVar[tuple[str, ...]] = ("weight", "channel")
-    option_defaults = {"sparsify_epochs": None, "lam": 1e-4}
+    description = "robust group lasso: proximal shrinking of channels, keep the strongest, finetune"
+    granularities: ClassVar[tuple[str, ...]] = ("channel",)
+
+    @dataclass(frozen=True)
+    class Options:
+        #: epochs of lasso training from scratch (None: half of train.epochs)
+        sparsify_epochs: int | None = None
+        #: floor of the calibrated λ
+        lam: float = 1e-4
+        #: λ ×= lam_growth after a step whose zero-channel fraction is behind schedule
+        lam_growth: float = 1.1
+        #: fraction of the stage over which the zero-channel target is reached
+        ramp: float = 0.75
+        #: peak LR of the fine-tune stage, no warm-up (as the other staged baselines)
+        finetune_lr: float = 0.01
+
+        def check(self, key: str) -> None:
+            if self.sparsify_epochs is not None and self.sparsify_epochs < 1:
+                raise ConfigError(
+                    f"{key}.sparsify_epochs: must be >= 1, got {self.sparsify_epochs}"
+                )
+            if self.lam < 0:
+                raise ConfigError(f"{key}.lam: must be >= 0, got {self.lam}")
+            if self.lam_growth < 1:
+                raise ConfigError(f"{key}.lam_growth: must be >= 1, got {self.lam_growth}")
+            if not 0 < self.ramp <= 1:
+                raise ConfigError(f"{key}.ramp: must be in (0, 1], got {self.ramp}")
+            if self.finetune_lr <= 0:
+                raise ConfigError(f"{key}.finetune_lr: must be > 0, got {self.finetune_lr}")
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        opts, epochs = method_options(cfg), cfg.train.epochs
-        s = opts.get("sparsify_epochs")
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < epochs):
+        if cfg.sparsity.granularity != "channel":
             raise ConfigError(
-                f"sparsity.options.{cfg.sparsity.method}.sparsify_epochs: must be an integer "
-                f"in [0, {epochs}), got {s!r}"
+                "sparsity.method=lasso removes whole channels: set sparsity.granularity=channel "
+                "(and compare it with channel-mode methods)"
             )
-        lam = opts.get("lam", cls.option_defaults["lam"])
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-            raise ConfigError(
-                f"sparsity.options.{cfg.sparsity.method}.lam: must be a number >= 0, got {lam!r}"
-            )
-        if cfg.sparsity.init != "uniform":
-            raise ConfigError("sparsity.method=lasso prunes channels: set sparsity.init=uniform")
+        super().check_config(cfg)
+
+    @classmethod
+    def stage_plan(cls, cfg: Any) -> list[Stage]:
+        o, total = cls.options_of(cfg), cfg.train.epochs
+        before = split_epochs(total, {"sparsify": o.sparsify_epochs}, {"sparsify": 0.5})
+        return staged(total, before, o.finetune_lr)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,36 +150,74 @@ class GroupLasso(LWM):
             self.layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
         except ValueError as err:
             raise ConfigError(f"sparsity.method=lasso: {err}") from None
-
-    @property
-    def granularity(self) -> str:
-        return "channel"
-
-    def stages(self) -> list[Stage]:
-        epochs = self.cfg.train.epochs
-        s = self.option("sparsify_epochs")
-        s = epochs // 2 if s is None else int(s)
-        finetune = Stage("finetune", epochs - s)
-        return [Stage("sparsify", s), finetune] if s > 0 else [finetune]
-
-    def loss_term(self, model: nn.Module) -> Tensor | None:
-        lam = float(self.option("lam"))
-        if self.masking is not None or lam == 0:
-            return None
-        return lam * sum(n.sum() for n in group_norms(self.model, self.layout))  # type: ignore[return-value]
-
-    def begin_stage(self, stage: Stage, progress: Progress) -> None:
-        if stage.name != "finetune":
-            return
-        target = round(self.cfg.sparsity.density * self.layout.num_prunable)
-        if self.layout.minimum() > target:
+        self.target = round(self.cfg.sparsity.density * self.layout.num_prunable)
+        if self.layout.minimum() > self.target:
             raise ConfigError(
                 f"sparsity.density={self.cfg.sparsity.density}: one channel per group already "
-                f"needs {self.layout.minimum()} weights, more than {target}"
+                f"needs {self.layout.minimum()} weights, more than {self.target}"
             )
-        masks = strongest_channels(channel_scores(self.model, self.layout), self.layout, target)
-        self._build(dict(zip(self.layout.names, masks)))
-        progress.log(f"lasso: kept the strongest channels, density {self.density():.4f}")
+        kept = sum(self.layout.uniform_counts(self.target))
+        #: the fraction of channels the budget removes: what the lasso should zero
+        self.zero_target = 1 - kept / sum(self.layout.sizes)
+        self.lam: float | None = None  # calibrated when the sparsify stage begins
 
-    def adopt_masks(self, state: Mapping[str, Any]) -> None:
-        raise ValueError("lasso finds its own channels; set train.init_masks=false")
+    def zero_fraction(self) -> float:
+        """Fraction of all channels whose group norm is (numerically) zero."""
+        norms = torch.cat([n.cpu() for n in group_norms(self.model, self.layout)])
+        return float((norms <= ZERO).float().mean())
+
+    def begin_stage(self, stage: Stage, progress: Progress) -> None:
+        if stage.name == "sparsify":
+            # shrinking alone (lr·λ per step, half the peak LR on average) zeroes a channel
+            # of norm q in the stage: q = the norm below which the budget's cut lies
+            norms = torch.cat([n.cpu() for n in group_norms(self.model, self.layout)])
+            q = float(torch.quantile(norms.double(), self.zero_target))
+            steps = stage.epochs * progress.steps_per_epoch
+            peak = stage.lr if stage.lr is not None else self.cfg.train.lr
+            self.lam = max(float(self.opts.lam), q / (0.5 * peak * steps))
+            progress.log(
+                f"lasso: lambda {self.lam:.3g} calibrated to zero {self.zero_target:.0%} of "
+                "the channels by proximal shrinking"
+            )
+        super().begin_stage(stage, progress)
+
+    def scheduled_zeros(self, progress: Progress) -> float:
+        """The zero-channel fraction due by now: rising linearly to the target over ``ramp``
+        of the stage (a pure function of the step: a resumed run follows the same path)."""
+        stage_steps = progress.stage_epochs * progress.steps_per_epoch
+        done = progress.step - progress.stage_start * progress.steps_per_epoch
+        return self.zero_target * min(1.0, done / max(1.0, self.opts.ramp * stage_steps))
+
+    def after_step(self, progress: Progress) -> None:
+        if self.masking is None and self.lam:
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            shrink_groups(self.model, self.layout, lr * self.lam)
+            zero, due = self.zero_fraction(), self.scheduled_zeros(progress)
+            if zero < due:  # behind: shrink harder
+                self.lam *= float(self.opts.lam_growth)
+            elif zero > due + 1 / sum(self.layout.sizes):  # ahead: ease off (never below lam)
+                self.lam = max(float(self.opts.lam), self.lam / float(self.opts.lam_growth))
+        super().after_step(progress)
+
+    def on_epoch_end(self, progress: Progress) -> dict[str, Any]:
+        record = super().on_epoch_end(progress)
+        if self.masking is None and self.lam is not None:
+            record["lasso"] = {
+                "lambda": self.lam,
+                "zero_fraction": self.zero_fraction(),
+                "target": self.zero_target,
+            }
+        return record
+
+    def decide_masks(self) -> dict[str, Tensor]:
+        masks = strongest_channels(
+            channel_scores(self.model, self.layout), self.layout, self.target
+        )
+        return dict(zip(self.layout.names, masks))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "lasso_lambda": self.lam}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state.items() if k != "lasso_lambda"})
+        self.lam = state.get("lasso_lambda")

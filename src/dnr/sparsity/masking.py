@@ -45,15 +45,18 @@ from dnr.statedict import canonical_name
 
 __all__ = ["Masking"]
 
-INITS: tuple[str, ...] = get_args(SparsityInit)
+#: Initial per-layer allocations: ``sparsity.init``'s, and IGQ (FlyingBird's, chosen by
+#: that method's own option).
+INITS: tuple[str, ...] = (*get_args(SparsityInit), "igq")
 GROW_MOMENTUM: tuple[str, ...] = get_args(GrowMomentum)
 _STATE_FORMAT = "dnr.masking/1"
 # Optimizer state keys holding a first-moment (momentum) estimate, in lookup order:
 # SGD's buffer; Adam/AdamW's exp_avg as a fallback so the class works with them too.
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
-#: What regrowth ranks inactive weights by: the optimizer's momentum (DNR, sparse momentum)
-#: or the last step's dense gradient (RigL-style, FlyingBird).
-GROW_SIGNALS = ("momentum", "gradient")
+#: What regrowth ranks inactive weights by: the optimizer's momentum (DNR, sparse momentum),
+#: the last step's dense gradient (RigL-style, FlyingBird's option) or a uniform random draw
+#: from the rewiring's generator (SET-style, FlyingBird's released default).
+GROW_SIGNALS = ("momentum", "gradient", "random")
 
 
 def momentum_buffer(optimizer: torch.optim.Optimizer | None, param: Tensor) -> Tensor:
@@ -93,7 +96,7 @@ class Masking:
             state (``exp_avg`` for Adam-type optimizers). May be ``None`` for masks that
             never rewire (a static mask) or when only loading/applying masks.
         density: fraction of prunable weights kept active, in (0, 1].
-        init: per-layer budgets at initialisation, ``"uniform"`` or ``"erk"``.
+        init: per-layer budgets at initialisation, ``"uniform"``, ``"erk"`` or ``"igq"``.
         exclude: fnmatch patterns of weight names kept dense and out of N.
         generator: CPU generator for the initial random masks (reproducibility).
         regrow_pruned: whether positions pruned in a rewiring may be regrown in the same
@@ -110,8 +113,9 @@ class Masking:
         grow_momentum: ``"zero"`` the optimizer momentum of newly grown weights, so a grown
             weight's first steps follow its fresh gradient rather than a stale
             accumulation, or ``"keep"`` it (the paper / sparse momentum).
-        grow_by: rank inactive weights for regrowth by ``"momentum"`` (DNR) or by the
-            last backward pass's dense ``"gradient"`` (RigL / FlyingBird).
+        grow_by: rank inactive weights for regrowth by ``"momentum"`` (DNR), by the
+            last backward pass's dense ``"gradient"`` (RigL / FlyingBird) or pick them
+            uniformly at ``"random"`` (SET / FlyingBird's release; needs a generator).
         initial_masks: start from these masks (name -> bool tensor, exactly the budget in
             total) instead of random ones, e.g. a magnitude mask of pretrained weights.
 
@@ -288,6 +292,114 @@ class Masking:
         """The dense gradient of the last backward pass (zero before the first one)."""
         return param.grad if param.grad is not None else torch.zeros_like(param)
 
+    @staticmethod
+    def _random_signal(param: nn.Parameter, generator: torch.Generator | None) -> Tensor:
+        """Uniform [0, 1) scores for random growth, drawn on the generator's device (CPU by
+        default, so every device draws the same positions)."""
+        if generator is None:
+            raise ValueError("random growth needs a generator (it draws the grown positions)")
+        draw = torch.rand(param.shape, generator=generator, device=generator.device)
+        return draw.to(param.device)
+
+    def _signals(
+        self,
+        params: list[nn.Parameter],
+        momenta: list[Tensor] | None,
+        generator: torch.Generator | None,
+    ) -> list[Tensor]:
+        """What regrowth ranks the inactive entries of each layer by (``grow_by``)."""
+        if self.grow_by == "momentum":
+            return momenta if momenta is not None else [self._momentum(p) for p in params]
+        if self.grow_by == "gradient":
+            return [self._gradient(p) for p in params]
+        return [self._random_signal(p, generator) for p in params]
+
+    @torch.no_grad()
+    def mask_momentum_(self) -> None:
+        """Zero the optimizer's first-moment entries of inactive weights, as sparse_learning's
+        ``apply_mask`` does after every step (FlyingBird's release). Never called by DNR, whose
+        growth signal is exactly that momentum. No host sync."""
+        if self.optimizer is None:
+            return
+        self._follow_devices()
+        for name, p in self._params.items():
+            state = self.optimizer.state.get(p, {})
+            for key in _MOMENTUM_KEYS:  # none before the first step (or without momentum)
+                buf = state.get(key)
+                if isinstance(buf, Tensor) and buf.shape == p.shape:
+                    buf.mul_(self.masks[name])
+                    break
+
+    def protected_counts(self) -> dict[str, int]:
+        """Per layer, the active entries ``protect_channels`` exempts from pruning (each
+        channel's largest-|w| one; 0 everywhere without it). One host sync."""
+        if not self.protect_channels:
+            return {n: 0 for n in self._params}
+        self._follow_devices()
+        kept = [
+            torch.count_nonzero(channel_keepers(p, self.masks[n])) for n, p in self._params.items()
+        ]
+        return dict(zip(self._params, torch.stack(kept).cpu().tolist()))
+
+    @torch.no_grad()
+    def move_(
+        self,
+        prune: Mapping[str, int],
+        grow: Mapping[str, int],
+        *,
+        generator: torch.Generator | None = None,
+        prune_rate: float = 0.0,
+    ) -> RewireStats:
+        """Prune ``prune[l]`` smallest-|w| active entries of each layer, then activate
+        ``grow[l]`` inactive ones (just-pruned positions included) by ``grow_by``; the
+        counts are the caller's, so the total may change (``density_target`` follows it).
+
+        FlyingBird's mask update (sparse_learning's ``truncate_weights``): a pruned weight is
+        zeroed, a pruned-and-regrown one keeps its value, a newly grown one starts at 0.
+        The momentum is not touched (see :meth:`mask_momentum_`). With ``protect_channels``
+        each channel's largest-|w| active weight is exempt: ``prune[l]`` must leave it
+        (:meth:`protected_counts`). ``prune_rate`` is only reported. ValueError for counts
+        out of range; two host syncs (the range check and the exactness check).
+        """
+        names = self.layer_names
+        if set(prune) != set(names) or set(grow) != set(names):
+            raise ValueError("move_ needs a prune and a grow count for every prunable layer")
+        self._follow_devices()
+        protected = self.protected_counts()  # sync 1 of 2 (none without protect_channels)
+        for n in names:
+            nnz, numel = self._nnz[n], self._numel[n]
+            if not 0 <= prune[n] <= nnz - protected[n]:
+                raise ValueError(f"{n}: cannot prune {prune[n]} of {nnz} active entries")
+            if not 0 <= grow[n] <= numel - nnz + prune[n]:
+                raise ValueError(f"{n}: cannot grow {grow[n]} into {numel - nnz + prune[n]}")
+        params = [self._params[n] for n in names]
+        masks = [self.masks[n] for n in names]
+        signals = self._signals(params, None, generator)
+        new_masks: list[Tensor] = []
+        for name, p, mask, signal in zip(names, params, masks, signals):
+            keep = channel_keepers(p, mask) if self.protect_channels else None
+            kept = magnitude_prune(p, mask, prune[name], num_active=self._nnz[name], protect=keep)
+            new_masks.append(momentum_regrow(signal, kept, grow[name]))
+        counts = torch.stack([torch.count_nonzero(m) for m in new_masks]).cpu().tolist()  # 2/2
+        expected = [self._nnz[n] - prune[n] + grow[n] for n in names]
+        if counts != expected:
+            raise RuntimeError(f"mask update miscounted: {counts} active, expected {expected}")
+        for p, new in zip(params, new_masks):
+            p.mul_(new)  # pruned -> 0; pruned-and-regrown keep their value; grown were 0
+        self.masks = dict(zip(names, new_masks))
+        self._nnz = dict(zip(names, counts))
+        self.target_active = sum(counts)
+        if self.target_active != round(self.density_target * self.num_prunable):
+            self.density_target = self.target_active / self.num_prunable  # FlyingBird+ drifts
+        return RewireStats(
+            prune_rate=float(prune_rate),
+            total_active=self.num_active,
+            density=self.density(),
+            lost={n: int(prune[n]) for n in names},
+            regrown={n: int(grow[n]) for n in names},
+            layer_density=self.layer_densities(),
+        )
+
     @torch.no_grad()
     def rewire(self, prune_rate: float, generator: torch.Generator | None = None) -> RewireStats:
         """One REWIRE(p) of docs/method.md; returns what it did.
@@ -304,7 +416,8 @@ class Masking:
            ``regrow_pruned=False`` (then capacity_l = numel_l − nnz_l). With
            ``grow_momentum="zero"`` the momentum of newly grown weights is reset.
 
-        ``generator`` is unused (irregular growth draws nothing). Host syncs: two per call
+        ``generator`` draws the grown positions of ``grow_by="random"`` (else unused:
+        momentum and gradient growth draw nothing). Host syncs: two per call
         (ŝ and the protected counts to decide the counts; the
         final exactness check).
         """
@@ -317,7 +430,7 @@ class Masking:
         params = [self._params[n] for n in names]
         masks = [self.masks[n] for n in names]
         momenta = [self._momentum(p) for p in params]
-        signals = momenta if self.grow_by == "momentum" else [self._gradient(p) for p in params]
+        signals = self._signals(params, momenta, generator)
 
         s_hat = normalized_momentum(momenta, masks)
         keepers: list[Tensor | None] = [None] * len(names)

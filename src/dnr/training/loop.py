@@ -165,6 +165,7 @@ def _epochs(run: _Run, prog: Progress, show: bool, log: Callable[[str], None]) -
             _selection_value(run, record, epoch), epoch + 1
         ):
             run.writer.save_best(_best_state(run, epoch, record))
+        prog.metrics = dict(record)  # the epoch's figures, for methods that react to them
         record.update(run.method.on_epoch_end(prog))
         dist.broadcast_buffers(run.model)  # a rewiring's BN refresh saw each rank's batches
         if cfg.train.check_ranks and dist.enabled:
@@ -342,7 +343,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
     delta = None if state.delta is None else state.delta.to(run.device)
     step_state = StepState(delta=delta)
     for i, (x, y) in enumerate(run.loader.epoch(epoch, start), start):
-        lr = learning_rate(cfg, epoch - prog.stage_start + i / steps, 1 / steps, prog.stage_epochs)
+        lr = _lr_at(cfg, prog, i, steps)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         # Drawn for the global batch: each rank attacks its images as one process would.
@@ -401,6 +402,7 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         "epoch": epoch + 1,
         "step": prog.step,
         "lr": lr,
+        "lr_first": _lr_at(cfg, prog, 0, steps),  # shows a stage's warm-up (or none)
         "train_loss": loss_sum / count,
         "train_clean_acc": clean_sum / count if (t.beta > 0 or not attacked) else None,
         "train_adv_acc": adv_sum / count if attacked else None,
@@ -409,6 +411,20 @@ def _train_epoch(run: _Run, prog: Progress, show: bool) -> dict[str, Any]:
         "train_seconds": seconds,
         "resumed_seconds": resumed_seconds,  # (popped by the caller into wall_seconds)
     }
+
+
+def _lr_at(cfg: Config, prog: Progress, batch: int, steps: int) -> float:
+    """The LR of the epoch's ``batch``-th step: the stage's schedule restarted at its own
+    peak, warmed up or not (``Stage.lr``, ``Stage.warmup``)."""
+    stage = prog.stage
+    return learning_rate(
+        cfg,
+        prog.epoch - prog.stage_start + batch / steps,
+        1 / steps,
+        prog.stage_epochs,
+        peak=stage.lr if stage else None,
+        warmup=stage.warmup if stage else True,
+    )
 
 
 def _collapsed(run: _Run, record: dict[str, Any]) -> bool:
@@ -464,8 +480,8 @@ def _validate(run: _Run, epoch: int) -> dict[str, float]:
             val.x,
             val.y,
             eps=a.eps,
-            step_size=a.step_size,
-            steps=a.steps,
+            step_size=a.step_size if a.val_steps is None else 2.5 * a.eps / a.val_steps,
+            steps=a.steps if a.val_steps is None else a.val_steps,
             batch_size=t.eval_batch_size,
             generator=torch.Generator().manual_seed(derive_seed(t.seed, "validation")),
             dist=run.dist,

@@ -17,23 +17,31 @@ def milestone_epochs(cfg: Config, epochs: int | None = None) -> list[float]:
 
 
 def learning_rate(
-    cfg: Config, epoch_progress: float, step_epochs: float = 0.0, epochs: int | None = None
+    cfg: Config,
+    epoch_progress: float,
+    step_epochs: float = 0.0,
+    epochs: int | None = None,
+    *,
+    peak: float | None = None,
+    warmup: bool = True,
 ) -> float:
     """LR at a fractional epoch of a schedule ``epochs`` long (default ``train.epochs``).
 
-    The cosine or multistep value is scaled by a linear warm-up over ``train.warmup_epochs``
-    that counts the step being taken (``step_epochs`` = one step's length in epochs), so the
-    first step already moves the weights. Multi-stage methods restart the schedule at each
-    stage with ``epochs`` = the stage's length.
+    The cosine or multistep value of ``peak`` (default ``train.lr``) is scaled by a linear
+    warm-up over ``train.warmup_epochs`` that counts the step being taken (``step_epochs`` =
+    one step's length in epochs), so the first step already moves the weights. Multi-stage
+    methods restart the schedule at each stage with ``epochs`` = the stage's length and the
+    stage's own ``peak`` and ``warmup`` (``Stage.lr``, ``Stage.warmup``).
     """
     t = cfg.train
     length = t.epochs if epochs is None else epochs
+    base = t.lr if peak is None else peak
     if t.schedule == "cosine":
-        lr = 0.5 * t.lr * (1.0 + math.cos(math.pi * min(epoch_progress / length, 1.0)))
+        lr = 0.5 * base * (1.0 + math.cos(math.pi * min(epoch_progress / length, 1.0)))
     else:
         passed = sum(1 for m in milestone_epochs(cfg, length) if epoch_progress >= m - 1e-9)
-        lr = t.lr * (t.gamma**passed)
-    if t.warmup_epochs > 0:
+        lr = base * (t.gamma**passed)
+    if warmup and t.warmup_epochs > 0:
         lr *= min(1.0, (epoch_progress + step_epochs) / t.warmup_epochs)
     return lr
 
