@@ -516,8 +516,8 @@ def report(paths: list[Path]) -> None:
         "Test: PGD-20 × 5 restarts (ε 8/255, step 2/255) on a seeded subset of the CIFAR-10 "
         "test set, final weights; val: the held-out 1,000 training images, PGD-3 — defaults "
         "are chosen on val, never on test.",
-        f"Devices: {', '.join(devices)}. GPU runs are not bit-reproducible (cuDNN), so a rerun "
-        "of one seed moves by about as much as another seed does.",
+        f"Devices: {', '.join(devices)}. GPU runs are not bit-reproducible (cuDNN); how far a "
+        "rerun of the same seed moves a figure has not been measured here.",
     ]
     main_n = max(
         (r["test_final"]["clean"]["n"] for r in rs if r["group"] == "main"),
