@@ -70,7 +70,9 @@ def test_lwm_stays_dense_then_prunes_by_magnitude_and_never_moves_its_mask(tiny_
     weights = {n: p.detach().clone() for n, p in prunable_parameters(model).items()}
     finetune = lwm.stages()[1]
     assert (finetune.lr, finetune.warmup) == (0.01, False)  # HYDRA's fine-tune recipe
+    assert opt.state  # pretraining momentum ...
     lwm.begin_stage(finetune, progress)
+    assert not opt.state  # ... dropped: a fine-tuning job starts fresh
     expected = magnitude_masks(weights, 0.2, "layer")  # the reference LWM: per layer
     assert lwm.masking is not None
     for name, mask in lwm.masking.masks.items():
@@ -132,6 +134,18 @@ def test_admm_projects_onto_the_top_k_per_layer_and_accumulates_the_residual(tin
     assert {n: counts[n] for n in budgets} == budgets
     assert admm.masking.num_active == round(0.2 * admm.masking.num_prunable)
     assert admm.loss_term(model) is None
+
+
+def test_admm_spaces_its_updates_over_the_whole_stage(tiny_config) -> None:
+    _, _, admm = _method(tiny_config, "admm", pretrain_epochs=1, admm_epochs=1, updates=10)
+    stage = admm.stages()[1]
+    progress = Progress(step=0, epoch=1, epochs=3, steps_per_epoch=19, stage=stage, stage_start=1)
+    due = []
+    for done in range(1, 20):  # the stage's 19 steps
+        progress.step = 19 + done
+        if admm._update_due(progress):
+            due.append(done)
+    assert due == [2, 4, 6, 8, 10, 12, 14, 16, 18, 19]  # 10, spread to the end, none bunched
 
 
 def test_admm_in_channel_mode_projects_and_prunes_whole_filters(tiny_config) -> None:
@@ -225,7 +239,7 @@ def test_flyingbird_regrows_by_gradient_and_keeps_every_layer_budget() -> None:
         ("lwm", "{lwm: {pretrain_epochs: 1}}", ["pretrain", "finetune", "finetune"]),
         (
             "lwm",
-            "{lwm: {pretrain_epochs: 1, scope: layer}, admm: {rho: 1}}",  # admm's: unused
+            "{lwm: {pretrain_epochs: 1, scope: global}, admm: {rho: 1}}",  # admm's: unused
             ["pretrain", "finetune", "finetune"],
         ),
         ("flyingbird", "{}", ["train", "train", "train"]),
@@ -356,6 +370,12 @@ def test_method_options_are_checked() -> None:
         load("admm", "{admm: {rho_growth: 0}}")
     with pytest.raises(ConfigError, match="sparsity.method=lasso removes whole channels"):
         load("lasso", "{}")
+    for method in ("lwm", "hydra", "flyingbird"):  # refused before any training
+        with pytest.raises(ConfigError, match=f"sparsity.method={method} .*granularity"):
+            load_config(
+                None,
+                tiny_overrides(sparsity__method=method, sparsity__granularity="channel"),
+            )
     with pytest.raises(ConfigError, match="sparsity.options.dnr: no option x .it takes none"):
         load("dnr", "{dnr: {x: 1}}")
     load("dnr", "{lwm: {pretrain_epochs: 2}}")  # another method's valid options: fine

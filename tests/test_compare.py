@@ -387,9 +387,9 @@ def test_seeded_table_of_known_figures(seeded, config_file, tmp_path) -> None:
     assert (clean["lo"], clean["hi"]) == pytest.approx((-0.087062, 0.167062), abs=1e-5)
     assert clean["verdict"] == "no difference shown" and clean["n"] == 2
     assert by_pair["dnr", "static", "pgd7"]["mean"] == pytest.approx(0.04)
-    # worst case: +0.10 on both seeds → an interval of width ~0 above zero
-    assert by_pair["dnr", "static", "worst_case"]["verdict"] == "dnr ahead"
-    assert by_pair["static", "dnr", "worst_case"]["verdict"] == "dnr ahead"
+    # worst case: +0.10 on both seeds → a zero-width interval, which shows nothing
+    assert by_pair["dnr", "static", "worst_case"]["verdict"] == "no difference shown"
+    assert by_pair["dnr", "static", "worst_case"]["half_width"] == pytest.approx(0.0, abs=1e-9)
     assert by_pair["static", "dnr", "clean"]["mean"] == pytest.approx(-0.04)
     # the noise floor: dnr(seed + 1000) − dnr(seed) clean: −0.03, +0.02
     floor = {e["metric"]: e for e in document["noise_floor"]}
@@ -403,8 +403,9 @@ def test_seeded_table_of_known_figures(seeded, config_file, tmp_path) -> None:
         "| dnr − static | clean | 2 | +4.00 | [-8.71, +16.71] | no difference shown | ±31.77 |"
         in (markdown)
     )
-    assert "| dnr − static | worst case | 2 | +10.00 | [+10.00, +10.00] | dnr ahead | ±0.00 |" in (
-        markdown
+    assert (
+        "| dnr − static | worst case | 2 | +10.00 | [+10.00, +10.00] | no difference shown "
+        "| ±0.00 |" in (markdown)
     )
     assert "| dnr | 2 | 49.00% ± 5.66 |" in markdown
 
@@ -474,8 +475,7 @@ def test_seed_statistics_pairs_by_seed_with_known_numbers() -> None:
     assert clean["half_width"] == pytest.approx(4.3027 * 0.01 / math.sqrt(3), abs=1e-6)
     assert clean["verdict"] == "no difference shown"
     worst = by_pair["dnr", "static", "worst_case"]  # +0.10 every seed: sd 0, interval [0.1, 0.1]
-    assert worst["mean"] == pytest.approx(0.10) and worst["verdict"] == "dnr ahead"
-    assert by_pair["static", "dnr", "worst_case"]["verdict"] == "dnr ahead"
+    assert worst["mean"] == pytest.approx(0.10) and worst["verdict"] == "no difference shown"
     assert by_pair["static", "dnr", "clean"]["mean"] == pytest.approx(-0.02)
     assert stats["noise_floor"] is None
 

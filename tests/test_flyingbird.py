@@ -304,12 +304,12 @@ def test_flyingbird_plus_grows_when_the_validation_loss_rises() -> None:
 
 
 def test_flyingbird_plus_reads_the_epoch_record_when_the_loop_passes_it() -> None:
-    _, _, fb = _flyingbird(dynamic=True)
+    _, _, fb = _flyingbird(dynamic=True, val_signal="loss")
     lines: list[str] = []
     progress = Progress(step=4, epoch=0, epochs=4, steps_per_epoch=4, log=lines.append)
     assert fb.on_epoch_end(progress)["dynamic"] == {"observed": False}
     assert len(lines) == 1 and "Progress.metrics" in lines[0]
-    # the loss is not in the record: the PGD error stands in for it
+    # the loss (asked for) is not in the record: the PGD error stands in for it
     progress.metrics = {"train_adv_acc": 0.6, "val_pgd_acc": 0.4}  # type: ignore[attr-defined]
     out = fb.on_epoch_end(progress)["dynamic"]
     assert out == {

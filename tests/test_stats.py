@@ -65,6 +65,11 @@ def test_verdicts_follow_the_sign_of_an_interval_that_excludes_zero() -> None:
     assert paired.mean == pytest.approx(0.015)
 
 
+def test_identical_differences_give_no_verdict() -> None:
+    d = paired_difference([0.6, 0.7, 0.5], [0.5, 0.6, 0.4])  # +0.1 every seed
+    assert d.half_width == pytest.approx(0.0, abs=1e-9) and d.verdict == "no difference shown"
+
+
 def test_one_pair_gives_no_interval() -> None:
     d = paired_difference([0.6], [0.5])
     assert d.n == 1 and d.mean == pytest.approx(0.1)

@@ -429,6 +429,11 @@ def validate(cfg: Config) -> None:
         )
         SPARSITY_METHODS.get(name).parse_options(entry, f"sparsity.options.{name}")
     method.check_config(cfg)
+    _check(
+        not method.granularities or s.granularity in method.granularities,
+        f"sparsity.method={s.method} runs at sparsity.granularity "
+        f"{' or '.join(method.granularities)}, not {s.granularity}",
+    )
 
 
 def _check_finite(key: str, value: Any) -> None:

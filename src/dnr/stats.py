@@ -168,7 +168,8 @@ def paired_difference(
     """``a[i] - b[i]`` over the pairs: mean, ``confidence`` t interval, verdict.
 
     The interval is mean ± t(1 - alpha/2, n - 1) · sd / sqrt(n): it treats the pairs (seeds)
-    as independent draws, and says nothing about seeds the run did not draw.
+    as independent draws, and says nothing about seeds the run did not draw. Identical
+    differences (zero spread) give a zero-width interval and no verdict.
     """
     if len(a) != len(b):
         raise ValueError(f"paired figures need equal lengths, got {len(a)} and {len(b)}")
@@ -184,6 +185,10 @@ def paired_difference(
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
     lo, hi = mean - half, mean + half
     verdict: Verdict = "A ahead" if lo > 0 else "B ahead" if hi < 0 else "no difference shown"
+    if sd <= 1e-12 * max(1.0, abs(mean)):
+        # identical differences: accuracies are multiples of 1/examples, so a few seeds can
+        # agree exactly; a zero-width interval says nothing about the next seed
+        verdict = "no difference shown"
     return PairedDifference(n, mean, sd, lo, hi, half, confidence, verdict, diffs)
 
 

@@ -131,6 +131,7 @@ class ADMM(StagedPruning):
         self.rho = float(self.opts.rho)
         self._k: dict[str, int] | None = None  # the constraint's k per weight (lazy)
         self._dense: set[str] = set()  # weights kept dense (the classifier)
+        self._constrained()  # a budget the constraint cannot meet fails before training
 
     def _constrained(self) -> tuple[dict[str, nn.Parameter], dict[str, int]]:
         """The weights under the sparsity constraint and each one's k: entries per layer
@@ -146,10 +147,14 @@ class ADMM(StagedPruning):
                 self._dense = {n for n in weights if n in dense}
                 self._k = {n: k for n, k in budgets.items() if n not in dense}
             else:
-                layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
-                target = round(self.cfg.sparsity.density * layout.num_prunable)
+                try:
+                    layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
+                    target = round(self.cfg.sparsity.density * layout.num_prunable)
+                    counts = layout.uniform_counts(target)
+                except ValueError as err:
+                    raise ConfigError(f"sparsity.method=admm: {err}") from None
                 names = [f"{g}.weight" for g in layout.names]
-                self._k = dict(zip(names, layout.uniform_counts(target)))
+                self._k = dict(zip(names, counts))
         return {n: weights[n] for n in self._k}, self._k
 
     def _project(self, x: Tensor, k: int) -> Tensor:
@@ -169,11 +174,15 @@ class ADMM(StagedPruning):
         function of the step, so a resumed run updates where an uninterrupted one does)."""
         stage_steps = progress.stage_epochs * progress.steps_per_epoch
         done = progress.step - progress.stage_start * progress.steps_per_epoch
-        every = max(1, stage_steps // int(self.opts.updates))
-        return done % every == 0 and done // every <= int(self.opts.updates)
+        updates = int(self.opts.updates)  # the j-th falls on the first step >= j·steps/updates
+        return (
+            0 < done <= stage_steps
+            and (done * updates) // stage_steps > ((done - 1) * updates) // stage_steps
+        )
 
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "admm":
+            self.optimizer.state.clear()  # the ADMM stage is a new job in the release
             weights, budgets = self._constrained()
             self.u = {n: torch.zeros_like(w) for n, w in weights.items()}
             self.z = {n: self._project(w.detach(), budgets[n]) for n, w in weights.items()}

@@ -163,9 +163,10 @@ class FlyingBird(MaskedMethod):
         growth_ratio: float = 0.05
         #: share of rising changes that triggers an action (release: --update_threshold 0.5)
         update_threshold: float = 0.5
-        #: validation figure whose rises trigger growth: the PGD ``loss`` (release), or the
-        #: PGD ``error`` (1 - accuracy), used anyway when the loop reports no loss
-        val_signal: Literal["loss", "error"] = "loss"
+        #: validation figure whose rises trigger growth: the PGD ``error`` (1 - accuracy,
+        #: what the loop records), or the PGD ``loss`` (the release's; needs a loop that
+        #: reports ``val_pgd_loss``, else the error stands in)
+        val_signal: Literal["loss", "error"] = "error"
 
         def check(self, key: str) -> None:
             if not 0 < self.death_rate <= 1:

@@ -90,6 +90,7 @@ class StagedPruning(MaskedMethod):
 
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "finetune":
+            self.optimizer.state.clear()  # a fine-tuning job starts with fresh momentum
             self.fix_masks(self.decide_masks())
             progress.log(
                 f"{self.name}: pruned to density {self.density():.4f}; the mask is fixed "
