@@ -303,39 +303,79 @@ def _test_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_group_lasso_zeroes_whole_channels_by_proximal_steps(tiny_config) -> None:
-    from dnr.sparsity.lasso import group_norms
+    from dnr.sparsity.lasso import channel_scores, group_norms
 
     tiny_config.sparsity.granularity = "channel"
     model, opt, lasso = _method(tiny_config, "lasso", sparsify_epochs=1)
     sparsify = lasso.stages()[0]
     progress = Progress(step=0, epoch=0, epochs=3, steps_per_epoch=3, log=lambda _m: None)
     lasso.begin_stage(sparsify, progress)
-    assert lasso.lam is not None and lasso.lam > 1e-4  # calibrated above the floor
+    # calibrated: shrinking alone reaches the budget's RMS quantile by the end of the ramp
+    rms = torch.cat(channel_scores(model, lasso.layout))
+    due = float(torch.quantile(rms.double(), lasso.zero_target))
+    assert lasso.threshold == pytest.approx(due / (0.75 * 3))
     assert lasso.loss_term(model) is None  # proximal: nothing in the loss
     before = torch.cat([n.clone() for n in group_norms(model, lasso.layout)])
     _steps(model, opt, lasso, progress, n=3)
     after = torch.cat(group_norms(model, lasso.layout))
     assert (after < before).float().mean() > 0.9  # nearly every channel shrinks
     zero = lasso.zero_fraction()
-    assert zero == float((after <= 1e-8).float().mean()) and zero > 0  # exactly zero ones
+    assert zero == int((after <= 1e-8).sum()) / len(after) and zero > 0  # exactly zero ones
+    assert zero <= lasso.zero_target  # never more than the cut removes
     record = lasso.on_epoch_end(progress)
     assert record["lasso"] == {
-        "lambda": lasso.lam,
+        "threshold": lasso.threshold,
+        "lambda": pytest.approx(max(lasso.threshold, 0.05 * 1e-4) / 0.05, rel=0.2),
         "zero_fraction": zero,
         "target": lasso.zero_target,
     }
-    lam, progress.step = lasso.lam, 1  # early in the stage: a zero fraction of 0 is behind
+    threshold, progress.step = lasso.threshold, 1  # early in the stage: 0 zeros is behind
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)  # every channel alive again
     _steps(model, opt, lasso, progress, n=1)
     assert lasso.zero_fraction() < lasso.scheduled_zeros(progress)
-    assert lasso.lam == pytest.approx(lam * 1.1)
+    assert lasso.threshold == pytest.approx(threshold * 1.1)
 
 
-def test_lasso_reaches_its_zero_fraction_before_the_cut(tmp_path) -> None:
+def test_group_lasso_never_switches_off_what_the_cut_keeps(tiny_config) -> None:
+    """A zero channel gets no gradient and never comes back, so the proximal step may zero
+    no more channels than the budget removes, nor a group's last live one; and a kept channel
+    that is zero at the cut restarts from a fresh init."""
+    from dnr.sparsity.lasso import channel_scores, revive_channels, shrink_groups
+
+    tiny_config.sparsity.granularity = "channel"
+    model, _opt, lasso = _method(tiny_config, "lasso", sparsify_epochs=1)
+    rms = torch.cat(channel_scores(model, lasso.layout))
+    shrink_groups(model, lasso.layout, float(rms.max()) * 2, lasso.max_zeros)  # would zero all
+    scores = channel_scores(model, lasso.layout)
+    assert int(sum(int((s == 0).sum()) for s in scores)) == lasso.max_zeros
+    assert all(s.max() > 0 for s in scores)  # every group keeps a live channel
+    survivors = torch.cat(scores) > 0
+    assert torch.equal(torch.cat(scores)[survivors], rms[survivors])  # spared: untouched
+    sizes = [len(s) for s in scores]
+    best = torch.cat([r == r.max() for r in rms.split(sizes)])  # spared as its group's best
+    assert rms[survivors & ~best].min() >= rms[~survivors].max()  # the weakest went first
+    shrink_groups(model, lasso.layout, float(rms.max()) * 2)  # no quota: all but the best
+    scores = channel_scores(model, lasso.layout)
+    assert all(int((s > 0).sum()) == 1 for s in scores)
+    kept = [torch.ones(len(s), dtype=torch.bool) for s in scores]
+    kept[0][:] = False  # the first group is cut: it stays as it is
+    dead = sum(int((s == 0).sum()) for s in scores[1:])
+    assert revive_channels(model, lasso.layout, kept, torch.Generator().manual_seed(0)) == dead
+    after = channel_scores(model, lasso.layout)
+    assert all(bool((s > 0).all()) for s in after[1:])
+    assert int((after[0] > 0).sum()) == 1
+
+
+def test_lasso_reaches_its_zero_fraction_before_the_cut_and_keeps_live_channels(
+    tmp_path,
+) -> None:
     """The lasso only counts if it produces group sparsity: by the end of its sparsify stage
-    the fraction of exactly-zero channels reaches the share the budget removes."""
+    the fraction of exactly-zero channels reaches the share the budget removes (and never
+    passes it); after the cut every kept channel is alive and fine-tuning learns."""
+    from dnr.sparsity.lasso import channel_scores
+
     overrides = tiny_overrides(
         sparsity__method="lasso",
         sparsity__granularity="channel",
@@ -343,9 +383,15 @@ def test_lasso_reaches_its_zero_fraction_before_the_cut(tmp_path) -> None:
         sparsity__options="{lasso: {sparsify_epochs: 2}}",
         train__epochs=3,
     )
-    dnr.train(load_config(None, overrides), tmp_path / "run", **QUIET)
-    last = [r for r in _records(tmp_path / "run") if r.get("stage") == "sparsify"][-1]
-    assert last["lasso"]["zero_fraction"] >= last["lasso"]["target"] > 0.5
+    result = dnr.train(load_config(None, overrides), tmp_path / "run", **QUIET)
+    records = _records(tmp_path / "run")
+    sparsify = [r for r in records if r.get("stage") == "sparsify"]
+    assert sparsify[-1]["lasso"]["zero_fraction"] == sparsify[-1]["lasso"]["target"] > 0.5
+    assert all(r["lasso"]["zero_fraction"] <= r["lasso"]["target"] for r in sparsify)
+    method = result.sparsity
+    for scores, name in zip(channel_scores(result.model, method.layout), method.layout.names):
+        assert bool((scores[method.masking.masks[name]] > 0).all()), name
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
 
 
 def test_method_options_are_checked() -> None:

@@ -1,22 +1,28 @@
 """``lasso``: robust group-lasso channel pruning — shrink whole channels to zero, cut, fine-tune.
 
 A ``sparsify`` stage of adversarial training with the group-lasso penalty
-``λ · Σ_channels ||(filter_c, γ_c, β_c)||₂`` over every channel group (the filter *and* its
+``λ · Σ_channels √p_c · ||(filter_c, γ_c, β_c)||₂`` over every channel (the filter *and* its
 BatchNorm scale and shift: BN undoes any shrinking of the filter alone, and a live shift keeps
-a dead filter's channel on), applied as a **proximal step** after every optimizer step —
-group soft-thresholding ``v ← v · max(0, 1 − lr·λ/||v||)`` — so channels reach exactly zero
-(a penalty added to the loss only oscillates around zero with SGD). λ is calibrated, not
-guessed: at the stage's start it is set so that shrinking alone would zero the fraction of
-channels the budget removes (``lam`` is its floor), and after every step at which the
-fraction of zero channels is behind a schedule rising linearly to that target over the
-first ``ramp`` of the stage, λ grows ×``lam_growth`` (and eases off as much when ahead)
-— so the cut that follows removes the channels the lasso has already switched off. Both
-are logged (``lasso`` in ``metrics.jsonl``). Then the channel-mode budget is filled with the
-strongest channels — every group keeps its best one, then channels join in order of their
-RMS group norm while the compacted network stays within ``round(density · N)`` weights —
-and a ``finetune`` stage at ``finetune_lr`` fixes them. Channel granularity only: its result
-is compared with channel-mode methods and exports with ``dnr export --format compact``.
-(DNR's lasso baseline released no training code; this is the standard proximal method.)
+a dead filter's channel on; ``√p_c``, the root of the group's size, is Yuan & Lin's weighting,
+which makes the penalty act on a channel's RMS so wide filters are not favoured), applied as a
+**proximal step** after every optimizer step — group soft-thresholding, so channels reach
+exactly zero (a penalty added to the loss only oscillates around zero with SGD).
+
+The per-step shrink of a channel's RMS, ``threshold = lr·λ``, is steered, not guessed: it
+starts where shrinking alone would switch off the share of channels the budget removes by the
+end of the ``ramp``, grows ×``lam_growth`` after a step on which the zero-channel fraction is
+behind a schedule rising linearly to that share, and eases off as much once it is ahead or
+the share is reached (never below plain group lasso at ``lam``). Steering the threshold, not
+λ, keeps a warm-up's tiny learning rate from winding λ up. Two guards keep the lasso from
+switching off what the cut keeps — a zero channel gets no gradient and never comes back: no
+step zeroes more channels than the budget removes, nor a group's last live channel. Both
+figures are logged (``lasso`` in ``metrics.jsonl``). Then the channel-mode budget is filled
+with the strongest channels — every group keeps its best one, then channels join in order of
+their RMS group norm while the compacted network stays within ``round(density · N)`` weights —
+any kept channel that is still exactly zero is re-initialised (so no kept weight is dead), and
+a ``finetune`` stage at ``finetune_lr`` fixes them. Channel granularity only: its result is
+compared with channel-mode methods and exports with ``dnr export --format compact``. (DNR's
+lasso baseline released no training code; this is the standard proximal method.)
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dnr.sparsity.channels import ChannelLayout
 from dnr.sparsity.staged import StagedPruning, split_epochs, staged
 from dnr.statedict import canonical_name
 
-__all__ = ["GroupLasso", "channel_scores", "group_norms"]
+__all__ = ["GroupLasso", "channel_scores", "group_norms", "revive_channels", "shrink_groups"]
 
 #: a channel whose group norm is at most this is counted as removed by the lasso
 ZERO = 1e-8
@@ -58,24 +64,73 @@ def group_norms(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
     ]
 
 
+def _group_sizes(model: nn.Module, layout: ChannelLayout) -> list[int]:
+    """Entries of one channel's (filter, γ, β) per group: ``p`` of the √p weighting."""
+    return [conv.weight[0].numel() + 2 for conv, _ in _groups(model, layout)]
+
+
 @torch.no_grad()
 def channel_scores(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
     """RMS group norms (comparable across layers of different fan-in), on the CPU."""
     return [
-        (norms / (conv.weight[0].numel() + 2) ** 0.5).cpu()
-        for norms, (conv, _) in zip(group_norms(model, layout), _groups(model, layout))
+        (norms / size**0.5).cpu()
+        for norms, size in zip(group_norms(model, layout), _group_sizes(model, layout))
     ]
 
 
 @torch.no_grad()
-def shrink_groups(model: nn.Module, layout: ChannelLayout, threshold: float) -> None:
+def shrink_groups(
+    model: nn.Module, layout: ChannelLayout, threshold: float, max_zeros: int | None = None
+) -> None:
     """The group-lasso proximal step: every channel's (filter, γ, β) scaled by
-    ``max(0, 1 − threshold / norm)`` — exactly zero where the norm is below ``threshold``."""
-    for norms, (conv, bn) in zip(group_norms(model, layout), _groups(model, layout)):
-        scale = (1 - threshold / norms.clamp_min(1e-30)).clamp_min(0)
+    ``max(0, 1 − threshold·√p / norm)`` — its RMS lowered by ``threshold``, exactly zero where
+    the RMS is below it. Guards: a group's strongest channel is never switched off, nor more
+    than ``max_zeros`` channels in all (the weakest go first); a channel the guards spare is
+    left as it is for this step."""
+    groups = _groups(model, layout)
+    rms = channel_scores(model, layout)
+    scales = [(1 - threshold / r.clamp_min(1e-30)).clamp_min(0) for r in rms]
+    for r, scale in zip(rms, scales):
+        strongest = int(r.argmax())
+        if scale[strongest] == 0 and r[strongest] > ZERO:
+            scale[strongest] = 1.0
+    if max_zeros is not None:
+        flat_rms, flat_scale = torch.cat(rms), torch.cat(scales)
+        dying = (flat_scale == 0) & (flat_rms > ZERO)
+        room = max(0, max_zeros - int((flat_rms <= ZERO).sum()))
+        if int(dying.sum()) > room:  # spare all but the `room` weakest of the dying
+            candidates = dying.nonzero().flatten()
+            spared = candidates[flat_rms[candidates].argsort(stable=True)[room:]]
+            flat_scale[spared] = 1.0
+            scales = list(flat_scale.split([len(r) for r in rms]))
+    for scale, (conv, bn) in zip(scales, groups):
+        scale = scale.to(conv.weight.device)
         conv.weight.mul_(scale.view(-1, *[1] * (conv.weight.dim() - 1)).to(conv.weight.dtype))
         bn.weight.mul_(scale.to(bn.weight.dtype))
         bn.bias.mul_(scale.to(bn.bias.dtype))
+
+
+@torch.no_grad()
+def revive_channels(
+    model: nn.Module, layout: ChannelLayout, kept: list[Tensor], generator: torch.Generator
+) -> int:
+    """Re-initialise the kept channels that are exactly zero (Kaiming-normal filter, γ = 1,
+    β = 0): a zero channel gets no gradient, so a kept one would waste its budget. Returns
+    how many there were."""
+    revived = 0
+    for r, mask, (conv, bn) in zip(channel_scores(model, layout), kept, _groups(model, layout)):
+        dead = (mask.cpu() & (r <= ZERO)).nonzero().flatten()
+        if len(dead) == 0:
+            continue
+        fan_in = conv.weight[0].numel()
+        fresh = torch.randn((len(dead), *conv.weight.shape[1:]), generator=generator)
+        index = dead.to(conv.weight.device)
+        conv.weight[index] = (fresh * (2 / fan_in) ** 0.5).to(conv.weight)
+        bn.weight[index], bn.bias[index] = 1.0, 0.0
+        if bn.running_mean is not None and bn.running_var is not None:  # stale: all zero
+            bn.running_mean[index], bn.running_var[index] = 0.0, 1.0
+        revived += len(dead)
+    return revived
 
 
 def strongest_channels(scores: list[Tensor], layout: ChannelLayout, target: int) -> list[Tensor]:
@@ -106,9 +161,9 @@ class GroupLasso(StagedPruning):
     class Options:
         #: epochs of lasso training from scratch (None: half of train.epochs)
         sparsify_epochs: int | None = None
-        #: floor of the calibrated λ
+        #: floor of λ: the shrink is never weaker than plain group lasso at this λ
         lam: float = 1e-4
-        #: λ ×= lam_growth after a step whose zero-channel fraction is behind schedule
+        #: the threshold ×= lam_growth after a step behind the zero-channel schedule
         lam_growth: float = 1.1
         #: fraction of the stage over which the zero-channel target is reached
         ramp: float = 0.75
@@ -157,29 +212,39 @@ class GroupLasso(StagedPruning):
                 f"needs {self.layout.minimum()} weights, more than {self.target}"
             )
         kept = sum(self.layout.uniform_counts(self.target))
-        #: the fraction of channels the budget removes: what the lasso should zero
-        self.zero_target = 1 - kept / sum(self.layout.sizes)
-        self.lam: float | None = None  # calibrated when the sparsify stage begins
+        #: channels the budget removes: what the lasso should switch off, and no more
+        self.max_zeros = sum(self.layout.sizes) - kept
+        self.zero_target = self.max_zeros / sum(self.layout.sizes)
+        self.threshold: float | None = None  # per-step RMS shrink, set when sparsify begins
+        self.lam: float | None = None  # the λ of the last step (threshold / lr), logged
 
     def zero_fraction(self) -> float:
         """Fraction of all channels whose group norm is (numerically) zero."""
         norms = torch.cat([n.cpu() for n in group_norms(self.model, self.layout)])
-        return float((norms <= ZERO).float().mean())
+        return int((norms <= ZERO).sum()) / len(norms)
 
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "sparsify":
-            # shrinking alone (lr·λ per step, half the peak LR on average) zeroes a channel
-            # of norm q in the stage: q = the norm below which the budget's cut lies
-            norms = torch.cat([n.cpu() for n in group_norms(self.model, self.layout)])
-            q = float(torch.quantile(norms.double(), self.zero_target))
-            steps = stage.epochs * progress.steps_per_epoch
-            peak = stage.lr if stage.lr is not None else self.cfg.train.lr
-            self.lam = max(float(self.opts.lam), q / (0.5 * peak * steps))
+            # shrinking alone would bring the RMS quantile the budget cuts at to zero by the
+            # end of the ramp: the schedule's pace, before the gradients push back
+            rms = torch.cat(channel_scores(self.model, self.layout))
+            q = float(torch.quantile(rms.double(), self.zero_target))
+            steps = self.opts.ramp * stage.epochs * progress.steps_per_epoch
+            self.threshold = q / max(1.0, steps)
             progress.log(
-                f"lasso: lambda {self.lam:.3g} calibrated to zero {self.zero_target:.0%} of "
-                "the channels by proximal shrinking"
+                f"lasso: shrinking channels by {self.threshold:.3g} RMS a step, steered to "
+                f"switch off {self.zero_target:.0%} of them"
             )
-        super().begin_stage(stage, progress)
+        super().begin_stage(stage, progress)  # at finetune: the cut
+        if stage.name == "finetune":
+            self.threshold = None
+            # kept channels the lasso left at exactly zero restart from a fresh init (seeded
+            # by train.seed: a pure function of the run), else they would waste their budget
+            kept = [self.masking.masks[n] for n in self.layout.names]
+            generator = torch.Generator().manual_seed(int(self.cfg.train.seed))
+            revived = revive_channels(self.model, self.layout, kept, generator)
+            if revived:
+                progress.log(f"lasso: {revived} kept channels were exactly zero: re-initialised")
 
     def scheduled_zeros(self, progress: Progress) -> float:
         """The zero-channel fraction due by now: rising linearly to the target over ``ramp``
@@ -189,20 +254,24 @@ class GroupLasso(StagedPruning):
         return self.zero_target * min(1.0, done / max(1.0, self.opts.ramp * stage_steps))
 
     def after_step(self, progress: Progress) -> None:
-        if self.masking is None and self.lam:
+        if self.masking is None and self.threshold is not None:
             lr = float(self.optimizer.param_groups[0]["lr"])
-            shrink_groups(self.model, self.layout, lr * self.lam)
+            growth = float(self.opts.lam_growth)
+            shrink = max(self.threshold, lr * float(self.opts.lam))
+            shrink_groups(self.model, self.layout, shrink, self.max_zeros)
+            self.lam = shrink / lr if lr > 0 else None
             zero, due = self.zero_fraction(), self.scheduled_zeros(progress)
             if zero < due:  # behind: shrink harder
-                self.lam *= float(self.opts.lam_growth)
-            elif zero > due + 1 / sum(self.layout.sizes):  # ahead: ease off (never below lam)
-                self.lam = max(float(self.opts.lam), self.lam / float(self.opts.lam_growth))
+                self.threshold *= growth
+            elif zero >= self.zero_target or zero > due + 1 / sum(self.layout.sizes):
+                self.threshold /= growth  # ahead, or done: ease off
         super().after_step(progress)
 
     def on_epoch_end(self, progress: Progress) -> dict[str, Any]:
         record = super().on_epoch_end(progress)
-        if self.masking is None and self.lam is not None:
+        if self.masking is None and self.threshold is not None:
             record["lasso"] = {
+                "threshold": self.threshold,
                 "lambda": self.lam,
                 "zero_fraction": self.zero_fraction(),
                 "target": self.zero_target,
@@ -216,8 +285,9 @@ class GroupLasso(StagedPruning):
         return dict(zip(self.layout.names, masks))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "lasso_lambda": self.lam}
+        return {**super().state_dict(), "lasso_threshold": self.threshold, "lasso_lambda": self.lam}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict({k: v for k, v in state.items() if k != "lasso_lambda"})
-        self.lam = state.get("lasso_lambda")
+        mine = ("lasso_threshold", "lasso_lambda")
+        super().load_state_dict({k: v for k, v in state.items() if k not in mine})
+        self.threshold, self.lam = state.get("lasso_threshold"), state.get("lasso_lambda")
