@@ -1,28 +1,32 @@
 """``lasso``: robust group-lasso channel pruning — shrink whole channels to zero, cut, fine-tune.
 
-A ``sparsify`` stage of adversarial training with the group-lasso penalty
-``λ · Σ_channels √p_c · ||(filter_c, γ_c, β_c)||₂`` over every channel (the filter *and* its
-BatchNorm scale and shift: BN undoes any shrinking of the filter alone, and a live shift keeps
-a dead filter's channel on; ``√p_c``, the root of the group's size, is Yuan & Lin's weighting,
-which makes the penalty act on a channel's RMS so wide filters are not favoured), applied as a
+A ``sparsify`` stage of adversarial training with a group-lasso penalty
+``λ · Σ_c √p_c · ||(filter_c, γ_c, β_c)||₂`` on channels (the filter *and* its BatchNorm
+scale and shift: BN undoes any shrinking of the filter alone, and a live shift keeps a dead
+filter's channel on; ``√p_c``, the root of the group's size, is Yuan & Lin's weighting, which
+makes the penalty act on a channel's RMS so wide filters are not favoured), applied as a
 **proximal step** after every optimizer step — group soft-thresholding, so channels reach
 exactly zero (a penalty added to the loss only oscillates around zero with SGD).
 
+The penalty falls on the channels **below the budget's cut** — those the cut would remove
+now, re-decided a hundred times a stage, so a channel the gradients make strong climbs out
+of it — as growing regularisation does (Wang et al., ICLR 2021, GReg-1). A uniform penalty
+strong enough to switch off the budget's share within a stage shrinks the kept channels
+with it: measured at the comparison's scale, it left the network at chance after one epoch.
 The per-step shrink of a channel's RMS, ``threshold = lr·λ``, is steered, not guessed: it
-starts where shrinking alone would switch off the share of channels the budget removes by the
-end of the ``ramp``, grows ×``lam_growth`` after a step on which the zero-channel fraction is
-behind a schedule rising linearly to that share, and eases off as much once it is ahead or
-the share is reached (never below plain group lasso at ``lam``). Steering the threshold, not
-λ, keeps a warm-up's tiny learning rate from winding λ up. Two guards keep the lasso from
-switching off what the cut keeps — a zero channel gets no gradient and never comes back: no
-step zeroes more channels than the budget removes, nor a group's last live channel. Both
-figures are logged (``lasso`` in ``metrics.jsonl``). Then the channel-mode budget is filled
-with the strongest channels — every group keeps its best one, then channels join in order of
-their RMS group norm while the compacted network stays within ``round(density · N)`` weights —
-any kept channel that is still exactly zero is re-initialised (so no kept weight is dead), and
-a ``finetune`` stage at ``finetune_lr`` fixes them. Channel granularity only: its result is
-compared with channel-mode methods and exports with ``dnr export --format compact``. (DNR's
-lasso baseline released no training code; this is the standard proximal method.)
+starts where shrinking alone would switch off every channel below the cut by the end of the
+``ramp``, grows ×``lam_growth`` after a step on which the zero-channel fraction is behind a
+schedule rising linearly to the cut's share, and eases off as much once it is ahead or the
+share is reached (never below group lasso at ``lam``). Steering the threshold, not λ, keeps
+a warm-up's tiny learning rate from winding λ up. Both are logged (``lasso`` in
+``metrics.jsonl``). Then the channel-mode budget is filled with the strongest channels —
+every group keeps its best one, then channels join in order of their RMS group norm while
+the compacted network stays within ``round(density · N)`` weights — any kept channel that
+is exactly zero is re-initialised (a zero channel gets no gradient and would waste its
+budget), and a ``finetune`` stage at ``finetune_lr`` fixes them. Channel granularity only:
+its result is compared with channel-mode methods and exports with ``dnr export --format
+compact``. (DNR's lasso baseline released no training code; this is the standard proximal
+method, targeted as above.)
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ __all__ = ["GroupLasso", "channel_scores", "group_norms", "revive_channels", "sh
 
 #: a channel whose group norm is at most this is counted as removed by the lasso
 ZERO = 1e-8
+
+#: how often a sparsify stage re-decides which channels are below the cut
+RECUTS = 100
 
 
 def _groups(model: nn.Module, layout: ChannelLayout) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -80,30 +87,15 @@ def channel_scores(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
 
 @torch.no_grad()
 def shrink_groups(
-    model: nn.Module, layout: ChannelLayout, threshold: float, max_zeros: int | None = None
+    model: nn.Module, layout: ChannelLayout, threshold: float, targets: list[Tensor]
 ) -> None:
-    """The group-lasso proximal step: every channel's (filter, γ, β) scaled by
-    ``max(0, 1 − threshold·√p / norm)`` — its RMS lowered by ``threshold``, exactly zero where
-    the RMS is below it. Guards: a group's strongest channel is never switched off, nor more
-    than ``max_zeros`` channels in all (the weakest go first); a channel the guards spare is
-    left as it is for this step."""
-    groups = _groups(model, layout)
-    rms = channel_scores(model, layout)
-    scales = [(1 - threshold / r.clamp_min(1e-30)).clamp_min(0) for r in rms]
-    for r, scale in zip(rms, scales):
-        strongest = int(r.argmax())
-        if scale[strongest] == 0 and r[strongest] > ZERO:
-            scale[strongest] = 1.0
-    if max_zeros is not None:
-        flat_rms, flat_scale = torch.cat(rms), torch.cat(scales)
-        dying = (flat_scale == 0) & (flat_rms > ZERO)
-        room = max(0, max_zeros - int((flat_rms <= ZERO).sum()))
-        if int(dying.sum()) > room:  # spare all but the `room` weakest of the dying
-            candidates = dying.nonzero().flatten()
-            spared = candidates[flat_rms[candidates].argsort(stable=True)[room:]]
-            flat_scale[spared] = 1.0
-            scales = list(flat_scale.split([len(r) for r in rms]))
-    for scale, (conv, bn) in zip(scales, groups):
+    """The group-lasso proximal step on the ``targets`` channels (a bool mask per group):
+    each one's (filter, γ, β) scaled by ``max(0, 1 − threshold·√p / norm)`` — its RMS lowered
+    by ``threshold``, exactly zero where the RMS is below it."""
+    for rms, target, (conv, bn) in zip(
+        channel_scores(model, layout), targets, _groups(model, layout)
+    ):
+        scale = torch.where(target, (1 - threshold / rms.clamp_min(1e-30)).clamp_min(0), 1.0)
         scale = scale.to(conv.weight.device)
         conv.weight.mul_(scale.view(-1, *[1] * (conv.weight.dim() - 1)).to(conv.weight.dtype))
         bn.weight.mul_(scale.to(bn.weight.dtype))
@@ -211,33 +203,43 @@ class GroupLasso(StagedPruning):
                 f"sparsity.density={self.cfg.sparsity.density}: one channel per group already "
                 f"needs {self.layout.minimum()} weights, more than {self.target}"
             )
-        kept = sum(self.layout.uniform_counts(self.target))
-        #: channels the budget removes: what the lasso should switch off, and no more
-        self.max_zeros = sum(self.layout.sizes) - kept
-        self.zero_target = self.max_zeros / sum(self.layout.sizes)
+        self.cut: list[Tensor] | None = None  # channels below the cut (sparsify stage)
         self.threshold: float | None = None  # per-step RMS shrink, set when sparsify begins
         self.lam: float | None = None  # the λ of the last step (threshold / lr), logged
+
+    @property
+    def zero_target(self) -> float:
+        """The share of channels below the cut: what the lasso should switch off."""
+        if self.cut is None:
+            return 0.0
+        return sum(int(c.sum()) for c in self.cut) / sum(self.layout.sizes)
 
     def zero_fraction(self) -> float:
         """Fraction of all channels whose group norm is (numerically) zero."""
         norms = torch.cat([n.cpu() for n in group_norms(self.model, self.layout)])
         return int((norms <= ZERO).sum()) / len(norms)
 
+    def recut(self) -> None:
+        """The channels the budget's cut would remove now (each group's best is kept)."""
+        kept = strongest_channels(channel_scores(self.model, self.layout), self.layout, self.target)
+        self.cut = [~k for k in kept]
+
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "sparsify":
-            # shrinking alone would bring the RMS quantile the budget cuts at to zero by the
-            # end of the ramp: the schedule's pace, before the gradients push back
-            rms = torch.cat(channel_scores(self.model, self.layout))
-            q = float(torch.quantile(rms.double(), self.zero_target))
+            # shrinking alone would switch off every channel below the cut by the end of the
+            # ramp: the schedule's pace, before the gradients push back
+            self.recut()
+            assert self.cut is not None
+            rms = torch.cat(channel_scores(self.model, self.layout))[torch.cat(self.cut)]
             steps = self.opts.ramp * stage.epochs * progress.steps_per_epoch
-            self.threshold = q / max(1.0, steps)
+            self.threshold = float(rms.max()) / max(1.0, steps)
             progress.log(
-                f"lasso: shrinking channels by {self.threshold:.3g} RMS a step, steered to "
-                f"switch off {self.zero_target:.0%} of them"
+                f"lasso: shrinking the channels below the cut by {self.threshold:.3g} RMS a "
+                f"step, steered to switch off {self.zero_target:.0%} of them"
             )
         super().begin_stage(stage, progress)  # at finetune: the cut
         if stage.name == "finetune":
-            self.threshold = None
+            self.threshold = self.cut = None
             # kept channels the lasso left at exactly zero restart from a fresh init (seeded
             # by train.seed: a pure function of the run), else they would waste their budget
             kept = [self.masking.masks[n] for n in self.layout.names]
@@ -246,21 +248,28 @@ class GroupLasso(StagedPruning):
             if revived:
                 progress.log(f"lasso: {revived} kept channels were exactly zero: re-initialised")
 
+    def _stage_steps(self, progress: Progress) -> tuple[int, int]:
+        """(steps done in this stage, steps in it)."""
+        done = progress.step - progress.stage_start * progress.steps_per_epoch
+        return done, progress.stage_epochs * progress.steps_per_epoch
+
     def scheduled_zeros(self, progress: Progress) -> float:
         """The zero-channel fraction due by now: rising linearly to the target over ``ramp``
         of the stage (a pure function of the step: a resumed run follows the same path)."""
-        stage_steps = progress.stage_epochs * progress.steps_per_epoch
-        done = progress.step - progress.stage_start * progress.steps_per_epoch
-        return self.zero_target * min(1.0, done / max(1.0, self.opts.ramp * stage_steps))
+        done, total = self._stage_steps(progress)
+        return self.zero_target * min(1.0, done / max(1.0, self.opts.ramp * total))
 
     def after_step(self, progress: Progress) -> None:
-        if self.masking is None and self.threshold is not None:
+        if self.masking is None and self.threshold is not None and self.cut is not None:
+            done, total = self._stage_steps(progress)
+            if done % max(1, round(total / RECUTS)) == 0:
+                self.recut()
             lr = float(self.optimizer.param_groups[0]["lr"])
-            growth = float(self.opts.lam_growth)
             shrink = max(self.threshold, lr * float(self.opts.lam))
-            shrink_groups(self.model, self.layout, shrink, self.max_zeros)
+            shrink_groups(self.model, self.layout, shrink, self.cut)
             self.lam = shrink / lr if lr > 0 else None
             zero, due = self.zero_fraction(), self.scheduled_zeros(progress)
+            growth = float(self.opts.lam_growth)
             if zero < due:  # behind: shrink harder
                 self.threshold *= growth
             elif zero >= self.zero_target or zero > due + 1 / sum(self.layout.sizes):
@@ -285,9 +294,16 @@ class GroupLasso(StagedPruning):
         return dict(zip(self.layout.names, masks))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "lasso_threshold": self.threshold, "lasso_lambda": self.lam}
+        return {
+            **super().state_dict(),
+            "lasso_threshold": self.threshold,
+            "lasso_lambda": self.lam,
+            "lasso_cut": self.cut,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        mine = ("lasso_threshold", "lasso_lambda")
+        mine = ("lasso_threshold", "lasso_lambda", "lasso_cut")
         super().load_state_dict({k: v for k, v in state.items() if k not in mine})
         self.threshold, self.lam = state.get("lasso_threshold"), state.get("lasso_lambda")
+        cut = state.get("lasso_cut")
+        self.cut = [torch.as_tensor(c, dtype=torch.bool) for c in cut] if cut else None
