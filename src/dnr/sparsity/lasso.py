@@ -13,12 +13,12 @@ now, re-decided a hundred times a stage, so a channel the gradients make strong 
 of it — as growing regularisation does (Wang et al., ICLR 2021, GReg-1). A uniform penalty
 strong enough to switch off the budget's share within a stage shrinks the kept channels
 with it: measured at the comparison's scale, it left the network at chance after one epoch.
-The per-step shrink of a channel's RMS, ``threshold = lr·λ``, is steered, not guessed: it
-starts where shrinking alone would switch off every channel below the cut by the end of the
-``ramp``, grows ×``lam_growth`` after a step on which the zero-channel fraction is behind a
-schedule rising linearly to the cut's share, and eases off as much once it is ahead or the
-share is reached (never below group lasso at ``lam``). Steering the threshold, not λ, keeps
-a warm-up's tiny learning rate from winding λ up. Both are logged (``lasso`` in
+The per-step shrink of a channel's RMS, ``threshold = lr·λ``, is paced, not guessed: at
+every re-decision of the cut it is set so that shrinking alone would bring the strongest
+channel below the cut to zero by the end of the ``ramp`` (so the weakest go first and the
+rest follow; a channel the gradients defend raises the pace at the next re-decision), and
+never below group lasso at ``lam``. Pacing the threshold, not λ, keeps a warm-up's tiny
+learning rate from winding λ up. Both are logged (``lasso`` in
 ``metrics.jsonl``). Then the channel-mode budget is filled with the strongest channels —
 every group keeps its best one, then channels join in order of their RMS group norm while
 the compacted network stays within ``round(density · N)`` weights — any kept channel that
@@ -155,9 +155,7 @@ class GroupLasso(StagedPruning):
         sparsify_epochs: int | None = None
         #: floor of λ: the shrink is never weaker than plain group lasso at this λ
         lam: float = 1e-4
-        #: the threshold ×= lam_growth after a step behind the zero-channel schedule
-        lam_growth: float = 1.1
-        #: fraction of the stage over which the zero-channel target is reached
+        #: fraction of the stage by whose end the channels below the cut are zero
         ramp: float = 0.75
         #: peak LR of the fine-tune stage, no warm-up (as the other staged baselines)
         finetune_lr: float = 0.01
@@ -169,8 +167,6 @@ class GroupLasso(StagedPruning):
                 )
             if self.lam < 0:
                 raise ConfigError(f"{key}.lam: must be >= 0, got {self.lam}")
-            if self.lam_growth < 1:
-                raise ConfigError(f"{key}.lam_growth: must be >= 1, got {self.lam_growth}")
             if not 0 < self.ramp <= 1:
                 raise ConfigError(f"{key}.ramp: must be in (0, 1], got {self.ramp}")
             if self.finetune_lr <= 0:
@@ -219,23 +215,23 @@ class GroupLasso(StagedPruning):
         norms = torch.cat([n.cpu() for n in group_norms(self.model, self.layout)])
         return int((norms <= ZERO).sum()) / len(norms)
 
-    def recut(self) -> None:
-        """The channels the budget's cut would remove now (each group's best is kept)."""
-        kept = strongest_channels(channel_scores(self.model, self.layout), self.layout, self.target)
+    def recut(self, progress: Progress) -> None:
+        """Re-decide the channels below the cut (each group's best is kept) and the pace:
+        the threshold that brings the strongest of them to zero by the end of the ramp."""
+        scores = channel_scores(self.model, self.layout)
+        kept = strongest_channels(scores, self.layout, self.target)
         self.cut = [~k for k in kept]
+        done, total = self._stage_steps(progress)
+        remaining = max(1.0, self.opts.ramp * total - done)
+        below = torch.cat(scores)[torch.cat(self.cut)]
+        self.threshold = float(below.max()) / remaining if len(below) else 0.0
 
     def begin_stage(self, stage: Stage, progress: Progress) -> None:
         if stage.name == "sparsify":
-            # shrinking alone would switch off every channel below the cut by the end of the
-            # ramp: the schedule's pace, before the gradients push back
-            self.recut()
-            assert self.cut is not None
-            rms = torch.cat(channel_scores(self.model, self.layout))[torch.cat(self.cut)]
-            steps = self.opts.ramp * stage.epochs * progress.steps_per_epoch
-            self.threshold = float(rms.max()) / max(1.0, steps)
+            self.recut(progress)
             progress.log(
-                f"lasso: shrinking the channels below the cut by {self.threshold:.3g} RMS a "
-                f"step, steered to switch off {self.zero_target:.0%} of them"
+                f"lasso: shrinking the {self.zero_target:.0%} of channels below the cut to "
+                f"zero by {self.opts.ramp:.0%} of the stage ({self.threshold:.3g} RMS a step)"
             )
         super().begin_stage(stage, progress)  # at finetune: the cut
         if stage.name == "finetune":
@@ -249,31 +245,21 @@ class GroupLasso(StagedPruning):
                 progress.log(f"lasso: {revived} kept channels were exactly zero: re-initialised")
 
     def _stage_steps(self, progress: Progress) -> tuple[int, int]:
-        """(steps done in this stage, steps in it)."""
+        """(steps done in this stage, steps in it): a pure function of the step, so a
+        resumed run re-decides at the same steps."""
         done = progress.step - progress.stage_start * progress.steps_per_epoch
         return done, progress.stage_epochs * progress.steps_per_epoch
 
-    def scheduled_zeros(self, progress: Progress) -> float:
-        """The zero-channel fraction due by now: rising linearly to the target over ``ramp``
-        of the stage (a pure function of the step: a resumed run follows the same path)."""
-        done, total = self._stage_steps(progress)
-        return self.zero_target * min(1.0, done / max(1.0, self.opts.ramp * total))
-
     def after_step(self, progress: Progress) -> None:
-        if self.masking is None and self.threshold is not None and self.cut is not None:
+        if self.masking is None and self.cut is not None:
             done, total = self._stage_steps(progress)
             if done % max(1, round(total / RECUTS)) == 0:
-                self.recut()
+                self.recut(progress)
+            assert self.threshold is not None
             lr = float(self.optimizer.param_groups[0]["lr"])
             shrink = max(self.threshold, lr * float(self.opts.lam))
             shrink_groups(self.model, self.layout, shrink, self.cut)
             self.lam = shrink / lr if lr > 0 else None
-            zero, due = self.zero_fraction(), self.scheduled_zeros(progress)
-            growth = float(self.opts.lam_growth)
-            if zero < due:  # behind: shrink harder
-                self.threshold *= growth
-            elif zero >= self.zero_target or zero > due + 1 / sum(self.layout.sizes):
-                self.threshold /= growth  # ahead, or done: ease off
         super().after_step(progress)
 
     def on_epoch_end(self, progress: Progress) -> dict[str, Any]:
