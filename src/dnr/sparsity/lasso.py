@@ -8,25 +8,26 @@ makes the penalty act on a channel's RMS so wide filters are not favoured), appl
 **proximal step** after every optimizer step — group soft-thresholding, so channels reach
 exactly zero (a penalty added to the loss only oscillates around zero with SGD).
 
-The penalty falls on the channels **below the budget's cut** — those the cut would remove
-now, re-decided a hundred times a stage, so a channel the gradients make strong climbs out
-of it — as growing regularisation does (Wang et al., ICLR 2021, GReg-1). A uniform penalty
-strong enough to switch off the budget's share within a stage shrinks the kept channels
-with it: measured at the comparison's scale, it left the network at chance after one epoch.
-The per-step shrink of a channel's RMS, ``threshold = lr·λ``, is paced, not guessed: at
-every re-decision of the cut it is set so that shrinking alone would bring the strongest
-channel below the cut to zero by the end of the ``ramp`` (so the weakest go first and the
-rest follow; a channel the gradients defend raises the pace at the next re-decision), and
-never below group lasso at ``lam``. Pacing the threshold, not λ, keeps a warm-up's tiny
-learning rate from winding λ up. Both are logged (``lasso`` in
-``metrics.jsonl``). Then the channel-mode budget is filled with the strongest channels —
-every group keeps its best one, then channels join in order of their RMS group norm while
-the compacted network stays within ``round(density · N)`` weights — any kept channel that
-is exactly zero is re-initialised (a zero channel gets no gradient and would waste its
-budget), and a ``finetune`` stage at ``finetune_lr`` fixes them. Channel granularity only:
-its result is compared with channel-mode methods and exports with ``dnr export --format
-compact``. (DNR's lasso baseline released no training code; this is the standard proximal
-method, targeted as above.)
+The cut keeps each layer's uniform share of the budget (the static channel mask's
+allocation), its strongest channels by group RMS: norms are not comparable across layers
+(fan-in sets a filter's scale, and BN undoes it), and a global ranking measured at the
+comparison's scale kept one channel in each of the last five layers. The penalty falls on
+the channels **below the cut** — those it would remove now, re-decided a hundred times a
+stage, so a channel the gradients make strong climbs out of it — as growing regularisation
+does (Wang et al., ICLR 2021, GReg-1): a uniform penalty strong enough to switch off the
+budget's share within a stage shrinks the kept channels with it, and measured at the
+comparison's scale it left the network at chance after one epoch. The per-step shrink of a
+channel's RMS, ``threshold = lr·λ``, is paced, not guessed: at every re-decision it is set
+so that shrinking alone would bring the strongest channel below the cut to zero by the end
+of the ``ramp`` (the weakest go first; a channel the gradients defend raises the pace at the
+next re-decision), never below group lasso at ``lam``; pacing the threshold, not λ, keeps a
+warm-up's tiny learning rate from winding λ up. Both are logged (``lasso`` in
+``metrics.jsonl``). At the cut, a kept channel that is exactly zero is re-initialised (a
+zero channel gets no gradient and would waste its budget), and a ``finetune`` stage at
+``finetune_lr`` fixes the mask. Channel granularity only: its result is compared with
+channel-mode methods and exports with ``dnr export --format compact``. (DNR's lasso
+baseline released no training code; this is the standard proximal method, targeted as
+above.)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, Stage, register_method
 from dnr.sparsity.channels import ChannelLayout
+from dnr.sparsity.selection import top_k_mask
 from dnr.sparsity.staged import StagedPruning, split_epochs, staged
 from dnr.statedict import canonical_name
 
@@ -78,7 +80,7 @@ def _group_sizes(model: nn.Module, layout: ChannelLayout) -> list[int]:
 
 @torch.no_grad()
 def channel_scores(model: nn.Module, layout: ChannelLayout) -> list[Tensor]:
-    """RMS group norms (comparable across layers of different fan-in), on the CPU."""
+    """RMS group norms (the root of the group's size divided out), on the CPU."""
     return [
         (norms / size**0.5).cpu()
         for norms, size in zip(group_norms(model, layout), _group_sizes(model, layout))
@@ -125,20 +127,9 @@ def revive_channels(
     return revived
 
 
-def strongest_channels(scores: list[Tensor], layout: ChannelLayout, target: int) -> list[Tensor]:
-    """Kept masks: each group's best channel, then the best remaining ones while they fit."""
-    order = [torch.sort(s, descending=True, stable=True).indices.tolist() for s in scores]
-
-    def priority(g: int, counts: list[int], _spent: list[int]) -> float:
-        return float(scores[g][order[g][counts[g]]])  # the group's next-best channel
-
-    counts = layout.grow([1] * len(scores), layout.sizes, target, priority)
-    masks = []
-    for g, size in enumerate(layout.sizes):
-        mask = torch.zeros(size, dtype=torch.bool)
-        mask[order[g][: counts[g]]] = True
-        masks.append(mask)
-    return masks
+def strongest_channels(scores: list[Tensor], counts: list[int]) -> list[Tensor]:
+    """Kept masks: the ``counts[g]`` strongest channels of each group ``g``."""
+    return [top_k_mask(score, k) for score, k in zip(scores, counts)]
 
 
 @register_method
@@ -199,6 +190,8 @@ class GroupLasso(StagedPruning):
                 f"sparsity.density={self.cfg.sparsity.density}: one channel per group already "
                 f"needs {self.layout.minimum()} weights, more than {self.target}"
             )
+        #: channels kept per group: the uniform fraction of the budget, as the static mask
+        self.counts = self.layout.uniform_counts(self.target)
         self.cut: list[Tensor] | None = None  # channels below the cut (sparsify stage)
         self.threshold: float | None = None  # per-step RMS shrink, set when sparsify begins
         self.lam: float | None = None  # the λ of the last step (threshold / lr), logged
@@ -216,11 +209,10 @@ class GroupLasso(StagedPruning):
         return int((norms <= ZERO).sum()) / len(norms)
 
     def recut(self, progress: Progress) -> None:
-        """Re-decide the channels below the cut (each group's best is kept) and the pace:
+        """Re-decide the channels below the cut and the pace:
         the threshold that brings the strongest of them to zero by the end of the ramp."""
         scores = channel_scores(self.model, self.layout)
-        kept = strongest_channels(scores, self.layout, self.target)
-        self.cut = [~k for k in kept]
+        self.cut = [~k for k in strongest_channels(scores, self.counts)]
         done, total = self._stage_steps(progress)
         remaining = max(1.0, self.opts.ramp * total - done)
         below = torch.cat(scores)[torch.cat(self.cut)]
@@ -274,9 +266,7 @@ class GroupLasso(StagedPruning):
         return record
 
     def decide_masks(self) -> dict[str, Tensor]:
-        masks = strongest_channels(
-            channel_scores(self.model, self.layout), self.layout, self.target
-        )
+        masks = strongest_channels(channel_scores(self.model, self.layout), self.counts)
         return dict(zip(self.layout.names, masks))
 
     def state_dict(self) -> dict[str, Any]:
