@@ -1,0 +1,142 @@
+"""``python -m experiments.study``: the study's command line — one command per table.
+
+    python -m experiments.study plan main                # the queue and what is done
+    python -m experiments.study run main                 # train + measure (resumable)
+    python -m experiments.study run main --workers 2     # split the queue (GPU: share it)
+    python -m experiments.study report main              # tables, intervals, figures
+
+``--scale`` picks the setting (``cpu`` by default; ``tiny`` for mechanics, ``paper`` on a
+GPU). Results land in ``experiments/results/<scale>/`` (small JSON: commit them), runs
+with their weights in ``experiments/runs/<scale>/`` (ignored by git). Stop it at any point
+(Ctrl-C, SIGTERM, a time limit): the next ``run`` continues from the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dnr.errors import ConfigError
+from experiments.protocol import SCALES, TABLES, Run, runs_of
+from experiments.report import write_report
+from experiments.runner import Study
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.study", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("command", choices=("plan", "run", "report"))
+    p.add_argument("table", choices=sorted(TABLES), help="the question (see experiments/README.md)")
+    p.add_argument("--scale", default="cpu", choices=sorted(SCALES))
+    p.add_argument("--seeds", help="comma-separated seeds (default: the scale's)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="where the npz files are")
+    p.add_argument("--runs", type=Path, default=HERE / "runs", help="run directories (weights)")
+    p.add_argument("--results", type=Path, default=HERE / "results", help="result files")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the queue")
+    p.add_argument("--limit", type=int, help="stop after this many runs are brought up to date")
+    p.add_argument(
+        "--minutes", type=float, help="start no run after this many minutes (a session's end)"
+    )
+    p.add_argument(
+        "--autoattack", type=int, help="AutoAttack images (default: the scale's; 0 skips it)"
+    )
+    return p
+
+
+def _seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    if text is None:
+        return default
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def _study(args: argparse.Namespace) -> tuple[Study, list[Run]]:
+    scale = SCALES[args.scale]
+    if scale.data is not None and not args.data_dir.is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such directory (the CIFAR-10 npz files)")
+    study = Study(scale, args.runs, args.results, args.data_dir, autoattack=args.autoattack)
+    return study, runs_of(TABLES[args.table], _seeds(args.seeds, scale.seeds))
+
+
+def _plan(study: Study, runs: list[Run]) -> int:
+    for run in runs:
+        missing = study.missing(run)
+        state = "done" if not missing else "todo" if "train" in missing else "measuring"
+        print(
+            f"{state:9} {run.table}/{run.key}"
+            + (f"  (missing: {', '.join(missing)})" if missing else "")
+        )
+    return 0
+
+
+def _run(study: Study, runs: list[Run], args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
+    done = 0
+    for i, run in enumerate(runs, 1):
+        if not study.missing(run):
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"--minutes {args.minutes}: stopping before {run.key}; rerun to continue")
+            break
+        if args.limit is not None and done >= args.limit:
+            break
+        print(f"[{i}/{len(runs)}] {run.table}/{run.key}", flush=True)
+        if study.process(run):
+            done += 1
+    left = sum(1 for r in runs if study.missing(r))
+    print(f"{done} runs brought up to date; {left} of {len(runs)} not finished")
+    return 0
+
+
+def _spawn_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: N copies of this command with ``--workers 1``, threads split."""
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--workers")
+    del argv[i : i + 2]
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "experiments.study", *argv], env=env)
+        for _ in range(args.workers)
+    ]
+    return max(p.wait() for p in procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.workers < 1:
+            raise ConfigError(f"--workers: at least 1, got {args.workers}")
+        if args.command == "run" and args.workers > 1:
+            return _spawn_workers(args)
+        study, runs = _study(args)
+        if args.command == "plan":
+            return _plan(study, runs)
+        if args.command == "report":
+            path = write_report(study, TABLES[args.table], runs)
+            print(f"wrote {path}")
+            return 0
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        return _run(study, runs, args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

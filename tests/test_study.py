@@ -1,0 +1,161 @@
+"""The study runner (experiments/): a table's queue trains, measures part by part, resumes
+from its files, shares identical runs between tables, and reports paired intervals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from experiments.protocol import SCALES, TABLES, Table, runs_of
+from experiments.report import write_report
+from experiments.runner import PARTS, Study, claim
+from experiments.study import main
+
+from dnr.artifacts import read_model_meta
+
+TINY = SCALES["tiny"]
+SMALL = Table(
+    "small",
+    "does the runner work?",
+    ("dnr", "static-uniform"),
+    {"": ("sparsity.density=0.2",)},
+    noise_floor=True,
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Study:
+    """The small table at the tiny scale, every run measured (AutoAttack left out: it has
+    its own test below)."""
+    root = tmp_path_factory.mktemp("study")
+    study = Study(TINY, root / "runs", root / "results", root, log=lambda _: None)
+    for run in runs_of(SMALL, (0, 1)):
+        assert study.process(run)
+    return study
+
+
+def test_every_run_is_measured_part_by_part(study: Study) -> None:
+    runs = runs_of(SMALL, (0, 1))
+    assert [r.key for r in runs] == [
+        "dnr/seed0", "static-uniform/seed0", "dnr/seed1", "static-uniform/seed1",
+        "noise/dnr/seed1000", "noise/dnr/seed1001",
+    ]  # fmt: skip
+    for run in runs:
+        result = json.loads(study.result_path(run).read_text())
+        assert list(result["parts"]) == [p for p in PARTS if p != "autoattack"]
+        assert study.missing(run) == []
+        assert result["config"]["train"]["seed"] == run.seed
+        assert result["config"]["sparsity"]["density"] == 0.2
+        parts = result["parts"]
+        assert parts["pgd20"]["examples"] == TINY.test_subset
+        assert parts["final"]["examples"] == TINY.final_subset
+        assert len(result["history"]) == 4 and "train_loss" in result["history"][0]
+        assert parts["costs"]["deployed_as"] == "masked dense"
+        meta = read_model_meta(result["run_dir"])  # the nonzeros are the mask's at most
+        assert 0 < parts["costs"]["weights"] <= meta["sparsity"]["num_active"]
+        assert parts["costs"]["latency_ms"] > 0 and parts["costs"]["macs"] > 0
+
+
+def test_autoattack_is_a_part_asked_for_later(study: Study) -> None:
+    """A study run without AutoAttack gets it by a later ``run --autoattack N``, on the
+    selected weights, without training again."""
+    run = runs_of(SMALL, (0,))[1]
+    before = json.loads(study.result_path(run).read_text())
+    later = Study(TINY, study.runs_root, study.results_root, study.data_dir, autoattack=4)
+    assert later.missing(run) == ["autoattack"]
+    assert later.process(run)
+    result = json.loads(study.result_path(run).read_text())
+    assert result["parts"]["autoattack"]["examples"] == 4
+    assert 0 <= result["parts"]["autoattack"]["accuracy"]["autoattack"] <= 1
+    assert {k: v for k, v in result["parts"].items() if k != "autoattack"} == before["parts"]
+
+
+def test_a_finished_run_is_not_trained_or_measured_again(study: Study) -> None:
+    run = runs_of(SMALL, (0,))[0]
+    before = study.result_path(run).stat().st_mtime_ns
+    assert study.process(run)
+    assert study.result_path(run).stat().st_mtime_ns == before
+
+
+def test_a_lost_part_is_measured_again_alone(study: Study) -> None:
+    run = runs_of(SMALL, (0,))[1]
+    path = study.result_path(run)
+    result = json.loads(path.read_text())
+    pgd20 = result["parts"].pop("pgd20")
+    path.write_text(json.dumps(result))
+    assert study.missing(run) == ["pgd20"]
+    assert study.process(run)
+    again = json.loads(path.read_text())
+    assert again["parts"]["pgd20"]["accuracy"] == pgd20["accuracy"]  # seeded: the same number
+    assert again["parts"]["train"] == result["parts"]["train"]
+
+
+def test_an_identical_run_of_another_table_is_shared_not_retrained(study: Study) -> None:
+    other = Table("other", "the same run again?", ("dnr",), {"": ("sparsity.density=0.2",)})
+    run = runs_of(other, (0,))[0]
+    assert study.process(run)
+    result = json.loads(study.result_path(run).read_text())
+    assert result["same_run_as"] == "tiny/small/dnr/seed0.json"
+    original = json.loads((study.results_root / result["same_run_as"]).read_text())
+    assert result["parts"] == original["parts"] and result["table"] == "other"
+    assert not study.run_dir(run).exists()
+
+
+def test_the_report_pairs_seeds_and_shows_the_noise_floor(study: Study) -> None:
+    path = write_report(study, SMALL, runs_of(SMALL, (0, 1)))
+    summary = json.loads(path.with_suffix(".json").read_text())
+    entry = summary["settings"][""]
+    diff = entry["variants"]["static-uniform"]["vs_reference"]["pgd20"]
+    results = {
+        (v, k): json.loads((study.results_root / f"tiny/small/{v}/seed{k}.json").read_text())
+        for v in ("dnr", "static-uniform")
+        for k in (0, 1)
+    }
+    by_hand = [
+        100
+        * (
+            results["static-uniform", k]["parts"]["pgd20"]["accuracy"]["pgd20"]
+            - results["dnr", k]["parts"]["pgd20"]["accuracy"]["pgd20"]
+        )
+        for k in (0, 1)
+    ]
+    assert diff["seeds"] == [0, 1] and diff["diffs"] == pytest.approx(by_hand)
+    assert entry["noise_floor"]["pgd20"]["n"] == 2
+    text = path.read_text()
+    assert "the noise floor" in text and "Runs measured: 6 of 6" in text
+    assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_a_claimed_run_is_left_to_its_worker_and_a_stale_claim_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "lock"
+    with claim(lock) as mine:
+        assert mine and lock.read_text() == str(os.getpid())
+        with claim(lock) as again:
+            assert not again  # held by a live process (this one)
+    assert not lock.exists()
+    lock.write_text("999999999")  # no such process
+    with claim(lock) as mine:
+        assert mine
+
+
+def test_the_command_line_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["plan", "main", "--scale", "tiny", "--seeds", "0,x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["run", "main", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["run", "main", "--workers", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", "bogus"])
+    assert exit_info.value.code == 2
+
+
+def test_the_plan_lists_every_table_run(tmp_path: Path, capsys) -> None:
+    args = ["--scale", "tiny", "--results", str(tmp_path), "--runs", str(tmp_path)]
+    assert main(["plan", "compression", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(runs_of(TABLES["compression"], TINY.seeds))
+    assert all(line.startswith("todo") for line in lines)
