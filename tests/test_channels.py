@@ -279,3 +279,52 @@ def test_channel_dnr_trains_records_its_channels_and_exports(tmp_path) -> None:
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("rewire") for r in records)
     assert result.run_dir == tmp_path
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_macs_budget_is_met_within_one_channel_and_counts_the_compacted_macs(arch) -> None:
+    """``budget="macs"``: the density counts multiply-accumulates per image; the compacted
+    network's MACs (measured by a forward pass, as ``dnr.costs`` counts them) stay within
+    one channel's MACs below the budget, through rewirings too."""
+    from dnr.costs import model_costs
+
+    model = _model(arch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    masking = ChannelMasking(model, opt, density=0.1, budget="macs", redistribution=1.0)
+    layout = masking.layout
+    dense = model_costs(model, 32)
+    assert layout.total_cost == dense.macs and layout.num_prunable == dense.params
+    for rewiring in range(3):
+        counts = masking.channel_counts()
+        kept = model_costs(compact_model(model, masking.kept_channels()), 32).macs
+        assert kept == layout.cost(counts) <= masking.target_active, rewiring
+        assert masking.target_active - kept < _one_channel_budget(layout, counts)
+        _train_steps(model, masking, opt)
+        masking.rewire(0.3, torch.Generator().manual_seed(rewiring))
+    stats = masking.extra_stats()
+    assert stats["budget"] == "macs" and stats["macs_density"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_macs_budget_keeps_fewer_macs_than_a_weights_budget_of_the_same_density() -> None:
+    """In VGG the early, high-resolution layers hold few weights but most MACs: a weights
+    budget keeps far more than d of the MACs, a MACs budget keeps d of them."""
+    by_budget = {
+        budget: ChannelMasking(_model("vgg16"), None, density=0.1, budget=budget).layout
+        for budget in ("weights", "macs")
+    }
+    weights, macs = by_budget["weights"], by_budget["macs"]
+    as_weights = macs.cost(weights.uniform_counts(weights.target(0.1))) / macs.total_cost
+    as_macs = macs.cost(macs.uniform_counts(macs.target(0.1))) / macs.total_cost
+    assert as_macs == pytest.approx(0.1, abs=0.005) and as_weights > 0.1 + 0.005
+
+
+def test_a_macs_budget_is_refused_outside_channel_mode_and_in_the_wrong_checkpoint() -> None:
+    with pytest.raises(ConfigError, match="sparsity.budget=macs .*granularity=channel"):
+        load_config(None, tiny_overrides(sparsity__method="dnr", sparsity__budget="macs"))
+    with pytest.raises(ConfigError, match="sparsity.budget"):
+        load_config(None, tiny_overrides(sparsity__budget="flops"))
+    saved = ChannelMasking(_model("vgg16"), None, density=0.2, budget="macs").state_dict()
+    with pytest.raises(ValueError, match="saved under a macs budget"):
+        ChannelMasking(_model("vgg16"), None, density=0.2).load_state_dict(saved)
+    with pytest.raises(ValueError, match="budget must be one of weights, macs"):
+        ChannelLayout(_model("vgg16"), budget="flops")

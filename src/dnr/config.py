@@ -26,6 +26,7 @@ __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides
 
 SparsityInit = Literal["uniform", "erk"]
 GrowMomentum = Literal["keep", "zero"]
+ChannelBudget = Literal["weights", "macs"]
 WeightInit = Literal["pytorch", "xavier"]
 Schedule = Literal["multistep", "cosine"]
 Norm = Literal["Linf", "L2"]
@@ -123,6 +124,9 @@ class SparsityConfig:
     # what a mask removes: single weights, or whole output channels (density then counts
     # the weights of the compacted, narrower network)
     granularity: str = _named("weight", GRANULARITIES)
+    # channel mode: what density counts — the compacted network's weights, or its MACs per
+    # image (a user who prunes channels for speed)
+    budget: ChannelBudget = "weights"
     init: SparsityInit = "uniform"
     prune_rate: float = 0.2  # p0 of the cosine prune-rate schedule (paper: 0.5)
     prune_rate_min: float = 0.005  # floor the schedule anneals to
@@ -414,6 +418,11 @@ def validate(cfg: Config) -> None:
     _check(
         e.batch_size is None or e.batch_size > 0,
         f"eval.batch_size: must be > 0 or null, got {e.batch_size}",
+    )
+    _check(
+        s.budget == "weights" or s.granularity == "channel",
+        f"sparsity.budget={s.budget} counts what whole channels cost: set "
+        "sparsity.granularity=channel (irregular zeros leave a dense kernel's MACs as they are)",
     )
     _check(
         s.granularity != "channel" or s.init == "uniform",

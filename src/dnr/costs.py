@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dnr.sparsity.layers import PRUNABLE_MODULES, prunable_parameters
+from dnr.sparsity.layers import output_positions, prunable_parameters
 from dnr.statedict import canonical_name
 
 __all__ = ["Costs", "LayerCost", "measure_latency", "model_costs"]
@@ -59,37 +57,12 @@ def model_costs(model: nn.Module, input_size: int, *, nonzero_only: bool = False
     """
     prunable = prunable_parameters(model)
     counted = {id(p): _count(p, nonzero_only) for p in prunable.values()}
-    positions: dict[str, int] = {}
-    weights: dict[str, int] = {}
-
-    def hook_for(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
-        def hook(module: nn.Module, _inputs: Any, out: Tensor) -> None:
-            weight = module.weight
-            assert isinstance(weight, Tensor)
-            per_image = out.numel() // max(out.shape[0], 1)
-            positions[name] = positions.get(name, 0) + per_image // weight.shape[0]
-            weights[name] = counted.get(id(weight), _count(weight, nonzero_only))
-
-        return hook
-
-    handles = [
-        module.register_forward_hook(hook_for(canonical_name(name)))
-        for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_MODULES)
-    ]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
+    positions = output_positions(model, input_size)
+    modules = {canonical_name(n): m for n, m in model.named_modules()}
+    weights = {
+        name: counted.get(id(modules[name].weight), _count(modules[name].weight, nonzero_only))
+        for name in positions
+    }
     layers = {
         name: LayerCost(params=weights[name], macs=weights[name] * positions[name])
         for name in positions

@@ -148,9 +148,9 @@ class ADMM(StagedPruning):
                 self._k = {n: k for n, k in budgets.items() if n not in dense}
             else:
                 try:
-                    layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
-                    target = round(self.cfg.sparsity.density * layout.num_prunable)
-                    counts = layout.uniform_counts(target)
+                    s = self.cfg.sparsity
+                    layout = ChannelLayout(self.model, s.exclude, s.budget)
+                    counts = layout.uniform_counts(layout.target(s.density))
                 except ValueError as err:
                     raise ConfigError(f"sparsity.method=admm: {err}") from None
                 names = [f"{g}.weight" for g in layout.names]

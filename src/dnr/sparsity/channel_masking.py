@@ -1,4 +1,4 @@
-"""``ChannelMasking``: whole output channels at a budget of compacted parameters (channel mode).
+"""``ChannelMasking``: whole output channels at a budget of compacted weights or MACs.
 
 The same object as :class:`~dnr.sparsity.masking.Masking` at the granularity of channel
 groups (``dnr.models.channels``): it owns one boolean vector per group, keeps the model's
@@ -35,7 +35,14 @@ from dnr.sparsity.masking import momentum_buffer, shared_options
 from dnr.sparsity.rewiring import RewireStats, normalized_momentum, regrowth_shares
 from dnr.statedict import canonical_name
 
-__all__ = ["ChannelMasking"]
+__all__ = ["ChannelMasking", "channel_options"]
+
+
+def channel_options(s: Any) -> dict[str, Any]:
+    """The ``cfg.sparsity`` settings :class:`ChannelMasking` takes: the shared ones and the
+    budget's unit."""
+    return {**shared_options(s), "budget": s.budget}
+
 
 _STATE_FORMAT = "dnr.channel_masking/1"
 
@@ -57,7 +64,10 @@ class ChannelMasking:
     """
 
     granularity = "channel"
-    description = "whole output channels; the budget counts the compacted network's weights"
+    description = (
+        "whole output channels; the budget counts the compacted network's weights "
+        "(or its MACs: sparsity.budget=macs)"
+    )
 
     def __init__(
         self,
@@ -71,6 +81,7 @@ class ChannelMasking:
         keep_regrown_values: bool = True,
         redistribution: float = 0.3,
         grow_momentum: str = "zero",
+        budget: str = "weights",
         initial_masks: Mapping[str, Tensor] | None = None,
     ) -> None:
         if not 0.0 < float(density) <= 1.0:
@@ -78,9 +89,10 @@ class ChannelMasking:
         self.model = model
         self.optimizer = optimizer
         self.exclude = list(exclude)
-        self.layout = ChannelLayout(model, self.exclude)
+        self.layout = ChannelLayout(model, self.exclude, budget)
         self.density_target = float(density)
-        self.target_active = round(self.density_target * self.layout.num_prunable)
+        #: the budget, in its unit (weights, or MACs per image): density · the dense cost
+        self.target_active = self.layout.target(self.density_target)
         self.regrow_pruned = bool(regrow_pruned)
         self.keep_regrown_values = bool(keep_regrown_values)
         self.redistribution = float(redistribution)
@@ -114,7 +126,7 @@ class ChannelMasking:
             raise ValueError(
                 "channel mode starts from a uniform channel fraction: set init=uniform"
             )
-        return cls(model, optimizer, generator=generator, **shared_options(s))
+        return cls(model, optimizer, generator=generator, **channel_options(s))
 
     # ------------------------------------------------------------------ counts
 
@@ -155,8 +167,18 @@ class ChannelMasking:
         }
 
     def extra_stats(self) -> dict[str, Any]:
-        """Channel counts and kept indices per group, for ``model.json``."""
+        """Channel counts and kept indices per group, for ``model.json``; with a MACs budget,
+        the MACs kept (the weight density then says less about the budget)."""
+        budget = {}
+        if self.layout.budget == "macs":
+            budget = {
+                "budget": "macs",
+                "macs": self.layout.cost(self._counts),
+                "macs_dense": self.layout.total_cost,
+                "macs_density": self.layout.cost(self._counts) / self.layout.total_cost,
+            }
         return {
+            **budget,
             "channels": {
                 n: {"kept": k, "total": s}
                 for n, k, s in zip(self.layout.names, self._counts, self.layout.sizes)
@@ -273,11 +295,11 @@ class ChannelMasking:
         for g in range(len(names)):
             partial = list(counts)
             partial[g] = after_prune[g]
-            freed.append(layout.params(counts) - layout.params(partial))
+            freed.append(layout.cost(counts) - layout.cost(partial))
         shares = regrowth_shares(
             s_hat_h.double(), torch.tensor(freed, dtype=torch.float64), self.redistribution
         ).tolist()
-        total = self.target_active - layout.params(after_prune)
+        total = self.target_active - layout.cost(after_prune)
 
         def priority(g: int, _counts: list[int], spent: list[int]) -> float:
             return shares[g] * total - spent[g]
@@ -301,7 +323,7 @@ class ChannelMasking:
             mask = pruned_masks[g].clone()
             mask[grown] = True
             new_masks.append(mask)
-        if layout.params([int(m.sum()) for m in new_masks]) > self.target_active:
+        if layout.cost([int(m.sum()) for m in new_masks]) > self.target_active:
             raise RuntimeError("channel rewiring exceeded the budget")  # grow() forbids it
         self._reinitialise(old, pruned_masks, new_masks, generator)
         self._set_masks(dict(zip(names, new_masks)))
@@ -369,6 +391,7 @@ class ChannelMasking:
             "keep_regrown_values": self.keep_regrown_values,
             "redistribution": self.redistribution,
             "grow_momentum": self.grow_momentum,
+            "budget": self.layout.budget,
             "layer_names": self.layout.names,
             "masks": {n: m.clone() for n, m in self.masks.items()},
         }
@@ -381,7 +404,13 @@ class ChannelMasking:
                 f"this model prunes with exclude={self.exclude}"
             )
         density = float(state.get("density", self.density_target))
-        self.density_target, self.target_active = density, round(density * self.num_prunable)
+        if state.get("budget", "weights") != self.layout.budget:
+            raise ValueError(
+                f"channel masks were saved under a {state.get('budget', 'weights')} budget, "
+                f"this run counts {self.layout.budget}"
+            )
+        self.density_target = density
+        self.target_active = self.layout.target(density)
         self.adopt(state)
         for key in ("regrow_pruned", "keep_regrown_values"):
             setattr(self, key, bool(state.get(key, getattr(self, key))))
@@ -410,6 +439,8 @@ class ChannelMasking:
         ]
         if bad:
             raise ValueError(f"channel masks do not fit groups {bad} (size, or no channel kept)")
-        if self.layout.params([int(masks[n].sum()) for n in mine]) > self.target_active:
-            raise ValueError("those channels need more weights than this run's budget")
+        if self.layout.cost([int(masks[n].sum()) for n in mine]) > self.target_active:
+            raise ValueError(
+                f"those channels need more {self.layout.budget} than this run's budget"
+            )
         self._set_masks({n: masks[n].to(torch.bool) for n in mine})

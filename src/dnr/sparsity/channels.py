@@ -8,6 +8,11 @@ The budget of channel mode is counted in weights of the *physically compacted* n
 per-channel costs, so budgets are met greedily: channels are added one at a time while the
 next one still fits, which lands within one channel's worth of parameters below the target.
 
+With ``budget="macs"`` the same machinery counts multiply-accumulates per image instead: a
+layer's weight costs its output positions (``H_out · W_out``, read from one forward pass at
+the model's input size), so an early, high-resolution layer's channel is dearer than a late
+one's — what a user who prunes channels for speed pays for.
+
 Everything here works on host integers: a network has a few thousand channels at most, and
 the counts decide shapes, which the host needs anyway.
 """
@@ -17,14 +22,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 from torch import nn
 
+from dnr.config import ChannelBudget
 from dnr.models.channels import ChannelGroup, channel_groups
-from dnr.sparsity.layers import prunable_parameters
+from dnr.sparsity.layers import output_positions, prunable_parameters
 from dnr.statedict import canonical_name
 
-__all__ = ["ChannelLayout", "LayerCost"]
+__all__ = ["BUDGETS", "ChannelLayout", "LayerCost"]
+
+#: what a channel-mode budget counts: the compacted network's weights, or its MACs per image
+BUDGETS: tuple[str, ...] = get_args(ChannelBudget)
 
 
 @dataclass(frozen=True)
@@ -43,11 +53,19 @@ class LayerCost:
     out_full: int
     in_full: int
     unit: int
+    #: what one of its weights costs in the budget: 1 (a weights budget), or its output
+    #: positions per image (a MACs budget: a conv's weight is used at every position)
+    per_weight: int = 1
 
     def size(self, counts: Sequence[int]) -> int:
+        """Its weights when compacted to ``counts`` channels per group."""
         out = counts[self.out_group] if self.out_group is not None else self.out_full
         inp = counts[self.in_group] if self.in_group is not None else self.in_full
         return out * inp * self.unit
+
+    def cost(self, counts: Sequence[int]) -> int:
+        """What it costs in the budget's unit, compacted to ``counts``."""
+        return self.size(counts) * self.per_weight
 
 
 class ChannelLayout:
@@ -58,7 +76,11 @@ class ChannelLayout:
     declares no groups or whose declared groups do not fit its modules.
     """
 
-    def __init__(self, model: nn.Module, exclude: Iterable[str] = ()) -> None:
+    def __init__(
+        self, model: nn.Module, exclude: Iterable[str] = (), budget: str = "weights"
+    ) -> None:
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
         prunable = prunable_parameters(model, exclude)
         if not prunable:
             raise ValueError("the model has no prunable Conv2d/Linear weights")
@@ -80,6 +102,12 @@ class ChannelLayout:
                 raise ValueError(f"channel groups share {role} {repeated}")
         out_of = {f"{g.producer}.weight": i for i, g in enumerate(self.groups)}
         in_of = {f"{c}.weight": i for i, g in enumerate(self.groups) for c in g.consumers}
+        #: the budget's unit: "weights", or "macs" (multiply-accumulates per image)
+        self.budget = budget
+        per_weight: dict[str, int] = {}
+        if budget == "macs":  # one forward pass at the model's input size
+            size = int(getattr(model, "arch_config", {}).get("input_size", 32))
+            per_weight = {f"{m}.weight": n for m, n in output_positions(model, size).items()}
         self.layers: list[LayerCost] = []
         for name, p in prunable.items():
             out_g, in_g = out_of.get(name), in_of.get(name)
@@ -94,9 +122,12 @@ class ChannelLayout:
                     out_full,
                     in_full,
                     p.numel() // (out_full * in_full),
+                    per_weight.get(name, 1),
                 )
             )
         self.num_prunable = sum(math.prod(layer.shape) for layer in self.layers)
+        #: the whole network's cost in the budget's unit (num_prunable for weights)
+        self.total_cost = self.cost(self.sizes)
         self._touching: list[list[LayerCost]] = [
             [layer for layer in self.layers if i in (layer.out_group, layer.in_group)]
             for i in range(len(self.groups))
@@ -138,15 +169,23 @@ class ChannelLayout:
         """Prunable weights of the network compacted to ``counts`` channels per group."""
         return sum(layer.size(counts) for layer in self.layers)
 
+    def target(self, density: float) -> int:
+        """The budget at ``density``: that share of the dense network's cost."""
+        return round(float(density) * self.total_cost)
+
+    def cost(self, counts: Sequence[int]) -> int:
+        """The compacted network's cost in the budget's unit (weights, or MACs per image)."""
+        return sum(layer.cost(counts) for layer in self.layers)
+
     def marginal(self, counts: Sequence[int], group: int) -> int:
-        """Weights one more channel of ``group`` costs at ``counts``."""
+        """What one more channel of ``group`` costs at ``counts``, in the budget's unit."""
         grown = list(counts)
         grown[group] += 1
-        return sum(layer.size(grown) - layer.size(counts) for layer in self._touching[group])
+        return sum(layer.cost(grown) - layer.cost(counts) for layer in self._touching[group])
 
     def minimum(self) -> int:
-        """Weights of the narrowest network: one channel per group."""
-        return self.params([1] * len(self.groups))
+        """The cost of the narrowest network: one channel per group."""
+        return self.cost([1] * len(self.groups))
 
     def grow(
         self,
@@ -155,16 +194,17 @@ class ChannelLayout:
         target: int,
         priority: Callable[[int, list[int], list[int]], float],
     ) -> list[int]:
-        """Add channels one at a time, while the next one fits under ``target`` weights.
+        """Add channels one at a time, while the next one fits under ``target`` (in the
+        budget's unit).
 
         Each channel goes to the group with the highest ``priority(g, counts, spent)``
         among those below ``limits[g]`` whose next channel fits (ties → lower index);
-        ``spent[g]`` is the weights added to group ``g`` so far. Stops when no channel
+        ``spent[g]`` is the cost added to group ``g`` so far. Stops when no channel
         fits, so the result is within one channel's worth below ``target`` (or at the
         limits).
         """
         counts, spent = list(counts), [0] * len(counts)
-        remaining = target - self.params(counts)
+        remaining = target - self.cost(counts)
         while True:
             best, best_key, best_cost = -1, -math.inf, 0
             for g in range(len(counts)):
@@ -184,11 +224,12 @@ class ChannelLayout:
 
     def uniform_counts(self, target: int) -> list[int]:
         """Counts keeping (nearly) the same fraction of every group, within one channel of
-        ``target`` weights. ``ValueError`` if one channel per group already exceeds it."""
+        ``target`` (in the budget's unit). ``ValueError`` if one channel per group already
+        exceeds it."""
         if self.minimum() > target:
             raise ValueError(
-                f"one channel per group already needs {self.minimum()} weights, more than the "
-                f"budget of {target} ({target / self.num_prunable:.4g} of {self.num_prunable}); "
+                f"one channel per group already needs {self.minimum()} {self.budget}, more than "
+                f"the budget of {target} ({target / self.total_cost:.4g} of {self.total_cost}); "
                 "raise sparsity.density"
             )
         return self.grow(

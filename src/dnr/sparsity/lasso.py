@@ -181,17 +181,15 @@ class GroupLasso(StagedPruning):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         try:
-            self.layout = ChannelLayout(self.model, self.cfg.sparsity.exclude)
+            s = self.cfg.sparsity
+            self.layout = ChannelLayout(self.model, s.exclude, s.budget)
         except ValueError as err:
             raise ConfigError(f"sparsity.method=lasso: {err}") from None
-        self.target = round(self.cfg.sparsity.density * self.layout.num_prunable)
-        if self.layout.minimum() > self.target:
-            raise ConfigError(
-                f"sparsity.density={self.cfg.sparsity.density}: one channel per group already "
-                f"needs {self.layout.minimum()} weights, more than {self.target}"
-            )
-        #: channels kept per group: the uniform fraction of the budget, as the static mask
-        self.counts = self.layout.uniform_counts(self.target)
+        self.target = self.layout.target(self.cfg.sparsity.density)
+        try:  # channels kept per group: the uniform fraction of the budget, as the static mask
+            self.counts = self.layout.uniform_counts(self.target)
+        except ValueError as err:
+            raise ConfigError(f"sparsity.density={self.cfg.sparsity.density}: {err}") from None
         self.cut: list[Tensor] | None = None  # channels below the cut (sparsify stage)
         self.threshold: float | None = None  # per-step RMS shrink, set when sparsify begins
         self.lam: float | None = None  # the λ of the last step (threshold / lr), logged

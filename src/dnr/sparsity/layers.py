@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from dnr.statedict import canonical_name
 
-__all__ = ["PRUNABLE_MODULES", "prunable_parameters"]
+__all__ = ["PRUNABLE_MODULES", "output_positions", "prunable_parameters"]
 
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -37,3 +38,41 @@ def prunable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[s
             continue
         out[key] = param
     return out
+
+
+def output_positions(model: nn.Module, input_size: int) -> dict[str, int]:
+    """Per ``Conv2d`` / ``Linear`` module (canonical name): its outputs per output channel
+    for one ``3 × input_size × input_size`` image — ``H_out · W_out`` for a conv, 1 for a
+    Linear on vectors — read from one forward pass, so a layer's MACs are its weights times
+    this (a module called twice counts twice). Eval mode under ``inference_mode``; the
+    model's training flags are restored."""
+    positions: dict[str, int] = {}
+
+    def hook_for(name: str) -> Callable[[nn.Module, object, Tensor], None]:
+        def hook(module: nn.Module, _inputs: object, out: Tensor) -> None:
+            weight = module.weight
+            assert isinstance(weight, Tensor)
+            per_image = out.numel() // max(out.shape[0], 1)
+            positions[name] = positions.get(name, 0) + per_image // weight.shape[0]
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(hook_for(canonical_name(name)))
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_MODULES)
+    ]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return positions

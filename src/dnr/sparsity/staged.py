@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, SparsityMethod, Stage
 from dnr.sparsity.budgets import layer_budgets
-from dnr.sparsity.channel_masking import ChannelMasking
+from dnr.sparsity.channel_masking import ChannelMasking, channel_options
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.masking import Masking, shared_options
 from dnr.sparsity.static import MaskedMethod
@@ -99,14 +99,18 @@ class StagedPruning(MaskedMethod):
 
     def fix_masks(self, masks: Mapping[str, Tensor]) -> None:
         """Fix ``masks``: per weight, or per channel group (producer -> kept channels)."""
-        options = shared_options(self.cfg.sparsity)
+        s = self.cfg.sparsity
         if self.granularity == "channel":
             self.masking = ChannelMasking(
-                self.model, self.optimizer, initial_masks=masks, **options
+                self.model, self.optimizer, initial_masks=masks, **channel_options(s)
             )
         else:
             self.masking = Masking(
-                self.model, self.optimizer, protect_channels=False, initial_masks=masks, **options
+                self.model,
+                self.optimizer,
+                protect_channels=False,
+                initial_masks=masks,
+                **shared_options(s),
             )
         self._initial_layer_density = self.masking.layer_densities()
 
