@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dnr.errors import ConfigError
+from dnr.training.guards import TrainingStopped
 from experiments.protocol import SCALES, TABLES, Run, runs_of
 from experiments.report import write_report
 from experiments.runner import Study
@@ -133,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         return _run(study, runs, args)
+    except TrainingStopped as stopped:  # SIGTERM/SIGINT in training: its state is saved
+        print(f"{stopped}\nrerun the same study command to continue", file=sys.stderr)
+        return 128 + stopped.signum
+    except KeyboardInterrupt:  # between saves: every finished part is on disk
+        print("interrupted; rerun the same study command to continue", file=sys.stderr)
+        return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

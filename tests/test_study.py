@@ -159,3 +159,34 @@ def test_the_plan_lists_every_table_run(tmp_path: Path, capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(runs_of(TABLES["compression"], TINY.seeds))
     assert all(line.startswith("todo") for line in lines)
+
+
+def test_a_study_stopped_by_sigterm_continues_where_it_stopped(tmp_path: Path) -> None:
+    """The device path: a call cut short by a time limit (``timeout -s TERM``) leaves a
+    resumable checkpoint; the next call resumes it and finishes the queue."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--scale", "tiny", "--seeds", "0", "--results", str(tmp_path / "results")]
+    args += ["--runs", str(tmp_path / "runs")]
+    cmd = [sys.executable, "-m", "experiments.study", "run", "beta", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = tmp_path / "runs" / "tiny" / "beta" / "beta=0" / "dnr" / "seed0" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(first.glob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
+    assert b"rerun the same study command" in stderr and b"Traceback" not in stderr
+    study = Study(TINY, tmp_path / "runs", tmp_path / "results", tmp_path)
+    runs = runs_of(TABLES["beta"], (0,))
+    assert study.missing(runs[0])[0] == "train"  # stopped inside the first run's training
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"beta=0/dnr/seed0: resume" in done.stdout
+    assert all(study.missing(run) == [] for run in runs)
