@@ -67,7 +67,7 @@ SCALES: dict[str, Scale] = {
     for s in (
         Scale(
             "tiny",
-            "mechanics only: VGG16 at width 1/16 on the bundled digits, 2 epochs",
+            "mechanics only: VGG16 at width 1/16 on the bundled digits, 4 epochs",
             "vgg16_cifar10",
             (
                 "data.name=digits",

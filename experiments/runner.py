@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from dnr.artifacts import RunDir, load_model
 from dnr.compare import plan_run
 from dnr.config import Config, load_config
@@ -206,6 +208,19 @@ class Study:
         }
         self._save(run, result)
 
+    def _part(self, part: str, run_dir: Path, x: Tensor, y: Tensor, classes: int) -> Any:
+        """One part's measurement of the run in ``run_dir`` on the test set ``x, y``."""
+        if part == "costs":
+            return costs(run_dir, int(x.shape[-1]))
+        protocol, subset = {
+            PGD20: (PGD20, self.scale.test_subset),
+            "final": (PGD20, self.scale.final_subset),
+            AUTOATTACK: (AUTOATTACK, self._aa_images()),
+        }[part]
+        model = final_model(run_dir) if part == "final" else load_model(run_dir)
+        restarts = self.scale.pgd20_restarts if protocol == PGD20 else None
+        return attacks(model, x, y, protocol, subset, restarts=restarts, num_classes=classes)
+
     def _measure(self, run: Run, cfg: Config, result: dict[str, Any]) -> None:
         twin = self.results_root / result["same_run_as"] if "same_run_as" in result else None
         if twin is not None:  # the original may have been measured further since
@@ -219,32 +234,7 @@ class Study:
         x, y, classes = data.test.x, data.test.y, data.meta.num_classes
         for part in todo:
             self.log(f"{run.table} {run.key}: measuring {part}")
-            if part == PGD20:
-                value = attacks(
-                    load_model(run_dir),
-                    x,
-                    y,
-                    PGD20,
-                    self.scale.test_subset,
-                    restarts=self.scale.pgd20_restarts,
-                    num_classes=classes,
-                )
-            elif part == "final":
-                value = attacks(
-                    final_model(run_dir),
-                    x,
-                    y,
-                    PGD20,
-                    self.scale.final_subset,
-                    restarts=self.scale.pgd20_restarts,
-                    num_classes=classes,
-                )
-            elif part == "costs":
-                value = costs(run_dir, int(x.shape[-1]))
-            else:
-                value = attacks(
-                    load_model(run_dir), x, y, AUTOATTACK, self._aa_images(), num_classes=classes
-                )
+            value = self._part(part, run_dir, x, y, classes)
             result["parts"][part] = value
             self._save(run, result)
             if twin is not None:  # one run, one measurement: the original gets it too
