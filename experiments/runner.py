@@ -198,7 +198,7 @@ class Study:
             "train_seconds": sum(float(r.get("train_seconds") or 0) for r in history),
             "wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in history),
             "session_seconds": time.perf_counter() - started,
-            "best_epoch": json.loads(RunDir(run_dir).model_meta.read_text()).get("selected_epoch"),
+            "selection": json.loads(RunDir(run_dir).model_meta.read_text()).get("selection"),
         }
         paper = json.loads(RunDir(run_dir).eval_json.read_text())
         result["parts"]["paper"] = {

@@ -52,6 +52,8 @@ def test_every_run_is_measured_part_by_part(study: Study) -> None:
         assert parts["pgd20"]["examples"] == TINY.test_subset
         assert parts["final"]["examples"] == TINY.final_subset
         assert len(result["history"]) == 4 and "train_loss" in result["history"][0]
+        selected = result["parts"]["train"]["selection"]  # the epoch the weights come from
+        assert selected["by"] == "val_pgd_acc" and 1 <= selected["epoch"] <= 4
         assert parts["costs"]["deployed_as"] == "masked dense"
         meta = read_model_meta(result["run_dir"])  # the nonzeros are the mask's at most
         assert 0 < parts["costs"]["weights"] <= meta["sparsity"]["num_active"]
