@@ -178,3 +178,18 @@ def test_saved_config_round_trips(tmp_path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 3
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_a_config_saved_before_an_option_existed_reads_as_the_current_one() -> None:
+    """A run started before ``sparsity.budget`` existed resumes, and ``dnr compare`` and the
+    study reuse it: the saved tree is read with the new keys at their defaults. A saved
+    value that differs still differs."""
+    from dnr.config import as_current
+
+    cfg = load_config(None, ["train.epochs=3"])
+    saved = cfg.to_dict()
+    del saved["sparsity"]["budget"]
+    assert saved != cfg.to_dict() and as_current(saved) == cfg.to_dict()
+    saved["train"]["epochs"] = 99
+    assert as_current(saved) != cfg.to_dict()
+    assert as_current({"sparsity": {"bogus": 1}}) == {"sparsity": {"bogus": 1}}  # as it was

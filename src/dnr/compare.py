@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from dnr.artifacts import ArtifactError, RunDir, read_model_meta
-from dnr.config import Config, ConfigError, load_config, parse_override
+from dnr.config import Config, ConfigError, as_current, load_config, parse_override
 from dnr.distributed import Distributed
 from dnr.fileio import atomic_write, atomic_write_json, atomic_write_text, read_jsonl
 from dnr.markdown import markdown_table
@@ -122,7 +122,7 @@ def plan_run(method: str, cfg: Config, run_dir: Path) -> Action:
             "remove it or choose another --out"
         )
     try:
-        saved = yaml.safe_load(run.config.read_text())
+        saved = as_current(yaml.safe_load(run.config.read_text()))
     except yaml.YAMLError:
         saved = None
     if saved != cfg.to_dict():

@@ -22,7 +22,15 @@ from dnr.errors import ConfigError, did_you_mean
 from dnr.fileio import atomic_write_text
 from dnr.registry import DATASETS, GRANULARITIES, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
 
-__all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "validate"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "apply_overrides",
+    "as_current",
+    "from_dict",
+    "load_config",
+    "validate",
+]
 
 SparsityInit = Literal["uniform", "erk"]
 GrowMomentum = Literal["keep", "zero"]
@@ -251,6 +259,19 @@ def from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Confi
     for dotted, value in _flatten(tree).items():
         _set(cfg, dotted, value)
     return apply_overrides(cfg, overrides or [])
+
+
+def as_current(tree: Any) -> Any:
+    """A saved config tree as this version writes it: keys added since it was saved take
+    their defaults, so a run started before a new option existed still resumes (and still
+    compares equal) as long as its values are the defaults. A tree that no longer loads is
+    returned as it is (its difference is then reported)."""
+    if not isinstance(tree, dict):
+        return tree
+    try:
+        return from_dict(tree).to_dict()
+    except ConfigError:
+        return tree
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, save_checkpoint, save_model
-from dnr.config import Config, ConfigError, save_config
+from dnr.config import Config, ConfigError, as_current, save_config
 from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl, temp_files
 
 __all__ = ["CHECKPOINT_VERSION", "RunExistsError", "RunWriter"]
@@ -84,7 +84,7 @@ class RunWriter:
                 )
             return None
         state, source = self._resume_checkpoint()
-        saved = state.get("config")
+        saved = as_current(state.get("config"))
         if saved != cfg.to_dict():
             raise ConfigError(
                 f"--resume: the configuration differs from the one {run.path} was started "
