@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.pack import read_manifest
+
 __all__ = [
     "NOISE",
     "NOISE_OFFSET",
@@ -53,11 +55,14 @@ class Scale:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def data_overrides(self, data_dir: Path) -> list[str]:
+        """The data files under ``data_dir`` — as packed there for a device, if they were."""
         if self.data is None:
             return []
-        train, test = self.data
+        packed = read_manifest(data_dir)
+        train, test = packed if packed is not None else (self.data[0], [self.data[1]])
         files = ",".join(str(data_dir / f) for f in train)
-        return ["data.name=npz", f"data.train=[{files}]", f"data.test={data_dir / test}"]
+        tests = ",".join(str(data_dir / f) for f in test)
+        return ["data.name=npz", f"data.train=[{files}]", f"data.test=[{tests}]"]
 
 
 _CIFAR10 = (("cifar10_train_part0.npz", "cifar10_train_part1.npz"), "cifar10_test.npz")
@@ -187,6 +192,9 @@ class Table:
     #: also train the reference with every seed + NOISE_OFFSET: how far identical
     #: configurations differ (the noise floor every difference is read against)
     noise_floor: bool = False
+    #: more paired differences to report, (a, b) for a − b: e.g. the two variants of a
+    #: budget the reference does not share
+    pairs: tuple[tuple[str, str], ...] = ()
 
 
 #: seed offset of the noise-floor runs, and their setting label
@@ -245,6 +253,7 @@ TABLES: dict[str, Table] = {
             {"": ("sparsity.density=0.1",)},
             reference="dnr-channel",
             noise_floor=True,
+            pairs=(("static-channel-macs", "dnr-channel-macs"),),
         ),
     )
 }

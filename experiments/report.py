@@ -7,7 +7,6 @@ so a report can be rebuilt anywhere the results are (no weights needed).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +112,14 @@ def summarise(table: Table, results: dict[Run, dict[str, Any]]) -> dict[str, Any
                     )
             rows[variant] = {"stats": stats, "vs_reference": diffs}
         entry: dict[str, Any] = {"variants": rows}
+        if table.pairs:
+            entry["pairs"] = {
+                f"{a} − {b}": {
+                    m: _interval(_by_seed(results, a, setting, m), _by_seed(results, b, setting, m))
+                    for m in COMPARED
+                }
+                for a, b in table.pairs
+            }
         if table.noise_floor:
             entry["noise_floor"] = {
                 m: _interval(
@@ -161,6 +168,8 @@ def _markdown(table: Table, summary: dict[str, Any], scale: str, n_done: int, n_
             for v, row in entry["variants"].items()
             if v != ref
         ]
+        for pair, diffs in entry.get("pairs", {}).items():
+            diff_rows.append([f"{pair} (its own pair)"] + [_cell(diffs[m]) for m in COMPARED])
         if "noise_floor" in entry:
             diff_rows.append(
                 [f"`{ref}` vs itself (seeds + {NOISE_OFFSET}): the noise floor"]
@@ -223,11 +232,7 @@ def _figure(table: Table, summary: dict[str, Any], path: Path) -> None:
 
 def write_report(study: Study, table: Table, runs: list[Run]) -> Path:
     """Read every result of ``runs`` that exists and write the table's report files."""
-    results = {}
-    for run in runs:
-        path = study.result_path(run)
-        if path.is_file():
-            results[run] = json.loads(path.read_text())
+    results = {run: found for run in runs if (found := study.load(run))}
     summary = summarise(table, results)
     base = study.results_root / study.scale.name / table.name
     measured = sum(1 for r in runs if not study.missing(r))

@@ -12,8 +12,8 @@ result is copied, saying from where.
 
 from __future__ import annotations
 
+import fcntl
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +26,11 @@ from torch import Tensor
 
 from dnr.artifacts import RunDir, load_model
 from dnr.compare import plan_run
-from dnr.config import Config, load_config
+from dnr.config import Config, ConfigError, as_current, load_config
 from dnr.data.loader import load_dataset
 from dnr.fileio import atomic_write_json, read_jsonl
 from dnr.runner import run_train
+from dnr.training.writer import config_difference
 from experiments.measure import AUTOATTACK, PGD20, attacks, costs, final_model
 from experiments.protocol import Run, Scale
 
@@ -41,31 +42,20 @@ PARTS = ("train", "paper", "pgd20", "final", "costs", "autoattack")
 
 @contextmanager
 def claim(lock: Path) -> Iterator[bool]:
-    """Hold ``lock`` (an exclusive file with our pid) while the body runs; False when another
-    live process holds it. A lock left by a dead process is taken over."""
+    """Hold ``lock`` while the body runs; False when another process (or another claim in
+    this one) holds it. An advisory ``flock``: the kernel drops it when its holder dies, so
+    no stale claim outlives a killed worker, and the file itself is never removed."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
+    with open(lock, "a") as handle:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text() or "0")
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except PermissionError:
-                pass  # alive, another user's
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             yield False
             return
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
         try:
             yield True
         finally:
-            lock.unlink(missing_ok=True)
-        return
-    yield False
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _code_version() -> str:
@@ -84,6 +74,11 @@ def _code_version() -> str:
         return (rev or "unknown") + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
+
+
+def _selection(run_dir: Path) -> Any:
+    """How the run's weights were chosen: metric, epoch and value (model.json)."""
+    return json.loads(RunDir(run_dir).model_meta.read_text()).get("selection")
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -124,64 +119,93 @@ class Study:
         return self.runs_root / self.scale.name / run.table / run.key
 
     def read(self, run: Run) -> dict[str, Any]:
+        """The run's own result file ({} if none yet): its parts, or a pointer to the run of
+        another table it is the same as (``same_run_as``)."""
         path = self.result_path(run)
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def source(self, run: Run) -> Path:
+        """The result file that holds the run's parts: its own, or the one it points to."""
+        pointer = self.read(run).get("same_run_as")
+        return self.results_root / pointer if pointer else self.result_path(run)
+
+    def load(self, run: Run) -> dict[str, Any]:
+        """The run's result with its parts, followed through a pointer ({} if none yet)."""
+        own, source = self.read(run), self.source(run)
+        if not own or not source.is_file():
+            return own
+        found = json.loads(source.read_text())
+        return {**found, **{k: own[k] for k in ("table", "variant", "setting", "seed")}}
+
     def missing(self, run: Run) -> list[str]:
         """The parts of ``run`` not measured yet (autoattack only when it is asked for)."""
-        result = self.read(run)
+        parts = self.load(run).get("parts", {})
         wanted = [p for p in PARTS if p != AUTOATTACK or self._aa_images() > 0]
-        return [p for p in wanted if p not in result.get("parts", {})]
+        return [p for p in wanted if p not in parts]
 
     def _aa_images(self) -> int:
         return self.scale.autoattack if self.autoattack is None else self.autoattack
 
-    def _save(self, run: Run, result: dict[str, Any]) -> None:
-        atomic_write_json(self.result_path(run), result)
+    def _lock(self, result: Path) -> Path:
+        name = str(result.relative_to(self.results_root)).replace("/", "_")
+        return self.runs_root / ".locks" / f"{name}.lock"
 
-    def _twin(self, cfg: Config, run: Run) -> tuple[Path, dict[str, Any]] | None:
-        """A result of the same config from another table, trained already."""
+    def _twin(self, cfg: Config, run: Run) -> Path | None:
+        """A trained run of the same config from another table (never a pointer itself)."""
         wanted = cfg.to_dict()
         for path in sorted((self.results_root / self.scale.name).rglob("*.json")):
-            if path == self.result_path(run) or path.parts[-1].startswith("_"):
+            if path == self.result_path(run):
                 continue
             other = json.loads(path.read_text())
-            if other.get("config") == wanted and "train" in other.get("parts", {}):
-                return path, other
+            if (
+                "same_run_as" not in other
+                and "train" in other.get("parts", {})
+                and as_current(other.get("config")) == wanted
+            ):
+                return path
         return None
 
+    def _check_config(self, run: Run, cfg: Config) -> None:
+        saved = self.read(run).get("config")
+        if saved is not None and as_current(saved) != cfg.to_dict():
+            raise ConfigError(
+                f"{self.result_path(run)} was made with another configuration "
+                f"({config_difference(saved, cfg.to_dict())}): move it away to redo the run"
+            )
+
     def process(self, run: Run) -> bool:
-        """Bring ``run`` up to date; False when another worker holds it."""
-        lock = (
-            self.runs_root / self.scale.name / ".locks" / f"{run.table}-{run.key}".replace("/", "_")
-        )
-        with claim(lock) as mine:
+        """Bring ``run`` up to date; False when another worker holds it (or the run it is
+        the same as)."""
+        cfg = self.config(run)
+        self._check_config(run, cfg)
+        if not self.read(run):
+            twin = self._twin(cfg, run)
+            if twin is not None:  # a pointer, not a copy: one run, one set of parts
+                header = {k: v for k, v in self._header(run, cfg).items() if k != "parts"}
+                pointer = {**header, "same_run_as": str(twin.relative_to(self.results_root))}
+                atomic_write_json(self.result_path(run), pointer)
+                self.log(f"{run.table} {run.key}: the same run as {pointer['same_run_as']}")
+        source = self.source(run)
+        with claim(self._lock(source)) as mine:
             if not mine:
                 return False
-            cfg = self.config(run)
-            result = self.read(run) or {
-                "scale": self.scale.name,
-                "table": run.table,
-                "variant": run.variant,
-                "setting": run.setting,
-                "seed": run.seed,
-                "overrides": list(run.overrides),
-                "config": cfg.to_dict(),
-                "parts": {},
-            }
+            result = json.loads(source.read_text()) if source.is_file() else self._header(run, cfg)
             if "train" not in result["parts"]:
-                twin = self._twin(cfg, run)
-                if twin is not None:
-                    path, other = twin
-                    result.update({k: v for k, v in other.items() if k != "table"})
-                    result.update(table=run.table, setting=run.setting, variant=run.variant)
-                    result["same_run_as"] = str(path.relative_to(self.results_root))
-                    self._save(run, result)
-                    self.log(f"{run.table} {run.key}: the same run as {result['same_run_as']}")
-                else:
-                    self._train(run, cfg, result)
-            self._measure(run, cfg, result)
+                self._train(run, cfg, result)
+            self._measure(source, cfg, result)
             return True
+
+    def _header(self, run: Run, cfg: Config) -> dict[str, Any]:
+        return {
+            "scale": self.scale.name,
+            "table": run.table,
+            "variant": run.variant,
+            "setting": run.setting,
+            "seed": run.seed,
+            "overrides": list(run.overrides),
+            "config": cfg.to_dict(),
+            "parts": {},
+        }
 
     def _train(self, run: Run, cfg: Config, result: dict[str, Any]) -> None:
         run_dir = self.run_dir(run)
@@ -198,7 +222,7 @@ class Study:
             "train_seconds": sum(float(r.get("train_seconds") or 0) for r in history),
             "wall_seconds": sum(float(r.get("wall_seconds") or 0) for r in history),
             "session_seconds": time.perf_counter() - started,
-            "selection": json.loads(RunDir(run_dir).model_meta.read_text()).get("selection"),
+            "selection": _selection(run_dir),
         }
         paper = json.loads(RunDir(run_dir).eval_json.read_text())
         result["parts"]["paper"] = {
@@ -206,7 +230,7 @@ class Study:
             "examples": paper["num_examples"],
             "seconds": paper.get("seconds"),
         }
-        self._save(run, result)
+        atomic_write_json(self.result_path(run), result)
 
     def _part(self, part: str, run_dir: Path, x: Tensor, y: Tensor, classes: int) -> Any:
         """One part's measurement of the run in ``run_dir`` on the test set ``x, y``."""
@@ -221,23 +245,20 @@ class Study:
         restarts = self.scale.pgd20_restarts if protocol == PGD20 else None
         return attacks(model, x, y, protocol, subset, restarts=restarts, num_classes=classes)
 
-    def _measure(self, run: Run, cfg: Config, result: dict[str, Any]) -> None:
-        twin = self.results_root / result["same_run_as"] if "same_run_as" in result else None
-        if twin is not None:  # the original may have been measured further since
-            result["parts"] = {**json.loads(twin.read_text())["parts"], **result["parts"]}
-            self._save(run, result)
-        todo = [p for p in self.missing(run) if p not in ("train", "paper")]
+    def _measure(self, path: Path, cfg: Config, result: dict[str, Any]) -> None:
+        """Measure the parts ``result`` (the file ``path``) lacks, saving after each."""
+        run_dir = Path(result["run_dir"])
+        train = result["parts"]["train"]
+        if "selection" not in train:  # results from before the field existed
+            train["selection"] = _selection(run_dir)
+            atomic_write_json(path, result)
+        wanted = [p for p in PARTS if p != AUTOATTACK or self._aa_images() > 0]
+        todo = [p for p in wanted if p not in result["parts"]]
         if not todo:
             return
-        run_dir = Path(result["run_dir"])
         data = load_dataset(replace(cfg.data, subset=None))
         x, y, classes = data.test.x, data.test.y, data.meta.num_classes
         for part in todo:
-            self.log(f"{run.table} {run.key}: measuring {part}")
-            value = self._part(part, run_dir, x, y, classes)
-            result["parts"][part] = value
-            self._save(run, result)
-            if twin is not None:  # one run, one measurement: the original gets it too
-                original = json.loads(twin.read_text())
-                original["parts"].setdefault(part, value)
-                atomic_write_json(twin, original)
+            self.log(f"{path.relative_to(self.results_root)}: measuring {part}")
+            result["parts"][part] = self._part(part, run_dir, x, y, classes)
+            atomic_write_json(path, result)

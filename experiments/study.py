@@ -4,6 +4,7 @@
     python -m experiments.study run main                 # train + measure (resumable)
     python -m experiments.study run main --workers 2     # split the queue (GPU: share it)
     python -m experiments.study report main              # tables, intervals, figures
+    python -m experiments.study pack --scale paper --out .pack   # data for a device
 
 ``--scale`` picks the setting (``cpu`` by default; ``tiny`` for mechanics, ``paper`` on a
 GPU). Results land in ``experiments/results/<scale>/`` (small JSON: commit them), runs
@@ -14,6 +15,7 @@ with their weights in ``experiments/runs/<scale>/`` (ignored by git). Stop it at
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -22,8 +24,11 @@ from pathlib import Path
 
 import torch
 
+from dnr.artifacts import ArtifactError
+from dnr.data import DataError
 from dnr.errors import ConfigError
 from dnr.training.guards import TrainingStopped
+from experiments.pack import pack
 from experiments.protocol import SCALES, TABLES, Run, runs_of
 from experiments.report import write_report
 from experiments.runner import Study
@@ -34,10 +39,14 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m experiments.study", description=__doc__.split("\n")[0]
+        prog="python -m experiments.study",
+        description=(__doc__ or "").split("\n")[0],
+        allow_abbrev=False,  # --workers is rewritten for the workers, so spelled out
     )
-    p.add_argument("command", choices=("plan", "run", "report"))
-    p.add_argument("table", choices=sorted(TABLES), help="the question (see experiments/README.md)")
+    p.add_argument("command", choices=("plan", "run", "report", "pack"))
+    p.add_argument(
+        "table", nargs="?", choices=sorted(TABLES), help="the question (experiments/README.md)"
+    )
     p.add_argument("--scale", default="cpu", choices=sorted(SCALES))
     p.add_argument("--seeds", help="comma-separated seeds (default: the scale's)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="where the npz files are")
@@ -51,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--autoattack", type=int, help="AutoAttack images (default: the scale's; 0 skips it)"
     )
+    p.add_argument("--out", type=Path, help="pack: where the chunks and manifest go")
+    p.add_argument("--chunk-mib", type=float, default=60.0, help="pack: largest chunk (MiB)")
     return p
 
 
@@ -104,27 +115,61 @@ def _run(study: Study, runs: list[Run], args: argparse.Namespace) -> int:
     return 0
 
 
-def _spawn_workers(args: argparse.Namespace) -> int:
-    """``--workers N``: N copies of this command with ``--workers 1``, threads split."""
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index("--workers")
-    del argv[i : i + 2]
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line without its ``--workers N`` / ``--workers=N``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--workers":
+            skip = True
+        elif not token.startswith("--workers="):
+            out.append(token)
+    return out
+
+
+def _spawn_workers(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--workers N``: N copies of this command, the machine's threads split among them."""
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "experiments.study", *argv], env=env)
-        for _ in range(args.workers)
-    ]
+    cmd = [sys.executable, "-m", "experiments.study", *_worker_argv(argv)]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
     return max(p.wait() for p in procs)
 
 
+def _threads() -> int:
+    """OMP_NUM_THREADS when it is a positive integer, else torch's own choice."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else torch.get_num_threads()
+
+
+def _pack(args: argparse.Namespace) -> int:
+    scale = SCALES[args.scale]
+    if scale.data is None:
+        raise ConfigError(f"--scale {scale.name} reads no data files: nothing to pack")
+    if args.out is None or args.chunk_mib <= 0:
+        raise ConfigError("pack: give --out DIR (and a --chunk-mib above 0)")
+    train, test = [args.data_dir / f for f in scale.data[0]], args.data_dir / scale.data[1]
+    missing = [str(f) for f in (*train, test) if not f.is_file()]
+    if missing:
+        raise ConfigError(f"pack: no such data file {missing[0]} (see --data-dir)")
+    manifest = pack(train, test, args.out, args.chunk_mib)
+    print(f"wrote {manifest}; carry {args.out} (one chunk per call if over 64 MiB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
         if args.workers < 1:
             raise ConfigError(f"--workers: at least 1, got {args.workers}")
+        if args.command == "pack":
+            return _pack(args)
+        if args.table is None:
+            raise ConfigError(f"{args.command}: name a table ({', '.join(sorted(TABLES))})")
         if args.command == "run" and args.workers > 1:
-            return _spawn_workers(args)
+            return _spawn_workers(args, argv)
         study, runs = _study(args)
         if args.command == "plan":
             return _plan(study, runs)
@@ -132,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             path = write_report(study, TABLES[args.table], runs)
             print(f"wrote {path}")
             return 0
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        torch.set_num_threads(_threads())
         return _run(study, runs, args)
     except TrainingStopped as stopped:  # SIGTERM/SIGINT in training: its state is saved
         print(f"{stopped}\nrerun the same study command to continue", file=sys.stderr)
@@ -140,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # between saves: every finished part is on disk
         print("interrupted; rerun the same study command to continue", file=sys.stderr)
         return 130
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, ArtifactError, OSError, json.JSONDecodeError) as err:
+        where = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
+        print(f"study {args.command}: error: {where}{' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

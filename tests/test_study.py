@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from experiments.runner import PARTS, Study, claim
 from experiments.study import main
 
 from dnr.artifacts import read_model_meta
+from dnr.config import ConfigError
 
 TINY = SCALES["tiny"]
 SMALL = Table(
@@ -98,11 +101,28 @@ def test_an_identical_run_of_another_table_is_shared_not_retrained(study: Study)
     other = Table("other", "the same run again?", ("dnr",), {"": ("sparsity.density=0.2",)})
     run = runs_of(other, (0,))[0]
     assert study.process(run)
-    result = json.loads(study.result_path(run).read_text())
-    assert result["same_run_as"] == "tiny/small/dnr/seed0.json"
-    original = json.loads((study.results_root / result["same_run_as"]).read_text())
-    assert result["parts"] == original["parts"] and result["table"] == "other"
-    assert not study.run_dir(run).exists()
+    pointer = json.loads(study.result_path(run).read_text())
+    assert pointer["same_run_as"] == "tiny/small/dnr/seed0.json" and "parts" not in pointer
+    original = json.loads((study.results_root / pointer["same_run_as"]).read_text())
+    shared = study.load(run)
+    assert shared["parts"] == original["parts"] and shared["table"] == "other"
+    assert study.missing(run) == [] and not study.run_dir(run).exists()
+    later = Study(TINY, study.runs_root, study.results_root, study.data_dir, autoattack=2)
+    assert later.missing(run) == ["autoattack"]  # a part asked for later lands in the original
+
+
+def test_a_result_made_with_another_config_is_refused(study: Study) -> None:
+    run = runs_of(SMALL, (1,))[1]
+    path = study.result_path(run)
+    saved = path.read_text()
+    result = json.loads(saved)
+    result["config"]["train"]["epochs"] = 99
+    path.write_text(json.dumps(result))
+    try:
+        with pytest.raises(ConfigError, match="another configuration .*train.epochs"):
+            study.process(run)
+    finally:
+        path.write_text(saved)
 
 
 def test_the_report_pairs_seeds_and_shows_the_noise_floor(study: Study) -> None:
@@ -135,12 +155,22 @@ def test_a_claimed_run_is_left_to_its_worker_and_a_stale_claim_is_taken_over(
 ) -> None:
     lock = tmp_path / "lock"
     with claim(lock) as mine:
-        assert mine and lock.read_text() == str(os.getpid())
+        assert mine
         with claim(lock) as again:
-            assert not again  # held by a live process (this one)
-    assert not lock.exists()
-    lock.write_text("999999999")  # no such process
+            assert not again  # held (here by this process itself)
+    with claim(lock) as mine:  # the file stays; a claim its holder let go is free
+        assert mine
+    holder = subprocess.Popen(  # a worker that dies holding the claim
+        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'a');"
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
     with claim(lock) as mine:
+        assert not mine
+    holder.kill()
+    holder.wait()
+    with claim(lock) as mine:  # the kernel dropped the dead worker's claim
         assert mine
 
 
@@ -150,9 +180,26 @@ def test_the_command_line_refuses_bad_input_in_one_line(tmp_path: Path, capsys) 
     assert main(["run", "main", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert main(["run", "main", "--workers", "0"]) == 2
+    empty = tmp_path / "empty"  # a data folder without the npz files: one line, no traceback
+    empty.mkdir()
+    args = ["--data-dir", str(empty), "--runs", str(tmp_path), "--results", str(tmp_path)]
+    assert main(["run", "main", *args]) == 2
+    assert "study run: error:" in capsys.readouterr().err
+    assert main(["plan"]) == 2
+    assert "name a table" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["plan", "bogus"])
     assert exit_info.value.code == 2
+
+
+def test_workers_get_the_command_without_its_workers_option() -> None:
+    from experiments.study import _worker_argv
+
+    for argv in (
+        ["run", "main", "--workers", "2", "--seeds", "0"],
+        ["run", "main", "--workers=2", "--seeds", "0"],
+    ):
+        assert _worker_argv(argv) == ["run", "main", "--seeds", "0"]
 
 
 def test_the_plan_lists_every_table_run(tmp_path: Path, capsys) -> None:
@@ -167,8 +214,6 @@ def test_a_study_stopped_by_sigterm_continues_where_it_stopped(tmp_path: Path) -
     """The device path: a call cut short by a time limit (``timeout -s TERM``) leaves a
     resumable checkpoint; the next call resumes it and finishes the queue."""
     import signal
-    import subprocess
-    import sys
     import time
 
     args = ["--scale", "tiny", "--seeds", "0", "--results", str(tmp_path / "results")]
