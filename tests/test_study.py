@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from experiments.protocol import SCALES, TABLES, Table, runs_of
 from experiments.report import write_report
 from experiments.runner import PARTS, Study, claim
@@ -237,3 +238,39 @@ def test_a_study_stopped_by_sigterm_continues_where_it_stopped(tmp_path: Path) -
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"beta=0/dnr/seed0: resume" in done.stdout
     assert all(study.missing(run) == [] for run in runs)
+
+
+def test_packed_data_loads_as_the_same_arrays_and_splits(tmp_path: Path) -> None:
+    """``study pack`` splits the data into chunks small enough to carry to a device; read
+    through its manifest, a run sees the same images, labels and splits."""
+    import numpy as np
+    from experiments.pack import pack
+    from experiments.protocol import Scale
+
+    from dnr.config import load_config
+    from dnr.data.loader import load_dataset
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, n in (("a.npz", 300), ("b.npz", 200), ("t.npz", 100)):
+        np.savez_compressed(
+            src / name,
+            x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            y=rng.integers(0, 10, n),
+            classes=np.array([f"c{i}" for i in range(10)]),
+        )
+    chunk_mib = (src / "a.npz").stat().st_size / 2**20 / 2.5  # a into 3 chunks, b into 2
+    pack([src / "a.npz", src / "b.npz"], src / "t.npz", tmp_path / "packed", chunk_mib)
+    manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
+    assert len(manifest["train"]) == 5 and len(manifest["test"]) == 1
+    scale = Scale("s", "", "vgg16_cifar10", (), None, 0, None, data=(("a.npz", "b.npz"), "t.npz"))
+    base = ["data.val_size=50", "data.subset=400"]
+    splits = [
+        load_dataset(load_config(None, [*base, *scale.data_overrides(d)]).data)
+        for d in (src, tmp_path / "packed")
+    ]
+    for part in ("train", "val", "test"):
+        a, b = getattr(splits[0], part), getattr(splits[1], part)
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y), part
+    assert main(["pack", "--scale", "tiny", "--out", str(tmp_path / "p")]) == 2  # no files
