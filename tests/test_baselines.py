@@ -357,6 +357,9 @@ def test_group_lasso_spares_the_kept_channels_and_revives_dead_ones(tiny_config)
         assert bool((a[t] == 0).all()) and torch.equal(a[~t], r[~t])
     kept = [torch.ones(len(r), dtype=torch.bool) for r in rms]
     kept[0][:] = False  # the first group is cut: it stays as it is
+    bn = dict(model.named_modules())[lasso.layout.groups[1].norm]
+    with torch.no_grad():  # zero filter and scale, live shift: still dead (β alone moves)
+        bn.bias[0] = 0.3
     dead = sum(int(t.sum()) for t in targets[1:])
     assert revive_channels(model, lasso.layout, kept, torch.Generator().manual_seed(0)) == dead
     revived = channel_scores(model, lasso.layout)
@@ -396,16 +399,21 @@ def test_lasso_reaches_its_zero_fraction_before_the_cut_and_keeps_live_channels(
 def test_a_lasso_run_interrupted_mid_sparsify_resumes_to_the_same_bits(
     tmp_path, monkeypatch
 ) -> None:
+    import dnr.sparsity.lasso as lasso_module
     import dnr.training.step as step_module
     from dnr.artifacts import RunDir, load_checkpoint
 
+    # the cut re-decided every 4 steps (at 0, 4, 8 of the 8-step stage) and zero by step 6
+    # (the ramp's end): the steps after the resume from step 4 (5, 6) shrink with the
+    # restored cut and threshold, not fresh ones
+    monkeypatch.setattr(lasso_module, "RECUTS", 2)
     cfg = load_config(None, _lasso_overrides(train__checkpoint_every=2, data__subset=128))
     dnr.train(cfg, tmp_path / "straight", **QUIET)
     real, calls = step_module.hybrid_loss, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 7:  # inside epoch 2 (sparsify), after the step checkpoint of step 6
+        if calls["n"] == 5:  # inside epoch 2 (sparsify), after the checkpoint of step 4
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 

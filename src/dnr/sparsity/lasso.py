@@ -108,12 +108,14 @@ def shrink_groups(
 def revive_channels(
     model: nn.Module, layout: ChannelLayout, kept: list[Tensor], generator: torch.Generator
 ) -> int:
-    """Re-initialise the kept channels that are exactly zero (Kaiming-normal filter, γ = 1,
-    β = 0): a zero channel gets no gradient, so a kept one would waste its budget. Returns
-    how many there were."""
+    """Re-initialise the kept channels whose filter and BN scale are exactly zero
+    (Kaiming-normal filter, γ = 1, β = 0): BN normalises a zero filter's output to 0, so
+    the filter and γ get no gradient and only the constant β could move — a kept one would
+    waste its budget. Returns how many there were."""
     revived = 0
-    for r, mask, (conv, bn) in zip(channel_scores(model, layout), kept, _groups(model, layout)):
-        dead = (mask.cpu() & (r <= ZERO)).nonzero().flatten()
+    for mask, (conv, bn) in zip(kept, _groups(model, layout)):
+        silent = (conv.weight.detach().flatten(1).abs().sum(1) == 0) & (bn.weight.detach() == 0)
+        dead = (mask.cpu() & silent.cpu()).nonzero().flatten()
         if len(dead) == 0:
             continue
         fan_in = conv.weight[0].numel()
@@ -280,4 +282,4 @@ class GroupLasso(StagedPruning):
         super().load_state_dict({k: v for k, v in state.items() if k not in mine})
         self.threshold, self.lam = state.get("lasso_threshold"), state.get("lasso_lambda")
         cut = state.get("lasso_cut")
-        self.cut = [torch.as_tensor(c, dtype=torch.bool) for c in cut] if cut else None
+        self.cut = [torch.as_tensor(c, dtype=torch.bool).cpu() for c in cut] if cut else None
