@@ -305,17 +305,24 @@ def test_a_macs_budget_is_met_within_one_channel_and_counts_the_compacted_macs(a
     assert stats["budget"] == "macs" and stats["macs_density"] == pytest.approx(0.1, abs=0.01)
 
 
-def test_a_macs_budget_keeps_fewer_macs_than_a_weights_budget_of_the_same_density() -> None:
-    """In VGG the early, high-resolution layers hold few weights but most MACs: a weights
-    budget keeps far more than d of the MACs, a MACs budget keeps d of them."""
-    by_budget = {
-        budget: ChannelMasking(_model("vgg16"), None, density=0.1, budget=budget).layout
-        for budget in ("weights", "macs")
+def test_a_macs_budget_prices_early_channels_a_weights_budget_finds_cheap() -> None:
+    """In VGG the early, high-resolution layers hold few weights but many MACs: an
+    allocation that favours them (as DNR's regrowth may) is cheap in weights and dear in
+    MACs. A weights budget does not see it; a MACs budget pays for it."""
+    weights = ChannelLayout(_model("vgg16"))
+    macs = ChannelLayout(_model("vgg16"), budget="macs")
+    early = [s if g < 4 else 1 for g, s in enumerate(weights.sizes)]  # first 4 groups full
+    share = {
+        unit: layout.cost(early) / layout.total_cost
+        for unit, layout in (("w", weights), ("m", macs))
     }
-    weights, macs = by_budget["weights"], by_budget["macs"]
-    as_weights = macs.cost(weights.uniform_counts(weights.target(0.1))) / macs.total_cost
-    as_macs = macs.cost(macs.uniform_counts(macs.target(0.1))) / macs.total_cost
-    assert as_macs == pytest.approx(0.1, abs=0.005) and as_weights > 0.1 + 0.005
+    assert share["m"] > 5 * share["w"]
+    first, last = 0, len(weights.sizes) - 1  # one more channel: early vs late
+    ratio_w = weights.marginal(early, first) / weights.marginal(early, last)
+    ratio_m = macs.marginal(early, first) / macs.marginal(early, last)
+    assert ratio_m > 20 * ratio_w  # 32x32 positions against 2x2
+    uniform = macs.uniform_counts(macs.target(0.1))  # and the budget holds d of the MACs
+    assert macs.cost(uniform) / macs.total_cost == pytest.approx(0.1, abs=0.005)
 
 
 def test_a_macs_budget_is_refused_outside_channel_mode_and_in_the_wrong_checkpoint() -> None:
@@ -328,3 +335,22 @@ def test_a_macs_budget_is_refused_outside_channel_mode_and_in_the_wrong_checkpoi
         ChannelMasking(_model("vgg16"), None, density=0.2).load_state_dict(saved)
     with pytest.raises(ValueError, match="budget must be one of weights, macs"):
         ChannelLayout(_model("vgg16"), budget="flops")
+
+
+@pytest.mark.parametrize("method", ["dnr", "lasso"])
+def test_a_macs_budget_reaches_the_mask_from_the_config(tmp_path, method) -> None:
+    """``sparsity.budget=macs`` in a config reaches the masks: through the method's own
+    masks (dnr) and through a staged method's fixed mask (lasso's cut)."""
+    overrides = tiny_overrides(
+        sparsity__method=method,
+        sparsity__granularity="channel",
+        sparsity__budget="macs",
+        sparsity__density=0.2,
+        sparsity__options="{lasso: {sparsify_epochs: 1}}",
+        train__epochs=2,
+    )
+    dnr.train(load_config(None, overrides), tmp_path / "run", progress=False, log=lambda _: None)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())["sparsity"]
+    assert meta["budget"] == "macs"
+    assert 0.15 < meta["macs_density"] <= 0.2  # within one channel of the MACs budget
+    assert abs(meta["achieved_density"] - meta["macs_density"]) > 1e-4  # not the weights'
