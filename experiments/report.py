@@ -133,15 +133,17 @@ def summarise(table: Table, results: dict[Run, dict[str, Any]]) -> dict[str, Any
     return out
 
 
-def _markdown(table: Table, summary: dict[str, Any], scale: str, n_done: int, n_runs: int) -> str:
+def _markdown(
+    table: Table, summary: dict[str, Any], scale: str, done: tuple[int, int], n_runs: int
+) -> str:
     ref = table.reference
     lines = [
         f"# Study `{table.name}` at scale `{scale}`",
         "",
         f"*{table.question}*",
         "",
-        f"Runs measured: {n_done} of {n_runs}. Accuracies in % on the test set; mean ± s.d. over "
-        "seeds; Δ = variant − "
+        f"Runs measured: {done[0]} of {n_runs} (AutoAttack on {done[1]}). "
+        "Accuracies in % on the test set; mean ± s.d. over seeds; Δ = variant − "
         f"`{ref}`, paired by seed, with its 95 % t interval; **ahead**/**behind** only where "
         "the interval excludes zero. The command: "
         f"`python -m experiments.study run {table.name} --scale {scale}`, then `report`.",
@@ -235,12 +237,14 @@ def write_report(study: Study, table: Table, runs: list[Run]) -> Path:
     results = {run: found for run in runs if (found := study.load(run))}
     summary = summarise(table, results)
     base = study.results_root / study.scale.name / table.name
-    measured = sum(1 for r in runs if not study.missing(r))
+    trained = sum(1 for r in runs if not [p for p in study.missing(r) if p != "autoattack"])
+    attacked = sum(1 for r in runs if "autoattack" in study.load(r).get("parts", {}))
     atomic_write_json(
         base.with_suffix(".json"), {"scale": study.scale.name, "table": table.name, **summary}
     )
     atomic_write_text(
-        base.with_suffix(".md"), _markdown(table, summary, study.scale.name, measured, len(runs))
+        base.with_suffix(".md"),
+        _markdown(table, summary, study.scale.name, (trained, attacked), len(runs)),
     )
     _figure(table, summary, base.with_suffix(".png"))
     return base.with_suffix(".md")
