@@ -261,17 +261,24 @@ def from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Confi
     return apply_overrides(cfg, overrides or [])
 
 
+#: Keys added after runs were saved whose default is exactly what those runs did: a saved
+#: config without one reads as holding its default, so such a run still resumes and is still
+#: reused. Any other key missing from a saved config is a difference (its default may not be
+#: what the older version did).
+NEUTRAL_NEW_KEYS: tuple[str, ...] = ("sparsity.budget",)
+
+
 def as_current(tree: Any) -> Any:
-    """A saved config tree as this version writes it: keys added since it was saved take
-    their defaults, so a run started before a new option existed still resumes (and still
-    compares equal) as long as its values are the defaults. A tree that no longer loads is
-    returned as it is (its difference is then reported)."""
+    """A saved config tree with the :data:`NEUTRAL_NEW_KEYS` it lacks filled in."""
     if not isinstance(tree, dict):
         return tree
-    try:
-        return from_dict(tree).to_dict()
-    except ConfigError:
-        return tree
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    defaults = Config()
+    for dotted in NEUTRAL_NEW_KEYS:
+        section, key = dotted.split(".")
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section][key] = getattr(getattr(defaults, section), key)
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:
