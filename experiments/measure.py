@@ -16,13 +16,14 @@ from torch import Tensor, nn
 
 from dnr.artifacts import RunDir, load_checkpoint, load_model, read_model_meta
 from dnr.costs import measure_latency, model_costs
+from dnr.devices import resolve_device
 from dnr.export.base import export_run
 from dnr.robustness.evaluate import evaluate_model
 
 __all__ = ["attacks", "costs", "final_model"]
 
-#: the attacks of each part: (protocol, PGD-20 restarts or None)
-PAPER, PGD20, AUTOATTACK = "dnr", "pgd20", "autoattack"
+#: the protocols the measured parts run (the paper protocol comes from the run itself)
+PGD20, AUTOATTACK = "pgd20", "autoattack"
 
 
 def attacks(
@@ -44,7 +45,7 @@ def attacks(
         protocol=protocol,
         subset=subset if subset is not None and subset < len(y) else None,
         seed=0,
-        device="cpu" if not torch.cuda.is_available() else "cuda",
+        device=resolve_device("auto"),
         progress=False,
         sanity=False,
         num_classes=num_classes,
