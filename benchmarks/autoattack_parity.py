@@ -80,8 +80,8 @@ def small_model(
 
 def run_model(path: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     """A trained model and its test split."""
-    from dnr.artifacts import load_model, read_model_meta
     from dnr.data import load_dataset
+    from dnr.modelfile import load_model, read_model_meta
     from dnr.runner import data_config_from_meta
 
     model = load_model(path)

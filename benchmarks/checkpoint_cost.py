@@ -8,7 +8,7 @@ optimizer holds its momentum buffers, as in a real run), then measures on this m
 * the size of ``checkpoints/last.pt`` (the resume state: config, counters, weights,
   optimizer, masks, RNG; what ``RunWriter.save_last`` writes after every epoch) and of
   ``best.pt`` (weights + masks; written when validation improves);
-* the time to write it (``dnr.artifacts.save_checkpoint``: ``torch.save`` to a temp file,
+* the time to write it (``dnr.checkpoints.save_checkpoint``: ``torch.save`` to a temp file,
   SHA-256 seal, fsync, rename, with ``previous.pt`` rotation), and the part of that the
   checksum takes;
 * the time to load it (``load_checkpoint``: verify the checksum, then
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from benchutil import cpu_name
-from dnr.artifacts import load_checkpoint, save_checkpoint, verify_checkpoint
+from dnr.checkpoints import load_checkpoint, save_checkpoint, verify_checkpoint
 from dnr.config import load_config
 from dnr.fileio import atomic_write
 from dnr.models import create_model, init_weights

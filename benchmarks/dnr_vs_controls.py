@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dnr.artifacts import RunDir, load_checkpoint  # noqa: E402
+from dnr.checkpoints import load_checkpoint  # noqa: E402
 from dnr.config import load_config  # noqa: E402
 from dnr.data import (  # noqa: E402
     DatasetMeta,  # noqa: E402
@@ -58,6 +58,7 @@ from dnr.data.loader import Split  # noqa: E402
 from dnr.devices import resolve_device  # noqa: E402
 from dnr.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from dnr.robustness import evaluate_model, select_subset  # noqa: E402
+from dnr.rundir import RunDir  # noqa: E402
 from dnr.stats import PairedDifference, paired_by_key  # noqa: E402
 from dnr.training import model_for, train  # noqa: E402
 

@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import dnr  # noqa: E402
-from dnr.artifacts import load_model, model_from_architecture, read_model_meta  # noqa: E402
 from dnr.costs import measure_latency, model_costs  # noqa: E402
 from dnr.export.compact import compact_model  # noqa: E402
 from dnr.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from dnr.markdown import markdown_table  # noqa: E402
+from dnr.modelfile import load_model, model_from_architecture, read_model_meta  # noqa: E402
 from dnr.sparsity import ChannelMasking, Masking  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dnr.artifacts import RunDir, load_checkpoint, read_model_meta
+from dnr.checkpoints import load_checkpoint
 from dnr.fileio import read_jsonl
 from dnr.markdown import markdown_table
+from dnr.modelfile import read_model_meta
+from dnr.rundir import RunDir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnr.artifacts import RunDir, load_checkpoint, load_model, read_model_meta
+from dnr.checkpoints import load_checkpoint
 from dnr.costs import measure_latency, model_costs
 from dnr.devices import resolve_device
 from dnr.export.base import export_run
+from dnr.modelfile import load_model, read_model_meta
 from dnr.robustness.evaluate import evaluate_model
+from dnr.rundir import RunDir
 
 __all__ = ["attacks", "costs", "final_model"]
 

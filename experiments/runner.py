@@ -24,11 +24,12 @@ from typing import Any
 
 from torch import Tensor
 
-from dnr.artifacts import RunDir, load_model
 from dnr.compare import plan_run
 from dnr.config import Config, ConfigError, as_current, load_config
 from dnr.data.loader import load_dataset
 from dnr.fileio import atomic_write_json, read_jsonl
+from dnr.modelfile import load_model
+from dnr.rundir import RunDir
 from dnr.runner import run_train
 from dnr.training.writer import config_difference
 from experiments.measure import AUTOATTACK, PGD20, attacks, costs, final_model

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from dnr.artifacts import ArtifactError
 from dnr.data import DataError
 from dnr.errors import ConfigError
+from dnr.rundir import ArtifactError
 from dnr.training.guards import TrainingStopped
 from experiments.pack import pack
 from experiments.protocol import SCALES, TABLES, Run, runs_of

@@ -401,7 +401,8 @@ def test_a_lasso_run_interrupted_mid_sparsify_resumes_to_the_same_bits(
 ) -> None:
     import dnr.sparsity.lasso as lasso_module
     import dnr.training.step as step_module
-    from dnr.artifacts import RunDir, load_checkpoint
+    from dnr.checkpoints import load_checkpoint
+    from dnr.rundir import RunDir
 
     # the cut re-decided every 4 steps (at 0, 4, 8 of the 8-step stage) and zero by step 6
     # (the ramp's end): the steps after the resume from step 4 (5, 6) shrink with the

@@ -13,9 +13,9 @@ from torch import nn
 
 import dnr
 from conftest import tiny_overrides
-from dnr.artifacts import load_model, save_model
 from dnr.config import ConfigError, load_config
 from dnr.export.compact import compact_model
+from dnr.modelfile import load_model, save_model
 from dnr.models.channels import channel_groups
 from dnr.sparsity import ChannelLayout, ChannelMasking
 from dnr.sparsity.layers import prunable_parameters

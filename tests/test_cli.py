@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir, load_model
 from dnr.cli import main
+from dnr.modelfile import load_model
+from dnr.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

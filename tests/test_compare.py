@@ -11,7 +11,6 @@ import shutil
 import pytest
 
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir
 from dnr.cli import main
 from dnr.compare import (
     _document,
@@ -23,6 +22,7 @@ from dnr.compare import (
 )
 from dnr.config import ConfigError, load_config
 from dnr.registry import SPARSITY_METHODS
+from dnr.rundir import RunDir
 
 METHODS = ["dense", "static", "dnr"]
 

@@ -22,13 +22,14 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir, load_checkpoint
+from dnr.checkpoints import load_checkpoint
 from dnr.config import Config, from_dict, load_config
 from dnr.data import BatchLoader, load_dataset
 from dnr.data.loader import Split
 from dnr.distributed import Distributed, RankDivergenceError, tensor_checksum
 from dnr.robustness import clean_accuracy, engine, pgd_accuracy
 from dnr.robustness.protocols import AttackSpec
+from dnr.rundir import RunDir
 from dnr.sparsity import Progress, build_sparsity
 from dnr.training import loop as loop_module
 from dnr.training import train, train_step

@@ -1,7 +1,7 @@
 """dnr export: sparse storage (exact, 12x at 5 %), ONNX parity, compact dispatch, errors.
 
 No training: each run directory is a model with random masks and BatchNorm statistics,
-saved the way the trainer saves it (dnr.artifacts.save_model).
+saved the way the trainer saves it (dnr.modelfile.save_model).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 import dnr
-from dnr.artifacts import ArtifactError, RunDir, load_model, read_model_meta, save_model
 from dnr.cli import main
 from dnr.export import ExportError, export_run
+from dnr.modelfile import load_model, read_model_meta, save_model
 from dnr.registry import EXPORT_FORMATS, UnknownNameError
+from dnr.rundir import ArtifactError, RunDir
 from dnr.sparsity import ChannelMasking, Masking
 from dnr.sparsity.layers import prunable_parameters
 from dnr.storage import decode_rows, encode_rows

@@ -392,7 +392,8 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_bits(tmp_path, monkeypa
     import json
 
     import dnr.training.step as step_module
-    from dnr.artifacts import RunDir, load_checkpoint
+    from dnr.checkpoints import load_checkpoint
+    from dnr.rundir import RunDir
     from dnr.training import train
 
     overrides = tiny_overrides(  # 4 steps an epoch, a step checkpoint every 2

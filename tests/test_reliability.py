@@ -13,19 +13,12 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_overrides
-from dnr.artifacts import (
-    ArtifactError,
-    RunDir,
-    load_checkpoint,
-    load_model,
-    load_plain_weights,
-    save_checkpoint,
-    save_model,
-    verify_checkpoint,
-)
+from dnr.checkpoints import load_checkpoint, save_checkpoint, verify_checkpoint
 from dnr.cli import main
 from dnr.config import load_config
+from dnr.modelfile import load_model, load_plain_weights, save_model
 from dnr.models import create_model
+from dnr.rundir import ArtifactError, RunDir
 from dnr.training.writer import CHECKPOINT_VERSION, RunWriter
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dnr"
@@ -382,6 +375,6 @@ def test_no_code_path_unpickles_arbitrary_objects() -> None:
                 )
             if name.endswith("Unpickler") or name in {"pickle.load", "pickle.loads"}:
                 assert where == "data/safety.py", f"{where}:{call.lineno}: {name}"
-    assert torch_loads >= 1  # the scan saw the one in artifacts.py
+    assert torch_loads >= 1  # the scan saw the one in checkpoints.py
     safety = (SRC / "data" / "safety.py").read_text()
     assert "def find_class" in safety and "refusing to load global" in safety

@@ -11,11 +11,11 @@ import pytest
 from torch import nn
 
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir
 from dnr.cli import main
 from dnr.models import register_model
 from dnr.models.layers import Normalize
 from dnr.registry import MODELS
+from dnr.rundir import RunDir
 from test_data import WNIDS, images, make_tiny, save_npz
 
 #: Kept small in case an input is wrongly accepted: then it trains for seconds, not hours.

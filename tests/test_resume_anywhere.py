@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 
 import dnr.training.step as step_module
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir, load_checkpoint
+from dnr.checkpoints import load_checkpoint
 from dnr.config import load_config
+from dnr.rundir import RunDir
 from dnr.training import train
 from dnr.training.guards import NonFiniteLossError
 

@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir, load_checkpoint
+from dnr.checkpoints import load_checkpoint
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
 from dnr.registry import SPARSITY_METHODS
+from dnr.rundir import RunDir
 from dnr.sparsity import (
     Progress,
     SparsityMethod,

@@ -16,8 +16,8 @@ from experiments.report import write_report
 from experiments.runner import PARTS, Study, claim
 from experiments.study import main
 
-from dnr.artifacts import read_model_meta
 from dnr.config import ConfigError
+from dnr.modelfile import read_model_meta
 
 TINY = SCALES["tiny"]
 SMALL = Table(

@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 import dnr.sparsity.dnr as dnr_module
 import dnr.training.step as step_module
 from conftest import tiny_overrides
-from dnr.artifacts import RunDir, load_checkpoint, load_model
+from dnr.checkpoints import load_checkpoint
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
+from dnr.modelfile import load_model
+from dnr.rundir import RunDir
 from dnr.sparsity import build_sparsity
 from dnr.training import (
     RunExistsError,
@@ -351,7 +353,7 @@ def test_resume_names_the_keys_that_differ(tmp_path) -> None:
     train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     del state["config"]["sparsity"]["redistribution"]  # as saved by an older version
-    from dnr.artifacts import save_checkpoint
+    from dnr.checkpoints import save_checkpoint
 
     save_checkpoint(RunDir(tmp_path / "run").last_checkpoint, state)
     other = load_config(None, tiny_overrides(train__epochs=2))

@@ -303,7 +303,8 @@ def test_a_collapse_of_validation_pgd_stops_single_step_training(tmp_path, monke
     under half the best stops after that epoch, keeps the best, and stays stopped on resume;
     the same figures never stop PGD training."""
     import dnr.training.loop as loop_module
-    from dnr.artifacts import RunDir, load_checkpoint
+    from dnr.checkpoints import load_checkpoint
+    from dnr.rundir import RunDir
 
     figures = iter([0.30, 0.32, 0.10, 0.31, 0.31])  # epoch 3 collapses (0.10 < 0.32 / 2)
 

@@ -25,7 +25,7 @@ _LAZY = {
     "Config": "dnr.config",
     "load_config": "dnr.config",
     "create_model": "dnr.models",
-    "load_model": "dnr.artifacts",
+    "load_model": "dnr.modelfile",
     "train": "dnr.training",
     "evaluate_model": "dnr.robustness",
 }

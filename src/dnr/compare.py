@@ -28,12 +28,13 @@ from typing import Any, Literal
 
 import yaml
 
-from dnr.artifacts import ArtifactError, RunDir, read_model_meta
 from dnr.config import Config, ConfigError, as_current, load_config, parse_override
 from dnr.distributed import Distributed
 from dnr.fileio import atomic_write, atomic_write_json, atomic_write_text, read_jsonl
 from dnr.markdown import markdown_table
+from dnr.modelfile import read_model_meta
 from dnr.registry import SPARSITY_METHODS, UnknownNameError
+from dnr.rundir import ArtifactError, RunDir
 from dnr.runner import run_train
 from dnr.stats import mean_sd, paired_by_key
 from dnr.training.writer import config_difference

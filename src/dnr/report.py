@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnr.artifacts import ArtifactError, RunDir, load_model, read_model_meta
 from dnr.costs import Costs, measure_latency, model_costs
 from dnr.fileio import atomic_write, atomic_write_text, read_jsonl
 from dnr.markdown import markdown_table
+from dnr.modelfile import load_model, read_model_meta
+from dnr.rundir import ArtifactError, RunDir
 
 #: Batch sizes timed by the cost section, and the timed passes (median) for each.
 LATENCY_REPEATS: dict[int, int] = {1: 20, 64: 5}

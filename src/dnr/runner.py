@@ -14,13 +14,6 @@ from typing import Any
 
 from torch import nn
 
-from dnr.artifacts import (
-    RunDir,
-    load_model,
-    load_plain_weights,
-    read_model_meta,
-    write_eval,
-)
 from dnr.config import (
     Config,
     ConfigError,
@@ -34,8 +27,10 @@ from dnr.data import DataError, DatasetSplits, load_dataset
 from dnr.devices import resolve_device
 from dnr.distributed import Distributed
 from dnr.fileio import atomic_write_json
+from dnr.modelfile import load_model, load_plain_weights, read_model_meta
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
+from dnr.rundir import RunDir, write_eval
 from dnr.training import TrainResult, train
 
 

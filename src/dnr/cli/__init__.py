@@ -20,8 +20,8 @@ __all__ = ["build_parser", "main"]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # imported after parsing: these import torch, which `dnr --help` does not need
-    from dnr.artifacts import ArtifactError
     from dnr.data import DataError
+    from dnr.rundir import ArtifactError
 
     try:
         return COMMANDS[args.command](args)

@@ -17,7 +17,7 @@ def _log_for(quiet: bool):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dnr.artifacts import RunDir
+    from dnr.rundir import RunDir
     from dnr.runner import run_train
     from dnr.training.guards import TrainingStopped
 

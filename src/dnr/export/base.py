@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from dnr.artifacts import ArtifactError, RunDir, read_model_meta
+from dnr.modelfile import read_model_meta
 from dnr.registry import EXPORT_FORMATS
+from dnr.rundir import ArtifactError, RunDir
 
 __all__ = [
     "ExportError",

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from dnr.artifacts import ArtifactError, model_from_architecture
+from dnr.modelfile import model_from_architecture
 from dnr.models.channels import channel_groups
+from dnr.rundir import ArtifactError
 from dnr.statedict import canonical_name
 
 __all__ = ["compact_model"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dnr.artifacts import load_model, save_model
 from dnr.export.base import (
     ExportError,
     ExportFormat,
@@ -20,6 +19,7 @@ from dnr.export.base import (
     register_format,
 )
 from dnr.export.compact import compact_model
+from dnr.modelfile import load_model, save_model
 
 NOT_CHANNEL_MODE = (
     "compact export needs a channel-mode run (sparsity.granularity=channel); use --format sparse"

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnr.artifacts import load_model
 from dnr.export.base import (
     ExportError,
     ExportFormat,
@@ -38,6 +37,7 @@ from dnr.export.base import (
 )
 from dnr.export.compact import compact_model
 from dnr.fileio import atomic_write
+from dnr.modelfile import load_model
 
 INSTALL_HINT = "pip install 'torch-dnr[export]'"
 #: Largest |ONNX Runtime - PyTorch| logit difference accepted, relative to max(1, |logits|).

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from dnr.artifacts import RunDir, load_model, save_model
 from dnr.export.base import ExportFormat, export_meta, register_format
+from dnr.modelfile import load_model, save_model
+from dnr.rundir import RunDir
 from dnr.sparsity.layers import prunable_parameters
 from dnr.storage import INT16_MAX_ROW
 

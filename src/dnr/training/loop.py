@@ -100,7 +100,7 @@ def train(
     log: Callable[[str], None] = print,
     data: DatasetSplits | None = None,
 ) -> TrainResult:
-    """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.artifacts``."""
+    """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.rundir``."""
     validate(cfg)  # a Config built in Python has not been through load_config's checks
     dist, device = Distributed.setup(cfg.train.device, cfg.train.dist_backend)
     try:

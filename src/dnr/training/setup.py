@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, read_model_meta, read_model_state
+from dnr.checkpoints import load_checkpoint
 from dnr.config import Config, ConfigError
 from dnr.data import DatasetSplits
+from dnr.modelfile import read_model_meta, read_model_state
 from dnr.models import create_model, init_weights
+from dnr.rundir import ArtifactError, RunDir
 from dnr.sparsity import SparsityMethod
 
 __all__ = [

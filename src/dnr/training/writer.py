@@ -2,7 +2,7 @@
 
 Reads happen on every process; writes only where ``enabled`` (rank 0 under torchrun), so
 the loop never asks which process it is. Every write is atomic (``dnr.fileio``), and every
-checkpoint is checksummed (``dnr.artifacts``). ``save_last`` keeps the state before it as
+checkpoint is checksummed (``dnr.checkpoints``). ``save_last`` keeps the state before it as
 ``checkpoints/previous.pt``: a resume whose ``last.pt`` is damaged continues from that one,
 with a warning.
 """
@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnr.artifacts import ArtifactError, RunDir, load_checkpoint, save_checkpoint, save_model
+from dnr.checkpoints import load_checkpoint, save_checkpoint
 from dnr.config import Config, ConfigError, as_current, save_config
 from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl, temp_files
+from dnr.modelfile import save_model
+from dnr.rundir import ArtifactError, RunDir
 
 __all__ = ["CHECKPOINT_VERSION", "RunExistsError", "RunWriter"]
 

@@ -1,36 +1,16 @@
-"""The run directory and everything written into it.
+"""Model files: ``model.safetensors`` (weights, no pickle) + ``model.json`` (how to rebuild).
 
-Layout (one directory per run, nothing written elsewhere)::
-
-    RUN_DIR/config.yaml            resolved configuration
-    RUN_DIR/metrics.jsonl          one JSON line per epoch
-    RUN_DIR/checkpoints/last.pt    resume state (model, optimizer, masks, epoch, RNG)
-    RUN_DIR/checkpoints/previous.pt  the resume state before it (the fallback if last.pt
-                                   is damaged)
-    RUN_DIR/checkpoints/best.pt    best epoch by validation PGD accuracy
-    RUN_DIR/model.safetensors      the final model's weights (no pickle)
-    RUN_DIR/model.json             how to rebuild it: architecture, classes, width, ...
-                                   (+ a ``storage`` section when the weights are stored
-                                   as sparse rows: ``dnr export --format sparse``)
-    RUN_DIR/eval.json, eval.md     evaluation results with exact attack settings
-    RUN_DIR/layer_density.png      per-layer density over epochs (sparse runs)
-
-Checkpoints hold tensors and plain Python values only, so they load with
-``torch.load(weights_only=True)``; every write is atomic (temp file + rename). Each file
-carries a SHA-256 of its content, verified before it is deserialized: a checkpoint in the
-zip comment of the archive ``torch.save`` writes (so plain ``torch.load`` still reads it), a
-``model.safetensors`` in its header metadata. A damaged file is a one-line
-:class:`ArtifactError` naming it; files written before checksums (or elsewhere) load
-unverified.
+``model.json`` holds the architecture and the run's metadata, plus a ``storage`` section
+when the weights are stored as sparse rows (``dnr export --format sparse``). The weights
+file carries a SHA-256 of its tensors in its header metadata, checked on read; a damaged
+file is a one-line :class:`~dnr.rundir.ArtifactError` naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,221 +19,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from dnr.checkpoints import load_checkpoint
 from dnr.fileio import atomic_write, atomic_write_json
 from dnr.models import create_model
+from dnr.rundir import ArtifactError, RunDir
 from dnr.statedict import canonical_name
 from dnr.storage import StorageError, decode_state, encode_state
 
 MODEL_FORMAT_VERSION = 1
 
-
-class ArtifactError(ValueError):
-    """A missing or malformed artifact (shown to the user without a traceback)."""
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """Names of every artifact in a run directory."""
-
-    path: Path
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def previous_checkpoint(self) -> Path:
-        return self.checkpoints / "previous.pt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def model_weights(self) -> Path:
-        return self.path / "model.safetensors"
-
-    @property
-    def model_meta(self) -> Path:
-        return self.path / "model.json"
-
-    @property
-    def eval_json(self) -> Path:
-        return self.path / "eval.json"
-
-    @property
-    def eval_md(self) -> Path:
-        return self.path / "eval.md"
-
-    @property
-    def layer_density_plot(self) -> Path:
-        return self.path / "layer_density.png"
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / "report.md"
-
-    def artifacts(self) -> list[Path]:
-        """Every file a run writes, the results first and the run's markers (checkpoints,
-        weights) last: what ``dnr train --overwrite`` may delete, and nothing else."""
-        return [
-            self.report_md,
-            self.layer_density_plot,
-            self.eval_md,
-            self.eval_json,
-            self.metrics,
-            self.config,
-            self.model_meta,
-            self.best_checkpoint,
-            self.previous_checkpoint,
-            self.last_checkpoint,
-            self.model_weights,
-        ]
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-#: A checkpoint's checksum: the comment of the zip archive torch.save writes, so the file
-#: stays a valid archive for any zip reader and for plain ``torch.load``.
-_SEAL_PREFIX = b"dnr-sha256:"
-_SEAL_LEN = len(_SEAL_PREFIX) + 64
-_EOCD = b"PK\x05\x06"  # end-of-central-directory record: 22 bytes + the comment
-_EOCD_SIZE = 22
-_CHUNK = 1 << 22
-
-
-def _sha256_prefix(handle: Any, size: int) -> str:
-    """SHA-256 of the first ``size`` bytes of an open binary file."""
-    digest = hashlib.sha256()
-    handle.seek(0)
-    left = size
-    while left > 0:
-        block = handle.read(min(_CHUNK, left))
-        if not block:
-            break
-        digest.update(block)
-        left -= len(block)
-    return digest.hexdigest()
-
-
-def _seal(path: Path) -> None:
-    """Append the checksum of everything before the comment-length field as the comment."""
-    size = path.stat().st_size
-    with open(path, "rb+") as handle:
-        handle.seek(size - _EOCD_SIZE)
-        tail = handle.read(_EOCD_SIZE)
-        if size < _EOCD_SIZE or tail[:4] != _EOCD or tail[-2:] != b"\0\0":
-            raise ArtifactError(f"{path}: torch.save did not write a zip archive; cannot seal")
-        digest = _sha256_prefix(handle, size - 2)
-        handle.seek(size - 2)
-        handle.write(struct.pack("<H", _SEAL_LEN) + _SEAL_PREFIX + digest.encode())
-
-
-def verify_checkpoint(path: str | Path) -> bool:
-    """True if ``path`` carries a checksum and it matches; False if it carries none (written
-    before checksums, or by another program); :class:`ArtifactError` if it does not match
-    or the end of the archive is cut or extended."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            tail_len = min(size, _EOCD_SIZE + _SEAL_LEN + 64)
-            handle.seek(size - tail_len)
-            tail = handle.read(tail_len)
-            at = tail.rfind(_EOCD)
-            if at < 0 or at + _EOCD_SIZE > len(tail):
-                return False  # not a zip archive's end: torch.load decides what it is
-            (declared,) = struct.unpack("<H", tail[at + _EOCD_SIZE - 2 : at + _EOCD_SIZE])
-            comment = tail[at + _EOCD_SIZE :]
-            sealed = _SEAL_PREFIX[:4] in comment or declared == _SEAL_LEN
-            if declared != len(comment) and sealed:
-                raise ArtifactError(
-                    f"{path}: the checkpoint's end is cut off or damaged (truncated file?)"
-                )
-            if declared != _SEAL_LEN or not comment.startswith(_SEAL_PREFIX):
-                return False
-            expected = comment[len(_SEAL_PREFIX) :].decode("ascii", "replace")
-            actual = _sha256_prefix(handle, size - _SEAL_LEN - 2)
-    except OSError as err:
-        raise ArtifactError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
-    if actual != expected:
-        raise ArtifactError(
-            f"{path}: checksum mismatch, the checkpoint is damaged (expected sha256 "
-            f"{expected[:12]}..., file has {actual[:12]}...)"
-        )
-    return True
-
-
-def save_checkpoint(
-    path: str | Path, state: dict[str, Any], *, previous: str | Path | None = None
-) -> None:
-    """torch.save + checksum to a temp file, then rename: an interrupted write never
-    corrupts ``path``. With ``previous``, the file ``path`` held is kept there (rotated)."""
-
-    def write(tmp: Path) -> None:
-        torch.save(state, tmp)
-        _seal(tmp)
-
-    atomic_write(path, write, keep_previous=previous)
-
-
-def _load_error(path: Path, err: BaseException) -> ArtifactError:
-    """One line for a file torch.load refused: what it means, not torch's advice."""
-    text = str(err)
-    if type(err).__name__ == "UnpicklingError":  # weights_only refused a global
-        detail = next(
-            (
-                line.strip()
-                for line in text.splitlines()
-                if "GLOBAL" in line or "Unsupported" in line
-            ),
-            "",
-        )
-        return ArtifactError(
-            f"{path}: refused to load: it would rebuild Python objects other than tensors and "
-            f"plain values, as crafted or foreign files do; nothing in it was run"
-            + (f" ({detail.rstrip('.')})" if detail else "")
-        )
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    if isinstance(err, EOFError) or not first:
-        first = type(err).__name__ + (f": {first}" if first else " (empty or cut-off file)")
-    first = first.split(". ")[0]
-    return ArtifactError(
-        f"{path}: cannot load checkpoint (truncated, damaged or not a torch-dnr checkpoint): "
-        f"{first[:200]}"
-    )
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Verify the checksum, then load without unpickling arbitrary objects
-    (``weights_only=True``: only tensors and plain Python values can come back)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"checkpoint not found: {path}")
-    verify_checkpoint(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which and why
-        raise _load_error(path, err) from None
-    if not isinstance(state, dict):
-        raise ArtifactError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
-    return state
-
-
-# --------------------------------------------------------------------------- final model
 
 #: The header metadata key of a ``model.safetensors`` that holds :func:`tensors_sha256`.
 WEIGHTS_CHECKSUM_KEY = "dnr_sha256"
@@ -272,6 +46,7 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def _one_line(err: BaseException) -> str:
+    """The error's type and first line: a library's multi-line message fits one CLI line."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
@@ -329,6 +104,7 @@ def save_model(
 
 
 def _resolve_model_paths(path: str | Path) -> tuple[Path, Path]:
+    """(model.json, model.safetensors) for a run directory or either file of the pair."""
     path = Path(path)
     if path.is_dir():
         run = RunDir(path)
@@ -414,6 +190,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load non-strictly, then refuse any mismatch with one line naming ``source``."""
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ArtifactError(
@@ -463,9 +240,3 @@ def load_plain_weights(
         state.setdefault(key, expected[key])
     _load_state(model, state, weights)
     return model.to(map_location).eval()
-
-
-def write_eval(run_dir: str | Path, document: dict[str, Any], markdown: str) -> None:
-    run = RunDir(Path(run_dir))
-    atomic_write_json(run.eval_json, document)
-    atomic_write(run.eval_md, lambda tmp: tmp.write_text(markdown))
