@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_overrides
 from dnr.cli import main
 from dnr.compare import (
-    _document,
+    comparison_document,
     comparison_table,
     parse_seeds,
     run_compare,
@@ -488,7 +488,7 @@ def test_one_seed_with_a_noise_floor_says_no_interval_can_be_given() -> None:
     assert all(e["n"] == 1 and e["lo"] is None for e in stats["differences"])
     assert all(e["verdict"] == "no difference shown" for e in stats["differences"])
     assert stats["noise_floor"][0]["mean"] == pytest.approx(-0.03)
-    markdown = _document(rows, "TABLE", stats, [0])
+    markdown = comparison_document(rows, "TABLE", stats, [0])
     assert markdown.startswith("# Comparison: static, dnr (seed 0)")
     assert "| static − dnr | clean | 1 | -5.00 | none (n = 1) | no difference shown | - |" in (
         markdown
