@@ -1,4 +1,4 @@
-"""ℓ∞ adversarial attacks (FGSM, PGD) in [0,1] pixel space.
+"""ℓ∞ adversarial attacks (FGSM, FGSM-RS, PGD) in [0,1] pixel space.
 
 The attacks are used inside training (crafting x̂ for the hybrid loss) and in evaluation,
 so they must leave the model exactly as they found it:
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,7 @@ def _input_grad(model: nn.Module, x_adv: Tensor, y: Tensor, loss: LossName) -> T
 
 
 def _check_eps(eps: float) -> float:
+    """``eps`` as a float, refusing a negative (or NaN) radius before any work is done."""
     eps = float(eps)
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -112,6 +113,71 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, loss: LossName =
     return x_adv.detach().to(x.dtype)
 
 
+def start_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """The uniform [0, 1) draws of one PGD random start, on the generator's device.
+
+    Drawn on the generator's device (CPU by default) so results don't depend on the
+    accelerator. Distributed training draws them for the global batch and hands each rank
+    its slice (``pgd(noise=)``), so the ranks attack exactly as one process would.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+# ------------------------------------------------------------ projected sign steps (PGD, FGSM-RS)
+
+
+def _check_noise(x: Tensor, noise: Tensor | None, restarts: int) -> None:
+    """Given draws stand for one restart's start and must cover ``x`` exactly."""
+    if noise is not None and (restarts > 1 or noise.shape != x.shape):
+        raise ValueError("noise: one restart's draws, shaped like x")
+
+
+@contextlib.contextmanager
+def _attacking(model: nn.Module, x: Tensor, amp: bool) -> Iterator[None]:
+    """What every projected attack runs under: :func:`attack_mode`, input gradients on (even
+    inside ``torch.no_grad()``), and bf16 autocast only when ``amp`` asks for it."""
+    with (
+        attack_mode(model),
+        torch.enable_grad(),
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp),
+    ):
+        yield
+
+
+def _box(x0: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The ε-ball around ``x0`` intersected with [0,1], as per-pixel bounds."""
+    lo = (x0 - eps).clamp_(min=0.0)
+    hi = (x0 + eps).clamp_(max=1.0)
+    return lo, hi
+
+
+def _random_start(
+    x0: Tensor,
+    bounds: tuple[Tensor, Tensor],
+    eps: float,
+    generator: torch.Generator | None,
+    noise: Tensor | None,
+) -> Tensor:
+    """A uniform point of the ε-ball around ``x0`` (fresh draws, or ``noise``), in the box."""
+    draws = start_noise(x0.shape, generator) if noise is None else noise
+    x_adv = x0 + (2 * draws - 1).to(device=x0.device, dtype=x0.dtype) * eps
+    return torch.clamp(x_adv, *bounds)
+
+
+def _signed_step(
+    model: nn.Module,
+    x_adv: Tensor,
+    y: Tensor,
+    loss: LossName,
+    step_size: float,
+    bounds: tuple[Tensor, Tensor],
+) -> Tensor:
+    """One ascent step along the sign of the input gradient, projected back into the box."""
+    grad = _input_grad(model, x_adv, y, loss)
+    return torch.clamp(x_adv + step_size * grad.sign(), *bounds)
+
+
 def fgsm_rs(
     model: nn.Module,
     x: Tensor,
@@ -127,32 +193,50 @@ def fgsm_rs(
 
     A uniform start in the ε-ball, one signed step of ``step_size`` (default 1.25·ε, the
     paper's α), projected back to the ε-ball and [0, 1]: one forward and one input-gradient
-    pass, for training. It is PGD with one step, so it shares :func:`pgd`'s guarantees.
+    pass, for training. It is :func:`pgd` with one step and one restart (same draws, same
+    arithmetic), so it shares :func:`pgd`'s guarantees.
     """
-    step = 1.25 * eps if step_size is None else step_size
-    return pgd(
-        model,
-        x,
-        y,
-        eps=eps,
-        step_size=step,
-        steps=1,
-        random_start=True,
-        generator=generator,
-        noise=noise,
-        amp=amp,
+    step_size = float(1.25 * eps if step_size is None else step_size)
+    eps = _check_eps(eps)
+    _check_noise(x, noise, restarts=1)
+    if eps == 0:
+        return x.detach().clone()
+    dtype = _work_dtype(x)
+    with _attacking(model, x, amp):
+        x0 = x.detach().to(dtype)
+        bounds = _box(x0, eps)
+        x_adv = _random_start(x0, bounds, eps, generator, noise)
+        x_adv = _signed_step(model, x_adv, y, "ce", step_size, bounds)
+    return x_adv.detach().to(x.dtype)
+
+
+class _Candidate(NamedTuple):
+    """One restart's adversarial examples with, per example, success and final loss."""
+
+    x: Tensor
+    success: Tensor
+    loss: Tensor
+
+
+def _judge(model: nn.Module, x_adv: Tensor, y: Tensor, loss: LossName) -> _Candidate:
+    """Score a finished restart (no gradients): did it misclassify, and at what loss."""
+    with torch.no_grad():
+        logits = model(x_adv)
+        success = logits.argmax(dim=1) != y
+        final_loss = attack_loss(logits, y, loss)
+    return _Candidate(x_adv, success, final_loss)
+
+
+def _keep_better(best: _Candidate | None, new: _Candidate) -> _Candidate:
+    """Per example: keep a success; otherwise take a success or a higher loss."""
+    if best is None:
+        return new
+    take = ~best.success & (new.success | (new.loss > best.loss))
+    return _Candidate(
+        x=torch.where(take[:, None, None, None], new.x, best.x),
+        loss=torch.where(take, new.loss, best.loss),
+        success=best.success | new.success,
     )
-
-
-def start_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    """The uniform [0, 1) draws of one PGD random start, on the generator's device.
-
-    Drawn on the generator's device (CPU by default) so results don't depend on the
-    accelerator. Distributed training draws them for the global batch and hands each rank
-    its slice (``pgd(noise=)``), so the ranks attack exactly as one process would.
-    """
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
 
 
 def pgd(
@@ -188,49 +272,23 @@ def pgd(
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if loss not in ("ce", "cw"):
         raise ValueError(f"loss must be 'ce' or 'cw', got {loss!r}")
-    if noise is not None and (restarts > 1 or noise.shape != x.shape):
-        raise ValueError("noise: one restart's draws, shaped like x")
+    _check_noise(x, noise, restarts)
     if eps == 0 or (steps == 0 and not random_start):
         return x.detach().clone()
 
     dtype = _work_dtype(x)
-    with (
-        attack_mode(model),
-        torch.enable_grad(),
-        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp),
-    ):
+    with _attacking(model, x, amp):
         x0 = x.detach().to(dtype)
-        lo = (x0 - eps).clamp_(min=0.0)  # the ε-ball intersected with [0,1]
-        hi = (x0 + eps).clamp_(max=1.0)
-
-        best: Tensor | None = None
-        best_success = best_loss = None
+        bounds = _box(x0, eps)
+        best: _Candidate | None = None
         for _ in range(restarts):
-            x_adv = x0.clone()
-            if random_start:
-                draws = start_noise(x.shape, generator) if noise is None else noise
-                x_adv = x_adv + (2 * draws - 1).to(device=x.device, dtype=dtype) * eps
-                x_adv = torch.clamp(x_adv, lo, hi)
+            x_adv = _random_start(x0, bounds, eps, generator, noise) if random_start else x0.clone()
             for _ in range(steps):
-                grad = _input_grad(model, x_adv, y, loss)
-                x_adv = torch.clamp(x_adv + step_size * grad.sign(), lo, hi)
+                x_adv = _signed_step(model, x_adv, y, loss, step_size, bounds)
             if restarts == 1:
-                best = x_adv
+                break  # a single restart needs no judging: it is the result
+            best = _keep_better(best, _judge(model, x_adv, y, loss))
+            if bool(best.success.all()):  # one sync per restart: nothing left to attack
                 break
-
-            with torch.no_grad():
-                logits = model(x_adv)
-                success = logits.argmax(dim=1) != y
-                final_loss = attack_loss(logits, y, loss)
-            if best is None or best_success is None or best_loss is None:
-                best, best_success, best_loss = x_adv, success, final_loss
-            else:
-                # Keep a success; otherwise take a success or a higher loss.
-                take = ~best_success & (success | (final_loss > best_loss))
-                best = torch.where(take[:, None, None, None], x_adv, best)
-                best_loss = torch.where(take, final_loss, best_loss)
-                best_success = best_success | success
-            if bool(best_success.all()):  # one sync per restart: nothing left to attack
-                break
-    assert best is not None
-    return best.detach().to(x.dtype)
+    result = x_adv if best is None else best.x
+    return result.detach().to(x.dtype)
