@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dnr.attacks import start_noise
-from dnr.config import Config, ConfigError, validate
+from dnr.config import Config, ConfigError, normalize_names, validate
 from dnr.data import BatchLoader, DatasetSplits, load_dataset
 from dnr.devices import cpu_fallback_warning, describe_device
 from dnr.distributed import Distributed, tensor_checksum
@@ -101,7 +101,9 @@ def train(
     data: DatasetSplits | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.rundir``."""
-    validate(cfg)  # a Config built in Python has not been through load_config's checks
+    # a Config built in Python has not been through load_config's normalisation and checks
+    normalize_names(cfg)
+    validate(cfg)
     dist, device = Distributed.setup(cfg.train.device, cfg.train.dist_backend)
     try:
         return _train(cfg, out_dir, dist, device, resume, progress, log, data)
