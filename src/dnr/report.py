@@ -71,16 +71,41 @@ def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = F
     kernel would touch; a channel-mode run adds its compact model (the pruned channels
     removed), the one form of sparsity that dense kernels turn into time.
     """
-    from dnr.export.base import kept_channels
-    from dnr.export.compact import compact_model
-
     try:
         model = load_model(run_dir)
     except ArtifactError as err:
         return f"Not computed: {err}."
     size = int(meta["architecture"].get("input_size", 32))
+    rows = _cost_rows(model, meta, size)
+    timed: dict[str, dict[int, float]] = {}
+    if latency:
+        for label, _, timed_model in rows:
+            if timed_model is not None:
+                timed[label] = _latencies(timed_model, size)
+    dense = rows[0][1]
+    lines = [
+        _cost_table(rows, timed, latency),
+        f"Weights: Conv2d/Linear weights (the prunable tensors); with biases, BatchNorm and "
+        f"the rest, {dense.total_params:,} parameters in all. MACs: multiply-accumulates of "
+        f"the Conv2d/Linear layers for one {size}x{size} image; the nonzero row counts only "
+        "nonzero weights, the work of a sparse kernel.",
+        _latency_note(latency),
+    ]
+    return "\n\n".join(lines)
+
+
+#: One row of the cost table: its label, its costs, and the model to time (None: not timed,
+#: as the nonzero row runs on the dense kernels of the dense row).
+CostRow = tuple[str, Costs, nn.Module | None]
+
+
+def _cost_rows(model: nn.Module, meta: dict[str, Any], size: int) -> list[CostRow]:
+    """Dense, nonzero-only and (channel mode) compact costs, dense first."""
+    from dnr.export.base import kept_channels
+    from dnr.export.compact import compact_model
+
     dense = model_costs(model, size)
-    rows: list[tuple[str, Costs, nn.Module | None]] = [
+    rows: list[CostRow] = [
         ("dense architecture", dense, model),
         ("nonzero weights", model_costs(model, size, nonzero_only=True), None),
     ]
@@ -88,11 +113,12 @@ def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = F
     if kept is not None:
         compact = compact_model(model, kept).eval()
         rows.append(("compact (pruned channels removed)", model_costs(compact, size), compact))
-    timed: dict[str, dict[int, float]] = {}
-    if latency:
-        for label, _, timed_model in rows:
-            if timed_model is not None:
-                timed[label] = _latencies(timed_model, size)
+    return rows
+
+
+def _cost_table(rows: list[CostRow], timed: dict[str, dict[int, float]], latency: bool) -> str:
+    """The cost table; with ``latency`` the timings and speed-ups against the dense row."""
+    dense = rows[0][1]
     batches = list(LATENCY_REPEATS)
     header = ["model", "weights", "MACs / image", "MACs vs dense"]
     if latency:
@@ -110,24 +136,21 @@ def cost_section(run_dir: str | Path, meta: dict[str, Any], *, latency: bool = F
             else:
                 row += ["as dense"] * len(batches) + ["1.0x (dense kernels)"]
         table.append(row)
-    lines = [
-        markdown_table(header, table),
-        f"Weights: Conv2d/Linear weights (the prunable tensors); with biases, BatchNorm and "
-        f"the rest, {dense.total_params:,} parameters in all. MACs: multiply-accumulates of "
-        f"the Conv2d/Linear layers for one {size}x{size} image; the nonzero row counts only "
-        "nonzero weights, the work of a sparse kernel.",
-    ]
-    if latency:
-        lines.append(
-            "Latency: median of "
-            + ", ".join(f"{LATENCY_REPEATS[b]} (b={b})" for b in batches)
-            + f" CPU forward passes (eval, inference_mode, torch {torch.__version__}, "
-            f"threads: {torch.get_num_threads()}). Irregular zeros do not speed up dense "
-            "kernels: the masked model runs at the dense latency whatever its MAC count."
-        )
-    else:
-        lines.append("Latency: not measured (`dnr report` measures it unless `--no-latency`).")
-    return "\n\n".join(lines)
+    return markdown_table(header, table)
+
+
+def _latency_note(latency: bool) -> str:
+    """How the latencies were measured, and why masked zeros do not make a model faster."""
+    if not latency:
+        return "Latency: not measured (`dnr report` measures it unless `--no-latency`)."
+    batches = list(LATENCY_REPEATS)
+    return (
+        "Latency: median of "
+        + ", ".join(f"{LATENCY_REPEATS[b]} (b={b})" for b in batches)
+        + f" CPU forward passes (eval, inference_mode, torch {torch.__version__}, "
+        f"threads: {torch.get_num_threads()}). Irregular zeros do not speed up dense "
+        "kernels: the masked model runs at the dense latency whatever its MAC count."
+    )
 
 
 def summarize_run(run_dir: str | Path, *, latency: bool = False) -> str:
