@@ -4,7 +4,8 @@
 :data:`dnr.registry.PROTOCOLS` (see :func:`list_protocols`) and returns an
 :class:`EvalReport` whose every number sits next to the exact settings that produced it.
 
-Modules: ``protocols`` (attack specs, the registered protocols), ``engine`` (batched fp32
+Modules: ``protocols`` (attack specs, the registered protocols), ``context`` (the
+:class:`EvalContext` every attack and check reads), ``engine`` (batched fp32
 attack loops, subsets), ``autoattack`` (the reference AutoAttack adapter), ``sanity``
 (gradient-masking checks), ``results`` (reports), ``evaluate`` (the entry points).
 """

@@ -18,15 +18,18 @@ silently: the parsed counts must add up to the examples AutoAttack broke, otherw
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from dnr.robustness.context import EvalContext
 from dnr.robustness.engine import EvaluationError, batches, progress_bar, to_float
 from dnr.robustness.protocols import AttackSpec
 from dnr.robustness.results import AttackResult, mean
@@ -60,6 +63,7 @@ def import_autoattack() -> Any:
 
 
 def package_version(name: str) -> str | None:
+    """The installed version of ``name`` (recorded in reports), or None when absent."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -95,39 +99,24 @@ class _AutoAttackLog(logging.Handler):
             self.bar.update(1)
 
 
-def run_autoattack(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    spec: AttackSpec,
-    *,
-    clean: Tensor,
-    norm: str,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    num_classes: int,
-    progress: bool,
-) -> AttackResult:
-    """Standard AutoAttack through the reference ``run_standard_evaluation``."""
-    AutoAttack = import_autoattack()
-    started = time.perf_counter()
-    x_float = to_float(x.cpu())
-    y_cpu = y.cpu()
-    adversary = AutoAttack(
-        model, norm=norm, eps=spec.eps, version=AUTOATTACK_VERSION, device=device, seed=seed
-    )
-    attacks = list(adversary.attacks_to_run)
+def _fork_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose RNG ``fork_rng`` must save too (the reference reseeds it)."""
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _settings(ctx: EvalContext, spec: AttackSpec, adversary: Any) -> dict[str, Any]:
+    """The recorded settings; fits the targeted attacks to a model with < 10 classes."""
     settings: dict[str, Any] = {
         "attack": "autoattack",
         "implementation": f"pyautoattack {package_version('pyautoattack')}",
         "version": AUTOATTACK_VERSION,
-        "attacks": attacks,
-        "norm": norm,
+        "attacks": list(adversary.attacks_to_run),
+        "norm": ctx.norm,
         "eps": spec.eps,
-        "seed": seed,
-        "batch_size": batch_size,
+        "seed": ctx.seed,
+        "batch_size": ctx.batch_size,
     }
+    num_classes = ctx.num_classes
     if num_classes < 10:  # the standard 9 target classes need 10 classes
         if num_classes < 4:
             raise EvaluationError(
@@ -137,24 +126,49 @@ def run_autoattack(
         adversary.apgd_targeted.n_target_classes = num_classes - 1
         adversary.fab.n_target_classes = num_classes - 1
         settings["n_target_classes"] = num_classes - 1
+    return settings
 
+
+@contextlib.contextmanager
+def _reference_log(attacks: int, progress: bool) -> Iterator[_AutoAttackLog]:
+    """The reference logger routed only to a collecting handler (which also moves the bar)
+    while the body runs; its level, propagation and handlers restored afterwards."""
     logger = logging.getLogger("auto-attack")
     saved = (logger.level, logger.propagate)
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with progress_bar(len(attacks), "autoattack", progress) as bar:
+    with progress_bar(attacks, "autoattack", progress) as bar:
         handler = _AutoAttackLog(bar)
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
         try:
-            with torch.random.fork_rng(devices=fork_devices):
-                _x_adv, y_adv = adversary.run_standard_evaluation(
-                    x_float, y_cpu, batch_size=batch_size
-                )
+            yield handler
         finally:
             logger.removeHandler(handler)
             logger.setLevel(saved[0])
             logger.propagate = saved[1]
+
+
+def run_autoattack(ctx: EvalContext, spec: AttackSpec, clean: Tensor) -> AttackResult:
+    """Standard AutoAttack through the reference ``run_standard_evaluation``."""
+    AutoAttack = import_autoattack()
+    started = time.perf_counter()
+    x_float = to_float(ctx.x.cpu())
+    y_cpu = ctx.y.cpu()
+    adversary = AutoAttack(
+        ctx.model,
+        norm=ctx.norm,
+        eps=spec.eps,
+        version=AUTOATTACK_VERSION,
+        device=ctx.device,
+        seed=ctx.seed,
+    )
+    settings = _settings(ctx, spec, adversary)
+    attacks = settings["attacks"]
+    with (
+        _reference_log(len(attacks), ctx.progress) as handler,
+        torch.random.fork_rng(devices=_fork_devices(ctx.device)),
+    ):
+        _x_adv, y_adv = adversary.run_standard_evaluation(x_float, y_cpu, batch_size=ctx.batch_size)
     for message in handler.warnings:
         log.warning("AutoAttack: %s", message)
     robust = y_adv.cpu() == y_cpu  # y_adv: clean prediction where never broken
@@ -169,19 +183,7 @@ def run_autoattack(
     )
 
 
-def square_broken(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    targets: Tensor,
-    *,
-    eps: float,
-    norm: str,
-    queries: int,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-) -> int | None:
+def square_broken(ctx: EvalContext, targets: Tensor, *, eps: float, queries: int) -> int | None:
     """How many ``targets`` examples a ``queries``-query Square attack breaks (None when
     pyautoattack is not installed)."""
     try:
@@ -190,23 +192,22 @@ def square_broken(
         return None
     idx = targets.nonzero().flatten()
     attack = SquareAttack(
-        model,
+        ctx.model,
         p_init=0.8,
         n_queries=queries,
         eps=eps,
-        norm=norm,
+        norm=ctx.norm,
         n_restarts=1,
-        seed=seed,
+        seed=ctx.seed,
         verbose=False,
-        device=device,
+        device=ctx.device,
         resc_schedule=False,
     )
     broken = 0
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices), torch.no_grad():
-        for s in batches(len(idx), batch_size):
-            xb = to_float(x[idx[s]].to(device))
-            yb = y[idx[s]].to(device)
+    with torch.random.fork_rng(devices=_fork_devices(ctx.device)), torch.no_grad():
+        for s in batches(len(idx), ctx.batch_size):
+            xb = to_float(ctx.x[idx[s]].to(ctx.device))
+            yb = ctx.y[idx[s]].to(ctx.device)
             x_adv = attack.perturb(xb, yb)
-            broken += int((model(x_adv).argmax(1) != yb).sum())
+            broken += int((ctx.model(x_adv).argmax(1) != yb).sum())
     return broken

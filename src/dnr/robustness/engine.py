@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dnr.attacks import attack_mode, fgsm, pgd, start_noise
+from dnr.robustness.context import EvalContext
 from dnr.robustness.protocols import AttackSpec
 from dnr.robustness.results import AttackResult, mean
 from dnr.seeding import derive_seed
@@ -75,6 +76,7 @@ def to_float(x: Tensor) -> Tensor:
 
 
 def check_images(x: Tensor, y: Tensor) -> None:
+    """Refuse malformed inputs up front, before an attack would fail on them mid-run."""
     if x.dim() != 4:
         raise EvaluationError(f"images must be NCHW, got shape {tuple(x.shape)}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
@@ -87,11 +89,13 @@ def check_images(x: Tensor, y: Tensor) -> None:
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of ``batch_size`` rows covering ``n`` (the last may be short)."""
     for start in range(0, n, batch_size):
         yield slice(start, min(n, start + batch_size))
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """Where the model lives (its first parameter or buffer; CPU for a stateless model)."""
     for param in model.parameters():
         return param.device
     for buf in model.buffers():
@@ -104,7 +108,8 @@ def progress_enabled(progress: bool) -> bool:
     return bool(progress) and sys.stderr.isatty()
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar over batches (a silent one when disabled); tqdm imported only when used."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="batch")
@@ -314,38 +319,26 @@ def attack_correct(
     return correct
 
 
-def run_attack(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    spec: AttackSpec,
-    *,
-    clean: Tensor,
-    norm: str,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    progress: bool,
-) -> AttackResult:
-    """One FGSM/PGD attack on the clean-correct examples, as an :class:`AttackResult`."""
+def run_attack(ctx: EvalContext, spec: AttackSpec, clean: Tensor) -> AttackResult:
+    """One FGSM/PGD attack on the ``clean``-correct examples, as an :class:`AttackResult`."""
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(derive_seed(seed, spec.name))
+    generator = torch.Generator().manual_seed(derive_seed(ctx.seed, spec.name))
     correct = attack_correct(
-        model,
-        x,
-        y,
+        ctx.model,
+        ctx.x,
+        ctx.y,
         spec,
-        batch_size=batch_size,
-        device=device,
+        batch_size=ctx.batch_size,
+        device=ctx.device,
         generator=generator,
         attack_mask=clean,
-        progress=progress,
+        progress=ctx.progress,
     )
     correct &= clean
     return AttackResult(
         spec.name,
         mean(correct),
         correct,
-        spec_settings(spec, norm, seed, batch_size),
+        spec_settings(spec, ctx.norm, ctx.seed, ctx.batch_size),
         seconds=time.perf_counter() - started,
     )

@@ -22,11 +22,11 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from dnr.attacks import LossName, attack_loss
 from dnr.registry import PROTOCOLS
 from dnr.robustness.autoattack import square_broken
+from dnr.robustness.context import EvalContext
 from dnr.robustness.engine import batches, run_attack, to_float
 from dnr.robustness.protocols import AttackSpec
 from dnr.robustness.results import AttackResult, SanityCheck, format_eps, mean
@@ -59,15 +59,14 @@ def _pgd_spec(name: str, eps: float, loss: LossName = "ce", steps: int = GRID_ST
     return AttackSpec(name, "pgd", eps=eps, step_size=2.5 * eps / steps, steps=steps, loss=loss)
 
 
-def input_gradient_check(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device
-) -> SanityCheck:
+def input_gradient_check(ctx: EvalContext) -> SanityCheck:
     """Zero input gradients: softmax saturation (CE only) or shattered gradients (both)."""
+    model, x, y, device = ctx.model, ctx.x, ctx.y, ctx.device
     ce_nonzero = torch.zeros(len(y), dtype=torch.bool)
     cw_nonzero = torch.zeros(len(y), dtype=torch.bool)
     norms = torch.zeros(len(y))
     with torch.enable_grad():
-        for s in batches(len(y), batch_size):
+        for s in batches(len(y), ctx.batch_size):
             xb = to_float(x[s].to(device)).requires_grad_(True)
             yb = y[s].to(device)
             logits = model(xb)
@@ -111,12 +110,10 @@ def input_gradient_check(
 
 
 @torch.no_grad()
-def determinism_check(
-    model: nn.Module, x: Tensor, batch_size: int, device: torch.device
-) -> SanityCheck:
+def determinism_check(ctx: EvalContext) -> SanityCheck:
     """Two forward passes on one batch must agree; otherwise gradients are stochastic."""
-    xb = to_float(x[:batch_size].to(device))
-    a, b = model(xb), model(xb)
+    xb = to_float(ctx.x[: ctx.batch_size].to(ctx.device))
+    a, b = ctx.model(xb), ctx.model(xb)
     diff = float((a - b).abs().max()) if a.numel() else 0.0
     scale = float(a.abs().max()) if a.numel() else 0.0
     same_pred = bool((a.argmax(1) == b.argmax(1)).all())
@@ -246,21 +243,11 @@ def more_iterations_check(
     )
 
 
-def black_box_check(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    results: list[AttackResult],
-    *,
-    norm: str,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-) -> SanityCheck | None:
+def black_box_check(ctx: EvalContext, results: list[AttackResult]) -> SanityCheck | None:
     """Square must not break examples every white-box attack missed. Its count comes from
     AutoAttack's cascade when AutoAttack ran, else from a short Square run on the white-box
     survivors. None when neither is available (counts unparsed, pyautoattack missing)."""
-    slack_examples = slack(len(y))
+    slack_examples = slack(len(ctx.y))
     aa = next((r for r in results if r.name == "autoattack"), None)
     if aa is not None:
         if "broken_by" not in aa.details:
@@ -277,18 +264,7 @@ def black_box_check(
     for r in white:
         survivors &= r.correct
     eps = max(r.settings["eps"] for r in white)
-    k = square_broken(
-        model,
-        x,
-        y,
-        survivors,
-        eps=eps,
-        norm=norm,
-        queries=SQUARE_QUERIES,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-    )
+    k = square_broken(ctx, survivors, eps=eps, queries=SQUARE_QUERIES)
     if k is None:
         return None
     numbers = {
@@ -302,6 +278,7 @@ def black_box_check(
 
 
 def _black_box_verdict(broken: int, slack_examples: int, numbers: dict[str, Any]) -> SanityCheck:
+    """PASS within the slack; a WARN says what Square breaking them means."""
     if broken <= slack_examples:
         return SanityCheck(
             "black_box",
@@ -320,81 +297,57 @@ def _black_box_verdict(broken: int, slack_examples: int, numbers: dict[str, Any]
     )
 
 
-def run_sanity_checks(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    results: list[AttackResult],
-    specs: list[AttackSpec],
-    *,
-    protocol: str,
-    norm: str,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    num_classes: int,
-    progress: bool,
+def _linf_checks(
+    ctx: EvalContext, results: list[AttackResult], specs: list[AttackSpec]
 ) -> list[SanityCheck]:
-    """Every check that applies to ``protocol`` / ``norm``, given its ``results`` (clean
-    first). Runs the extra PGD/FGSM/Square attacks the checks need on the fp32 ``model``."""
-    n_slack = slack(len(y))
-    clean = results[0].correct
-    checks = [
-        input_gradient_check(model, x, y, batch_size, device),
-        determinism_check(model, x, batch_size, device),
-    ]
-    by_name = {r.name: r for r in results}
+    """The checks that run our ℓ∞ PGD/FGSM at other ε (extra attacks, clean-correct only)."""
+    n_slack = slack(len(ctx.y))
+    clean, by_name = results[0], {r.name: r for r in results}
+    checks = []
 
     def run(spec: AttackSpec) -> AttackResult:
-        return run_attack(
-            model,
-            x,
-            y,
-            spec,
-            clean=clean,
-            norm="Linf",
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-        )
+        return run_attack(ctx, spec, clean.correct)
 
-    if norm == "Linf":
-        eps = max(s.eps for s in specs if s.kind != "clean")
-        grid = [run(_pgd_spec(f"pgd10@{format_eps(e)}", e)) for e in (eps / 2, eps, 2 * eps)]
-        checks.append(eps_monotonic_check(results[0], grid, n_slack))
+    eps = max(s.eps for s in specs if s.kind != "clean")
+    grid = [run(_pgd_spec(f"pgd10@{format_eps(e)}", e)) for e in (eps / 2, eps, 2 * eps)]
+    checks.append(eps_monotonic_check(clean, grid, n_slack))
 
-        # margin loss: a random start at a huge eps can land where softmax saturates and
-        # CE gradients vanish even for a healthy model
-        big = max(LARGE_EPS, 4 * eps)
-        checks.append(
-            large_eps_check(run(_pgd_spec(f"cw10@{format_eps(big)}", big, loss="cw")), num_classes)
-        )
+    # margin loss: a random start at a huge eps can land where softmax saturates and
+    # CE gradients vanish even for a healthy model
+    big = max(LARGE_EPS, 4 * eps)
+    large = run(_pgd_spec(f"cw10@{format_eps(big)}", big, loss="cw"))
+    checks.append(large_eps_check(large, ctx.num_classes))
 
-        fgsm_result = by_name.get("fgsm") or run(
-            AttackSpec(f"fgsm@{format_eps(eps)}", "fgsm", eps=eps, random_start=False)
-        )
-        fgsm_eps = fgsm_result.settings["eps"]
-        pgds = [
-            r
-            for r in results
-            if r.settings.get("attack") == "pgd"
-            and r.settings["loss"] == "ce"
-            and r.settings["eps"] >= fgsm_eps - 1e-12
-        ]
-        pgds += [r for r in grid if r.settings["eps"] >= fgsm_eps - 1e-12]
-        checks.append(pgd_vs_fgsm_check(fgsm_result, pgds, n_slack))
+    fgsm_result = by_name.get("fgsm") or run(
+        AttackSpec(f"fgsm@{format_eps(eps)}", "fgsm", eps=eps, random_start=False)
+    )
+    fgsm_eps = fgsm_result.settings["eps"]
+    pgds = [
+        r
+        for r in results
+        if r.settings.get("attack") == "pgd"
+        and r.settings["loss"] == "ce"
+        and r.settings["eps"] >= fgsm_eps - 1e-12
+    ]
+    pgds += [r for r in grid if r.settings["eps"] >= fgsm_eps - 1e-12]
+    checks.append(pgd_vs_fgsm_check(fgsm_result, pgds, n_slack))
 
-        candidates = [r for r in results if r.settings.get("attack") == "pgd"]
-        candidates.append(grid[1])  # PGD-10 at the main eps
-        more = more_iterations_check(candidates, by_name.get("autoattack"), n_slack)
-        if more is not None:
-            checks.append(more)
+    candidates = [r for r in results if r.settings.get("attack") == "pgd"]
+    candidates.append(grid[1])  # PGD-10 at the main eps
+    more = more_iterations_check(candidates, by_name.get("autoattack"), n_slack)
+    return checks if more is None else [*checks, more]
 
+
+def run_sanity_checks(
+    ctx: EvalContext, results: list[AttackResult], specs: list[AttackSpec], protocol: str
+) -> list[SanityCheck]:
+    """Every check that applies to ``protocol`` / ``ctx.norm``, given its ``results`` (clean
+    first). Runs the extra PGD/FGSM/Square attacks the checks need on ``ctx.model``."""
+    checks = [input_gradient_check(ctx), determinism_check(ctx)]
+    if ctx.norm == "Linf":
+        checks += _linf_checks(ctx, results, specs)
     if PROTOCOLS.get(protocol).black_box:
-        black_box = black_box_check(
-            model, x, y, results, norm=norm, seed=seed, batch_size=batch_size, device=device
-        )
+        black_box = black_box_check(ctx, results)
         if black_box is not None:
             checks.append(black_box)
     return checks
