@@ -17,6 +17,7 @@ __all__ = ["coerce"]
 
 
 def _type_name(tp: Any) -> str:
+    """An annotation as a config author writes it (``null`` for None)."""
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")

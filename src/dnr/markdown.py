@@ -10,6 +10,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured table; ``|`` and newlines inside cells are escaped."""
 
     def cell(value: Any) -> str:
+        """One cell on one line, its pipes not read as column breaks."""
         return str(value).replace("|", "\\|").replace("\n", " ")
 
     out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]

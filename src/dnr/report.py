@@ -50,14 +50,17 @@ def compression_table(meta: dict[str, Any]) -> str:
 
 
 def _millions(count: int) -> str:
+    """A count in millions, as MACs are read."""
     return f"{count / 1e6:,.2f}M"
 
 
 def _ratio(reference: float, value: float) -> str:
+    """How many times smaller ``value`` is; "–" where it is zero."""
     return f"{reference / value:.1f}x" if value > 0 else "–"
 
 
 def _latencies(model: nn.Module, input_size: int) -> dict[int, float]:
+    """Median CPU latency per batch size of LATENCY_REPEATS."""
     return {
         batch: measure_latency(model, input_size, batch, repeats=repeats, warmup=2)
         for batch, repeats in LATENCY_REPEATS.items()
@@ -194,6 +197,7 @@ def summarize_run(run_dir: str | Path, *, latency: bool = False) -> str:
 
 
 def write_report(run_dir: str | Path, *, latency: bool = False) -> Path:
+    """Write report.md atomically, so a reader never sees half a report."""
     run = RunDir(Path(run_dir))
     atomic_write_text(run.report_md, summarize_run(run.path, latency=latency))
     return run.report_md

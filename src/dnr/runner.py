@@ -226,6 +226,7 @@ def run_demo(
 
 
 def format_demo(summary: dict[str, Any], out_dir: str | Path) -> str:
+    """The demo's table for the terminal, with where its runs and report are."""
     runs = summary["runs"]
     names = list(next(iter(runs.values()))["accuracy"])
     header = (

@@ -121,6 +121,7 @@ class MeanSD:
     sd: float | None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, for the documents that record it."""
         return asdict(self)
 
 
@@ -157,6 +158,7 @@ class PairedDifference:
         return {"A ahead": f"{a} ahead", "B ahead": f"{b} ahead"}.get(self.verdict, self.verdict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``diffs`` as a list), for the documents that record it."""
         document = asdict(self)
         document["diffs"] = list(self.diffs)
         return document

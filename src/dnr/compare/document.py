@@ -22,10 +22,12 @@ __all__ = ["comparison_document", "comparison_json", "comparison_table", "runs_t
 
 
 def _pct(value: float | None) -> str:
+    """An accuracy as a percentage; "-" where the run has none."""
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def _num(value: float | None, digits: int = 4) -> str:
+    """A density to ``digits`` places; "-" where the run has none."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -84,6 +86,7 @@ def runs_table(rows: Sequence[dict[str, Any]], per_seed: bool) -> str:
 
 
 def _metric_name(metric: str) -> str:
+    """The column name a reader expects (``worst_case`` is the JSON key)."""
     return "worst case" if metric == "worst_case" else metric
 
 
@@ -93,6 +96,7 @@ def _pp(value: float | None) -> str:
 
 
 def _interval(entry: dict[str, Any]) -> str:
+    """The 95 % interval in percentage points, or why there is none."""
     if entry["lo"] is None:
         return f"none (n = {entry['n']})"
     return f"[{_pp(entry['lo'])}, {_pp(entry['hi'])}]"
@@ -121,6 +125,7 @@ def _differences_table(entries: Sequence[dict[str, Any]], floor: dict[str, float
 
 
 def _mean_cell(stats: dict[str, Any]) -> str:
+    """Mean ± s.d. in percent; the s.d. left out where one seed gives none."""
     if stats["mean"] is None:
         return "-"
     spread = "" if stats["sd"] is None else f" ± {100 * stats['sd']:.2f}"
