@@ -474,7 +474,7 @@ def test_dnr_paper_runs_the_papers_rewiring_whatever_the_config_says(tiny_config
     assert tiny_config.sparsity.prune_rate == 0.2  # the typed config keeps the tuned value
     s = method.cfg.sparsity
     assert {k: getattr(s, k) for k in PAPER_REWIRING} == PAPER_REWIRING
-    m = method.masking
+    m = method.masking.settings
     assert (m.redistribution, m.grow_momentum, m.keep_regrown_values) == (1.0, "keep", True)
     assert not m.protect_channels
     assert method.stats()["rewiring"]["prune_rate"] == 0.5

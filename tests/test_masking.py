@@ -388,7 +388,7 @@ def test_state_dict_roundtrip_resumes_exactly() -> None:
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     masking2.load_state_dict(ckpt["masking"])
-    assert masking2.init == "erk"
+    assert masking2.settings.init == "erk"
     assert masking2.density_target == 0.0371
     assert masking2.target_active == masking.target_active
     assert masking2.layer_densities() == masking.layer_densities()
@@ -623,10 +623,10 @@ def test_a_state_saved_before_the_options_existed_restores_the_paper_rewiring() 
     restored = make(0.1)[2]
     restored.load_state_dict(state)
     assert (
-        restored.keep_regrown_values,
-        restored.protect_channels,
-        restored.redistribution,
-        restored.grow_momentum,
+        restored.settings.keep_regrown_values,
+        restored.settings.protect_channels,
+        restored.settings.redistribution,
+        restored.settings.grow_momentum,
     ) == (False, False, 1.0, "keep")
 
 
@@ -641,10 +641,10 @@ def test_rewiring_options_travel_with_the_state_dict() -> None:
     restored = make(0.1)[2]
     restored.load_state_dict(_roundtrip(masking.state_dict()))
     assert (
-        restored.redistribution,
-        restored.grow_momentum,
-        restored.protect_channels,
-        restored.keep_regrown_values,
+        restored.settings.redistribution,
+        restored.settings.grow_momentum,
+        restored.settings.protect_channels,
+        restored.settings.keep_regrown_values,
     ) == (0.4, "zero", False, False)
     with pytest.raises(ValueError):
         make(0.1, redistribution=1.5)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["layer_budgets", "random_mask", "redistribute"]
+__all__ = ["exact_float_dtype", "layer_budgets", "random_mask", "redistribute"]
 
 
-def _float_dtype(device: torch.device) -> torch.dtype:
+def exact_float_dtype(device: torch.device) -> torch.dtype:
     """float64 where the backend has it (exact integer arithmetic up to 2**53), else float32."""
     return torch.float32 if device.type == "mps" else torch.float64
 
@@ -250,7 +250,7 @@ def redistribute(total: int | Tensor, scores: Tensor, capacity: Tensor) -> Tenso
         raise ValueError(f"cannot place {total_i} entries into a total capacity of {cap_sum}")
     if scores.numel() == 0:
         return capacity.clone()
-    fdt = _float_dtype(scores.device)
+    fdt = exact_float_dtype(scores.device)
     cap = capacity.to(fdt)
     s = scores.to(fdt).clamp_min(0)
     s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))

@@ -23,26 +23,20 @@ Invariants it maintains:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from dnr.registry import GRANULARITIES
+from dnr.sparsity.channel_rewiring import decide_channels
 from dnr.sparsity.channels import ChannelLayout
-from dnr.sparsity.masking import momentum_buffer, shared_options
-from dnr.sparsity.rewiring import RewireStats, normalized_momentum, regrowth_shares
+from dnr.sparsity.mask import MaskSettings, momentum_buffer, settings_of
+from dnr.sparsity.rewiring import RewireStats, normalized_momentum
 from dnr.statedict import canonical_name
 
-__all__ = ["ChannelMasking", "channel_options"]
-
-
-def channel_options(s: Any) -> dict[str, Any]:
-    """The ``cfg.sparsity`` settings :class:`ChannelMasking` takes: the shared ones and the
-    budget's unit."""
-    return {**shared_options(s), "budget": s.budget}
-
+__all__ = ["ChannelMasking"]
 
 _STATE_FORMAT = "dnr.channel_masking/1"
 
@@ -54,17 +48,18 @@ class ChannelMasking:
     Args:
         model: the network; must declare ``channel_groups()`` (VGG16, ResNet-18).
         optimizer: rewiring reads its momentum (``None`` for masks that never rewire).
-        density: fraction of the prunable weights the compacted network keeps, in (0, 1].
-        exclude: fnmatch patterns of weights kept dense and out of N (as in weight mode).
+        settings: a :class:`~dnr.sparsity.mask.MaskSettings` (or its fields as keyword
+            ``options``): ``density`` is the fraction of the prunable weights (or MACs, with
+            ``budget="macs"``) the compacted network keeps; ``exclude`` and the rewiring
+            options act as in weight mode, per channel instead of per weight; ``init`` must
+            be ``uniform`` (ERK is a per-weight rule).
         generator: CPU generator for the initial random channels.
-        regrow_pruned, keep_regrown_values, redistribution, grow_momentum: as for
-            :class:`~dnr.sparsity.masking.Masking`, per channel instead of per weight.
         initial_masks: kept channels to start from (producer -> bool vector, within the
             budget) instead of random ones.
     """
 
-    granularity = "channel"
-    description = (
+    granularity: ClassVar[str] = "channel"
+    description: ClassVar[str] = (
         "whole output channels; the budget counts the compacted network's weights "
         "(or its MACs: sparsity.budget=macs)"
     )
@@ -73,30 +68,20 @@ class ChannelMasking:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
+        settings: MaskSettings | None = None,
         *,
-        density: float,
-        exclude: Iterable[str] = (),
         generator: torch.Generator | None = None,
-        regrow_pruned: bool = True,
-        keep_regrown_values: bool = True,
-        redistribution: float = 0.3,
-        grow_momentum: str = "zero",
-        budget: str = "weights",
         initial_masks: Mapping[str, Tensor] | None = None,
+        **options: Any,
     ) -> None:
-        if not 0.0 < float(density) <= 1.0:
-            raise ValueError(f"density must be in (0, 1], got {density}")
+        self.settings = settings_of(settings, options)
+        self.check_settings(self.settings)
         self.model = model
         self.optimizer = optimizer
-        self.exclude = list(exclude)
-        self.layout = ChannelLayout(model, self.exclude, budget)
-        self.density_target = float(density)
+        self.layout = ChannelLayout(model, list(self.settings.exclude), self.settings.budget)
+        self.density_target = self.settings.density
         #: the budget, in its unit (weights, or MACs per image): density · the dense cost
         self.target_active = self.layout.target(self.density_target)
-        self.regrow_pruned = bool(regrow_pruned)
-        self.keep_regrown_values = bool(keep_regrown_values)
-        self.redistribution = float(redistribution)
-        self.grow_momentum = grow_momentum
         modules = {canonical_name(n): m for n, m in model.named_modules()}
         params = dict(model.named_parameters())
         self._params = {canonical_name(n): p for n, p in params.items()}
@@ -113,6 +98,18 @@ class ChannelMasking:
             self.masks[name] = keep
         self._set_masks(self.masks)
 
+    @staticmethod
+    def check_settings(settings: MaskSettings) -> None:
+        """Channel mode starts from a uniform channel fraction (ERK is a per-weight rule)."""
+        if settings.init != "uniform":
+            raise ValueError(
+                "channel mode starts from a uniform channel fraction: set init=uniform"
+            )
+
+    @property
+    def exclude(self) -> list[str]:
+        return list(self.settings.exclude)
+
     @classmethod
     def from_config(
         cls,
@@ -121,12 +118,8 @@ class ChannelMasking:
         s: Any,
         generator: torch.Generator,
     ) -> ChannelMasking:
-        """Built from ``cfg.sparsity`` (``init`` must be uniform: ERK is per weight)."""
-        if s.init != "uniform":
-            raise ValueError(
-                "channel mode starts from a uniform channel fraction: set init=uniform"
-            )
-        return cls(model, optimizer, generator=generator, **channel_options(s))
+        """Built from ``cfg.sparsity``."""
+        return cls(model, optimizer, MaskSettings.from_config(s), generator=generator)
 
     # ------------------------------------------------------------------ counts
 
@@ -236,9 +229,6 @@ class ChannelMasking:
 
     # ------------------------------------------------------------------ rewiring
 
-    def _momentum(self, param: Tensor) -> Tensor:
-        return momentum_buffer(self.optimizer, param)
-
     def _active(self, group: int) -> Tensor:
         """Boolean mask of the producer's active weights: kept rows x kept inputs."""
         layer = self.layout.producer(group)
@@ -249,92 +239,59 @@ class ChannelMasking:
                 active = active & (factor != 0)
         return active
 
+    def _signals(self) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """ŝ per group, and each producer's filter and momentum norms per channel: on the
+        host, in one transfer."""
+        names, sizes = self.layout.names, self.layout.sizes
+        weights = [prod.weight for prod in self._producers]
+        momenta = [momentum_buffer(self.optimizer, w) for w in weights]
+        s_hat = normalized_momentum(momenta, [self._active(g) for g in range(len(names))])
+        w_norm = [w.detach().flatten(1).norm(dim=1).float() for w in weights]
+        m_norm = [m.detach().flatten(1).norm(dim=1).float() for m in momenta]
+        flat = torch.cat([s_hat, *w_norm, *m_norm]).cpu()
+        s_hat_h, rest = flat[: len(names)], flat[len(names) :]
+        return s_hat_h, list(rest[: sum(sizes)].split(sizes)), list(rest[sum(sizes) :].split(sizes))
+
     @torch.no_grad()
     def rewire(self, prune_rate: float, generator: torch.Generator | None = None) -> RewireStats:
         """One REWIRE(p) over channels; returns what it did (counts are channels).
 
-        1. ŝ_g = normalized momentum of each group's producer (mean |momentum| over its
-           active weights).
-        2. Prune ``min(ceil(p · k_g), k_g − 1)`` kept channels with the smallest filter
-           norm per group (ties → lower index): no group empties.
-        3. Regrow channels one at a time, each to the group furthest below its share
-           ``(1 − λ)·freed_g/Σfreed + λ·ŝ_g`` of the freed weights, the channel with the
-           largest momentum norm first, until the next one would exceed the budget.
-           With ``regrow_pruned`` false, only channels dead before this rewiring grow
-           first; channels pruned in it return only if those cannot fill the budget.
-        4. Silence pruned channels, initialise grown ones (``generator`` draws their
-           filters), re-apply the masks.
+        ŝ_g is the normalized momentum of each group's producer; the kept channels with the
+        smallest filter norm are pruned and those with the largest momentum norm regrown
+        (:func:`~dnr.sparsity.channel_rewiring.decide_channels`); then pruned channels are
+        silenced, grown ones initialised (``generator`` draws their filters) and the masks
+        re-applied.
         """
         if not 0.0 <= float(prune_rate) <= 1.0:
             raise ValueError(f"prune_rate must be in [0, 1], got {prune_rate}")
         if self.optimizer is None:
             raise RuntimeError("rewiring grows by momentum and needs the optimizer")
-        names, layout = self.layout.names, self.layout
-        weights = [prod.weight for prod in self._producers]
-        momenta = [self._momentum(w) for w in weights]
-        s_hat = normalized_momentum(momenta, [self._active(g) for g in range(len(names))])
-        # one host transfer: everything the decisions need
-        w_norm = [w.detach().flatten(1).norm(dim=1).float() for w in weights]
-        m_norm = [m.detach().flatten(1).norm(dim=1).float() for m in momenta]
-        flat = torch.cat([s_hat, *w_norm, *m_norm]).cpu()
-        s_hat_h, rest = flat[: len(names)], flat[len(names) :]
-        w_norm_h = list(rest[: sum(layout.sizes)].split(layout.sizes))
-        m_norm_h = list(rest[sum(layout.sizes) :].split(layout.sizes))
-
+        names = self.layout.names
+        s_hat, w_norm, m_norm = self._signals()
         old = [self.masks[n] for n in names]
-        counts = list(self._counts)
-        pruned_masks, freed = [], []
-        for g, (mask, norm) in enumerate(zip(old, w_norm_h)):
-            r = min(math.ceil(float(prune_rate) * counts[g]), counts[g] - 1)
-            active = mask.nonzero().flatten()
-            order = sorted(active.tolist(), key=lambda c: (float(norm[c]), c))
-            kept = mask.clone()
-            kept[order[:r]] = False
-            pruned_masks.append(kept)
-        after_prune = [int(m.sum()) for m in pruned_masks]
-        for g in range(len(names)):
-            partial = list(counts)
-            partial[g] = after_prune[g]
-            freed.append(layout.cost(counts) - layout.cost(partial))
-        shares = regrowth_shares(
-            s_hat_h.double(), torch.tensor(freed, dtype=torch.float64), self.redistribution
-        ).tolist()
-        total = self.target_active - layout.cost(after_prune)
-
-        def priority(g: int, _counts: list[int], spent: list[int]) -> float:
-            return shares[g] * total - spent[g]
-
-        new_counts = after_prune
-        if not self.regrow_pruned:  # first only channels dead before this rewiring
-            fresh_limits = [a + int((~m).sum()) for a, m in zip(after_prune, old)]
-            new_counts = layout.grow(new_counts, fresh_limits, self.target_active, priority)
-        # (then, or with regrow_pruned, any dead channel: the budget is always met)
-        new_counts = layout.grow(new_counts, layout.sizes, self.target_active, priority)
-        new_masks = []
-        for g in range(len(names)):
-            candidates = (~pruned_masks[g]).nonzero().flatten().tolist()
-            fresh = ~old[g]  # dead before this rewiring
-
-            def rank(c: int, g: int = g, fresh: Tensor = fresh) -> tuple[bool, float, int]:
-                later = not self.regrow_pruned and not bool(fresh[c])
-                return (later, -float(m_norm_h[g][c]), c)
-
-            grown = sorted(candidates, key=rank)[: new_counts[g] - after_prune[g]]
-            mask = pruned_masks[g].clone()
-            mask[grown] = True
-            new_masks.append(mask)
-        if layout.cost([int(m.sum()) for m in new_masks]) > self.target_active:
+        pruned, new_masks = decide_channels(
+            self.layout,
+            old,
+            s_hat,
+            w_norm,
+            m_norm,
+            prune_rate,
+            self.target_active,
+            regrow_pruned=self.settings.regrow_pruned,
+            redistribution=self.settings.redistribution,
+        )
+        if self.layout.cost([int(m.sum()) for m in new_masks]) > self.target_active:
             raise RuntimeError("channel rewiring exceeded the budget")  # grow() forbids it
-        self._reinitialise(old, pruned_masks, new_masks, generator)
+        self._reinitialise(old, pruned, new_masks, generator)
         self._set_masks(dict(zip(names, new_masks)))
         return RewireStats(
             prune_rate=float(prune_rate),
             total_active=self.num_active,
             density=self.density(),
-            lost={n: int((o & ~p).sum()) for n, o, p in zip(names, old, pruned_masks)},
-            regrown={n: int((nw & ~p).sum()) for n, nw, p in zip(names, new_masks, pruned_masks)},
+            lost={n: int((o & ~p).sum()) for n, o, p in zip(names, old, pruned)},
+            regrown={n: int((nw & ~p).sum()) for n, nw, p in zip(names, new_masks, pruned)},
             layer_density=self.layer_densities(),
-            normalized_momentum=dict(zip(names, s_hat_h.tolist())),
+            normalized_momentum=dict(zip(names, s_hat.tolist())),
         )
 
     def _reinitialise(
@@ -349,7 +306,7 @@ class ChannelMasking:
         regrown in this rewiring is born again unless ``keep_regrown_values``)."""
         for g, (conv, bn) in enumerate(zip(self._producers, self._norms)):
             born = new[g] & ~old[g]
-            if not self.keep_regrown_values:
+            if not self.settings.keep_regrown_values:
                 born |= new[g] & old[g] & ~pruned[g]
             touched = (old[g] & ~new[g]) | born
             if not bool(touched.any()):
@@ -367,17 +324,17 @@ class ChannelMasking:
             bn.bias[idx] = 0.0
             for name in self.layout.groups[g].consumers:  # function-preserving growth
                 self._consumer_slice_zero(name, g, idx)
-            if self.grow_momentum == "zero":
+            if self.settings.grow_momentum == "zero":
                 for p in (conv.weight, bn.weight, bn.bias):
-                    self._momentum(p)[idx] = 0.0
+                    momentum_buffer(self.optimizer, p)[idx] = 0.0
 
     def _consumer_slice_zero(self, consumer: str, group: int, idx: Tensor) -> None:
         w = self._params[f"{consumer}.weight"]
         repeat = w.shape[1] // self.layout.sizes[group]
         cols = (idx[:, None] * repeat + torch.arange(repeat, device=idx.device)).flatten()
         w[:, cols] = 0.0
-        if self.grow_momentum == "zero":
-            self._momentum(w)[:, cols] = 0.0
+        if self.settings.grow_momentum == "zero":
+            momentum_buffer(self.optimizer, w)[:, cols] = 0.0
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -385,37 +342,33 @@ class ChannelMasking:
         return {
             "format": _STATE_FORMAT,
             "granularity": self.granularity,
+            **self.settings.state(),
             "density": self.density_target,
-            "exclude": list(self.exclude),
-            "regrow_pruned": self.regrow_pruned,
-            "keep_regrown_values": self.keep_regrown_values,
-            "redistribution": self.redistribution,
-            "grow_momentum": self.grow_momentum,
-            "budget": self.layout.budget,
             "layer_names": self.layout.names,
             "masks": {n: m.clone() for n, m in self.masks.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (``ValueError`` if it does not fit this model)."""
-        if list(state.get("exclude", self.exclude)) != self.exclude:
+        """Restore :meth:`state_dict` (``ValueError`` if it does not fit this model); the
+        saved rewiring options replace the constructor's, as in weight mode."""
+        if not isinstance(state, Mapping) or "density" not in state:
+            raise ValueError("channel masking state lacks 'density'")
+        settings = MaskSettings.from_state(state)
+        if list(settings.exclude) != self.exclude:
             raise ValueError(
                 f"channel masks were saved with exclude={state.get('exclude')}, "
                 f"this model prunes with exclude={self.exclude}"
             )
-        density = float(state.get("density", self.density_target))
-        if state.get("budget", "weights") != self.layout.budget:
+        if settings.budget != self.layout.budget:
             raise ValueError(
-                f"channel masks were saved under a {state.get('budget', 'weights')} budget, "
+                f"channel masks were saved under a {settings.budget} budget, "
                 f"this run counts {self.layout.budget}"
             )
-        self.density_target = density
-        self.target_active = self.layout.target(density)
+        self.check_settings(settings)
+        self.density_target = settings.density
+        self.target_active = self.layout.target(settings.density)
         self.adopt(state)
-        for key in ("regrow_pruned", "keep_regrown_values"):
-            setattr(self, key, bool(state.get(key, getattr(self, key))))
-        self.redistribution = float(state.get("redistribution", self.redistribution))
-        self.grow_momentum = str(state.get("grow_momentum", self.grow_momentum))
+        self.settings = settings
 
     def adopt(self, state: Mapping[str, Any]) -> None:
         """Take the kept channels of another state (``ValueError`` if they do not fit)."""

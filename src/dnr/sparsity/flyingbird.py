@@ -47,7 +47,6 @@ the magnitude threshold broken by index; the hybrid loss and recipe of ``dnr com
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -56,8 +55,8 @@ import torch
 
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, Stage, register_method
-from dnr.sparsity.masking import Masking
-from dnr.sparsity.rewiring import prune_counts
+from dnr.sparsity.flyingbird_masking import FlyingBirdMasking, update_counts
+from dnr.sparsity.mask import MaskSettings
 from dnr.sparsity.schedules import cosine_prune_rate
 from dnr.sparsity.static import MaskedMethod
 
@@ -122,6 +121,7 @@ def rising_share(values: Sequence[float], *, strict: bool) -> float | None:
 class FlyingBird(MaskedMethod):
     """Dynamic sparse training at fixed layer counts (FlyingBird); ``dynamic``: FlyingBird+."""
 
+    masking: FlyingBirdMasking
     name = "flyingbird"
     description = (
         "FlyingBird (Chen et al. 2022, as released): IGQ init, prune |w| and regrow at random "
@@ -209,15 +209,12 @@ class FlyingBird(MaskedMethod):
         self._noted: set[str] = set()  # one-time log lines (not state)
         self._per_batch: int | None = None
 
-    def build_masks(self, generator: torch.Generator) -> Masking:
+    def build_masks(self, generator: torch.Generator) -> FlyingBirdMasking:
         s, o = self.cfg.sparsity, self.opts
-        return Masking(
-            self.model,
-            self.optimizer,
+        settings = MaskSettings(
             density=s.density,
             init=o.init,
             exclude=tuple(s.exclude),
-            generator=generator,
             regrow_pruned=True,  # the pruned are candidates of the same update's growth
             keep_regrown_values=True,  # nothing is zeroed between prune and growth
             protect_channels=o.protect_channels,
@@ -225,6 +222,7 @@ class FlyingBird(MaskedMethod):
             grow_momentum="keep",  # (rewire's; mask_momentum zeroes the inactive momentum)
             grow_by=o.growth,
         )
+        return FlyingBirdMasking(self.model, self.optimizer, settings, generator=generator)
 
     # ------------------------------------------------------------------ schedule
 
@@ -306,27 +304,14 @@ class FlyingBird(MaskedMethod):
         rate = self.death_rate(progress)
         extra_prune, extra_growth = self.dynamic_decision(progress)
         m = self.masking
-        counts = m.layer_counts()
-        names = list(counts)
-        nnz = torch.tensor([counts[n] for n in names], dtype=torch.long)
-        r_all = prune_counts(nnz, rate).tolist()
-        e_all = prune_counts(nnz, min(1.0, rate * o.prune_ratio)).tolist()
-        protected = m.protected_counts()
-        prune: dict[str, int] = {}
-        grow: dict[str, int] = {}
-        for name, r, e in zip(names, r_all, e_all):
-            active, numel = counts[name], math.prod(m.layer_shapes[name])
-            if active >= numel:  # a dense layer is left alone (release: magnitude_death)
-                prune[name] = grow[name] = 0
-                continue
-            free = active - protected[name]
-            r = min(r, free)
-            e = min(e, free - r) if extra_prune else 0
-            prune[name] = r + e
-            # the release regrows what the plain prune removed, × (1 + growth_ratio) when
-            # growing; the extra prune is not regrown (so the density falls by it)
-            g = int(r * (1.0 + o.growth_ratio)) if extra_growth else r
-            grow[name] = min(g, numel - active + r + e)
+        prune, grow = update_counts(
+            m.layer_counts(),
+            m.layer_sizes(),
+            m.protected_counts(),
+            rate,
+            prune_ratio=o.prune_ratio if extra_prune else None,
+            growth_ratio=o.growth_ratio if extra_growth else None,
+        )
         stats = m.move_(prune, grow, generator=progress.generator("flyingbird"), prune_rate=rate)
         record: dict[str, Any] = {
             "step": progress.step,

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dnr.sparsity.budgets import _float_dtype
+from dnr.sparsity.budgets import exact_float_dtype, redistribute
 from dnr.sparsity.selection import select_k
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "prune_counts",
     "magnitude_prune",
     "regrowth_shares",
+    "rewire_counts",
     "momentum_regrow",
 ]
 
@@ -99,7 +100,7 @@ def prune_counts(nnz: Tensor, rate: float) -> Tensor:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"prune rate must be in [0, 1], got {rate}")
     nnz = torch.as_tensor(nnz)
-    x = nnz.to(_float_dtype(nnz.device)) * rate
+    x = nnz.to(exact_float_dtype(nnz.device)) * rate
     r = torch.ceil(x - 1e-12 * x.clamp_min(1.0)).to(torch.long)
     return torch.minimum(r.clamp_min(0), nnz.to(torch.long))
 
@@ -194,6 +195,28 @@ def regrowth_shares(s_hat: Tensor, pruned: Tensor, redistribution: float) -> Ten
     total = r.sum()
     own = r / torch.where(total > 0, total, torch.ones_like(total))
     return (1.0 - redistribution) * own + redistribution * s_hat
+
+
+def rewire_counts(
+    s_hat: Tensor,
+    protected: Tensor,
+    nnz: Tensor,
+    numel: Tensor,
+    prune_rate: float,
+    *,
+    regrow_pruned: bool,
+    redistribution: float,
+) -> tuple[Tensor, Tensor]:
+    """How many entries each layer loses and regrows in one REWIRE(p) (host tensors).
+
+    Pruned: ``r_l = min(ceil(p · nnz_l), nnz_l − protected_l)``; regrown: ``R = Σ r_l``
+    split by :func:`regrowth_shares` over the room left in each layer (the just-pruned
+    positions included unless ``regrow_pruned`` is false).
+    """
+    r = torch.minimum(prune_counts(nnz, float(prune_rate)), nnz - protected)
+    capacity = numel - nnz + r if regrow_pruned else numel - nnz
+    shares = regrowth_shares(s_hat.to(torch.float64), r, redistribution)
+    return r, redistribute(int(r.sum()), shares, capacity)
 
 
 @dataclass

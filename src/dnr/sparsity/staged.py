@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from dnr.errors import ConfigError
 from dnr.sparsity.base import Progress, SparsityMethod, Stage
 from dnr.sparsity.budgets import layer_budgets
-from dnr.sparsity.channel_masking import ChannelMasking, channel_options
+from dnr.sparsity.channel_masking import ChannelMasking
 from dnr.sparsity.layers import prunable_parameters
-from dnr.sparsity.masking import Masking, shared_options
+from dnr.sparsity.mask import MaskSettings
+from dnr.sparsity.masking import Masking
 from dnr.sparsity.static import MaskedMethod
 
 __all__ = ["StagedPruning", "split_epochs", "staged"]
@@ -58,6 +59,7 @@ class StagedPruning(MaskedMethod):
     ) -> None:
         # No mask yet: the weights stay dense until the finetune stage begins.
         SparsityMethod.__init__(self, cfg, model, optimizer, generator)
+        # None until the mask is fixed (MaskedMethod's is never None: hence not MaskSet here)
         self.masking: Any = None
         self._initial_layer_density: dict[str, float] = {}
 
@@ -99,18 +101,15 @@ class StagedPruning(MaskedMethod):
 
     def fix_masks(self, masks: Mapping[str, Tensor]) -> None:
         """Fix ``masks``: per weight, or per channel group (producer -> kept channels)."""
-        s = self.cfg.sparsity
+        settings = MaskSettings.from_config(self.cfg.sparsity).replace(init="uniform")
         if self.granularity == "channel":
-            self.masking = ChannelMasking(
-                self.model, self.optimizer, initial_masks=masks, **channel_options(s)
-            )
+            self.masking = ChannelMasking(self.model, self.optimizer, settings, initial_masks=masks)
         else:
             self.masking = Masking(
                 self.model,
                 self.optimizer,
-                protect_channels=False,
+                settings.replace(protect_channels=False),
                 initial_masks=masks,
-                **shared_options(s),
             )
         self._initial_layer_density = self.masking.layer_densities()
 

@@ -18,6 +18,7 @@ from torch import nn
 from dnr.errors import ConfigError
 from dnr.registry import GRANULARITIES
 from dnr.sparsity.base import Progress, SparsityMethod, register_method
+from dnr.sparsity.mask import MaskSet
 
 if TYPE_CHECKING:
     from dnr.config import Config
@@ -37,17 +38,16 @@ class MaskedMethod(SparsityMethod):
     ) -> None:
         super().__init__(cfg, model, optimizer, generator)
         try:
-            self.masking = self.build_masks(generator)
+            self.masking: MaskSet = self.build_masks(generator)
         except ValueError as err:  # e.g. exclude patterns that leave nothing to prune
             raise ConfigError(f"sparsity: {err}") from None
         self._initial_layer_density = self.masking.layer_densities()
 
-    def build_masks(self, generator: torch.Generator) -> Any:
+    def build_masks(self, generator: torch.Generator) -> MaskSet:
         """The mask object of ``sparsity.granularity``, from ``cfg.sparsity``."""
         s = self.cfg.sparsity
-        return GRANULARITIES.get(s.granularity).from_config(
-            self.model, self.optimizer, s, generator
-        )
+        mask_class: type[MaskSet] = GRANULARITIES.get(s.granularity)
+        return mask_class.from_config(self.model, self.optimizer, s, generator)
 
     def after_step(self, progress: Progress) -> None:
         self.masking.apply_()  # weight decay and momentum moved masked weights: back to 0
