@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from dnr.cli.parser import LIST_KINDS, format_entries
+from dnr.cli.listing import LIST_KINDS, format_entries
 from dnr.config import ConfigError, EvalConfig, load_config
 
 

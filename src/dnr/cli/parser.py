@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
-from dnr.config import (
-    Config,
-    Norm,
-    list_presets,
-    name_fields,
-    resolve_config_path,
-)
-from dnr.devices import is_device_name
+from dnr.cli.argtypes import device, positive_float, positive_int, registered
+from dnr.cli.listing import LIST_KINDS, entries, format_entries, list_kind, names, preset_entries
+from dnr.config import Config, Norm, name_fields
 
 # Nothing here names a model, method, dataset or protocol: those come from dnr.registry.
 # The registries import torch, so help text that lists them is built only when printed.
+
+
+class Subcommands(Protocol):
+    """What ``add_subparsers()`` returns, as far as the ``_add_*`` functions use it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,11 +47,15 @@ class _Parser(argparse.ArgumentParser):
         self._epilog_factory = epilog_factory
 
     def format_help(self) -> str:
+        """The help, with the epilog built now (its registry names import torch)."""
         if self._epilog_factory is not None:
             self.epilog, self._epilog_factory = self._epilog_factory(), None
         return super().format_help()
 
-    def parse_known_args(self, args=None, namespace=None):
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """Intermixed parsing where asked (see the class docstring)."""
         if not self._intermixed or self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True  # parse_known_intermixed_args calls back in here
@@ -58,45 +63,6 @@ class _Parser(argparse.ArgumentParser):
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
-
-
-def _entries(registry_name: str) -> list[tuple[str, str]]:
-    """``(name, description)`` of each entry of a registry in :mod:`dnr.registry`."""
-    from dnr import registry
-
-    reg = getattr(registry, registry_name)
-    rows = []
-    for name in reg.names():
-        entry = reg.get(name)
-        description = getattr(entry, "description", "") or getattr(entry, "__doc__", "") or ""
-        lines = str(description).strip().splitlines()
-        rows.append((name, lines[0].strip() if lines else ""))
-    return rows
-
-
-def _preset_entries() -> list[tuple[str, str]]:
-    """``(name, first comment line)`` of each bundled preset."""
-    rows = []
-    for name in list_presets():
-        description = ""
-        for line in resolve_config_path(name).read_text().splitlines():
-            if line.startswith("#"):
-                description = line.lstrip("#").strip()
-                break
-        rows.append((name, description))
-    return rows
-
-
-def _method_entries() -> list[tuple[str, str]]:
-    """Sparsity methods with their options and defaults (``sparsity.options.<name>``)."""
-    from dnr import registry
-
-    rows = []
-    for name, description in _entries("SPARSITY_METHODS"):
-        keys = registry.SPARSITY_METHODS.get(name).option_keys()
-        shown = ", ".join(f"{k}={v}" for k, v in keys.items())
-        rows.append((name, f"{description}" + (f" [options: {shown}]" if shown else "")))
-    return rows
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -108,69 +74,10 @@ def _config_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: ``dnr list`` kinds -> their (name, description) rows.
-LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
-    "models": lambda: _entries("MODELS"),
-    "presets": _preset_entries,
-    "sparsity-methods": _method_entries,
-    "protocols": lambda: _entries("PROTOCOLS"),
-    "datasets": lambda: _entries("DATASETS"),
-    "granularities": lambda: _entries("GRANULARITIES"),
-    "export-formats": lambda: _entries("EXPORT_FORMATS"),
-}
-_KIND_ALIASES = {
-    "sparsity": "sparsity-methods",
-    "method": "sparsity-methods",
-    "methods": "sparsity-methods",
-    "data": "datasets",
-    "granularity": "granularities",
-    "export": "export-formats",
-    "formats": "export-formats",
-}
-
-
-def _kind(text: str) -> str:
-    """``models``, or a singular / alias of a kind (``model``, ``sparsity``)."""
-    key = text.lower().replace("_", "-")
-    if key not in LIST_KINDS and f"{key}s" in LIST_KINDS:
-        return f"{key}s"
-    return _KIND_ALIASES.get(key, key)  # anything else: argparse reports an invalid choice
-
-
-def format_entries(rows: list[tuple[str, str]], indent: str = "  ") -> str:
-    width = max((len(name) for name, _ in rows), default=0)
-    return "\n".join(f"{indent}{name:<{width}}  {text}".rstrip() for name, text in rows)
-
-
-def _names(registry_name: str) -> str:
-    return ", ".join(name for name, _ in _entries(registry_name))
-
-
-def _registered(registry_name: str) -> Callable[[str], str]:
-    """An argparse ``type`` that accepts the names of a registry (read when it is used)."""
-
-    def parse(text: str) -> str:
-        from dnr import registry
-
-        reg = getattr(registry, registry_name)
-        if text not in reg:
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {text!r} (choose from {', '.join(reg.names())})"
-            )
-        return text.lower()
-
-    return parse
-
-
-def _device(text: str) -> str:
-    if not is_device_name(text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
-    return text
-
-
 def _train_epilog() -> str:
+    """``dnr train --help``'s epilog: how overrides look, the registered names, the presets."""
     sections = ", ".join(f.name for f in dataclasses.fields(Config))
-    names = [(key, ", ".join(registry.names())) for key, registry in name_fields().items()]
+    rows = [(key, ", ".join(registry.names())) for key, registry in name_fields().items()]
     return f"""\
 overrides are dotted KEY=VALUE pairs parsed as YAML, applied after --config, anywhere on
 the line:
@@ -180,42 +87,24 @@ sections: {sections}
 the bundled presets show the main keys (e.g. configs/vgg16_cifar10.yaml in the
 repository); --print-config shows every key of the resolved config
 registered names (dnr list):
-{format_entries(names)}
+{format_entries(rows)}
 presets:
-{format_entries(_preset_entries())}
+{format_entries(preset_entries())}
 """
 
 
 def _eval_epilog() -> str:
+    """``dnr eval --help``'s epilog: the protocols and models."""
     return f"""\
 protocols (--protocol):
-{format_entries(_entries("PROTOCOLS"))}
-models (--model): {_names("MODELS")}
+{format_entries(entries("PROTOCOLS"))}
+models (--model): {names("MODELS")}
 data.* overrides select the test data, e.g. data.name=npz data.test=test.npz
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_train(sub: Subcommands) -> None:
+    """``dnr train``: a config, overrides and one run directory."""
     p = sub.add_parser(
         "train",
         help="train a model with a sparsity method (dnr list methods) and evaluate it",
@@ -252,7 +141,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(parser=p)
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def _add_eval(sub: Subcommands) -> None:
+    """``dnr eval``: a run, an exported model or a plain state dict, under a protocol."""
     p = sub.add_parser(
         "eval",
         help="evaluate clean / FGSM / PGD / AutoAttack accuracy",
@@ -266,14 +156,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol",
         default="dnr",
-        type=_registered("PROTOCOLS"),
+        type=registered("PROTOCOLS"),
         help="evaluation protocol, listed below (default: dnr)",
     )
-    p.add_argument("--subset", type=_positive_int, help="seeded random test subset of N examples")
+    p.add_argument("--subset", type=positive_int, help="seeded random test subset of N examples")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and random starts")
     p.add_argument(
         "--eps",
-        type=_positive_float,
+        type=positive_float,
         help="attack radius in [0,1] pixel units (default: the protocol's)",
     )
     p.add_argument(
@@ -283,12 +173,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="threat model (L2: AutoAttack only)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, help="evaluation batch size (default: chosen to fit)"
+        "--batch-size", type=positive_int, help="evaluation batch size (default: chosen to fit)"
     )
     p.add_argument(
         "--device",
         default="auto",
-        type=_device,
+        type=device,
         metavar="DEVICE",
         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)",
     )
@@ -300,22 +190,28 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--no-sanity", action="store_true", help="skip the gradient-masking sanity checks"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--model",
-        type=_registered("MODELS"),
-        help="registered model of --weights, as model.name in a config (listed below)",
-    )
-    p.add_argument("--arch", type=_registered("MODELS"), help=argparse.SUPPRESS)  # old --model
-    p.add_argument("--weights", help="plain state dict (.pt/.pth/.safetensors) to evaluate")
-    p.add_argument("--num-classes", type=_positive_int, help="output classes of --weights")
-    p.add_argument(
-        "--width", type=_positive_float, default=1.0, help="width multiplier of --weights"
-    )
-    p.add_argument("--input-size", type=int, default=32, choices=[32, 64])
+    _weights_options(p)
     p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE")
 
 
-def _add_report(sub: argparse._SubParsersAction) -> None:
+def _weights_options(p: argparse.ArgumentParser) -> None:
+    """``dnr eval``'s options for a plain state dict: its file and how to rebuild its model."""
+    p.add_argument(
+        "--model",
+        type=registered("MODELS"),
+        help="registered model of --weights, as model.name in a config (listed below)",
+    )
+    p.add_argument("--arch", type=registered("MODELS"), help=argparse.SUPPRESS)  # old --model
+    p.add_argument("--weights", help="plain state dict (.pt/.pth/.safetensors) to evaluate")
+    p.add_argument("--num-classes", type=positive_int, help="output classes of --weights")
+    p.add_argument(
+        "--width", type=positive_float, default=1.0, help="width multiplier of --weights"
+    )
+    p.add_argument("--input-size", type=int, default=32, choices=[32, 64])
+
+
+def _add_report(sub: Subcommands) -> None:
+    """``dnr report``: a finished run's compression, cost and evaluation."""
     p = sub.add_parser(
         "report",
         help="summarise a run: per-layer density, compression, cost, evaluation",
@@ -332,9 +228,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_epilog() -> str:
+    """``dnr export --help``'s epilog: the formats, with examples."""
     return f"""\
 formats (--format):
-{format_entries(_entries("EXPORT_FORMATS"))}
+{format_entries(entries("EXPORT_FORMATS"))}
 examples:
   dnr export runs/x --format sparse --out runs/x-sparse    # then: dnr eval runs/x-sparse
   dnr export runs/x --format onnx --out runs/x.onnx
@@ -342,7 +239,8 @@ onnx needs: pip install 'torch-dnr[export]'
 """
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def _add_export(sub: Subcommands) -> None:
+    """``dnr export``: a finished run's model in a deployable format."""
     p = sub.add_parser(
         "export",
         help="write a run's model for deployment: sparse storage, compact model or ONNX",
@@ -356,7 +254,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         required=True,
-        type=_registered("EXPORT_FORMATS"),
+        type=registered("EXPORT_FORMATS"),
         metavar="FORMAT",
         help="export format, listed below",
     )
@@ -369,7 +267,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _add_demo(sub: Subcommands) -> None:
+    """``dnr demo``: the three-way comparison on the bundled digits."""
     p = sub.add_parser(
         "demo",
         help="dense vs. static mask vs. DNR at 20x on the embedded digits data "
@@ -385,9 +284,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _compare_epilog() -> str:
+    """``dnr compare --help``'s epilog: the methods, the layout, seeds and the noise floor."""
     return f"""\
 sparsity methods (--methods, comma-separated; default: all of them):
-{format_entries(_entries("SPARSITY_METHODS"))}
+{format_entries(entries("SPARSITY_METHODS"))}
 every method trains with the same config, seed, data and budget (only sparsity.method
 differs) into OUT/<method>/; then OUT/comparison.json, .md and .png. Run the same command
 again after an interruption: finished runs are reused, an interrupted one resumes.
@@ -403,7 +303,8 @@ examples:
 """
 
 
-def _add_compare(sub: argparse._SubParsersAction) -> None:
+def _add_compare(sub: Subcommands) -> None:
+    """``dnr compare``: several methods, one recipe, one table."""
     p = sub.add_parser(
         "compare",
         help="train and evaluate several sparsity methods with one recipe; one table",
@@ -449,7 +350,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
 
-def _add_list(sub: argparse._SubParsersAction) -> None:
+def _add_list(sub: Subcommands) -> None:
+    """``dnr list``: the registered names, for people and for scripts."""
     p = sub.add_parser(
         "list",
         help="list registered models, presets, sparsity methods, protocols, datasets, "
@@ -460,7 +362,7 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "kind",
         nargs="?",
-        type=_kind,
+        type=list_kind,
         choices=list(LIST_KINDS),
         metavar="KIND",
         help=f"one of {', '.join(LIST_KINDS)}",
@@ -468,6 +370,7 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole ``dnr`` parser; registry names are read only when help is printed."""
     from dnr import __version__
 
     parser = _Parser(
