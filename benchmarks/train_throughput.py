@@ -71,8 +71,8 @@ from dnr.data.loader import BatchLoader, Split
 from dnr.devices import resolve_device
 from dnr.markdown import markdown_table
 from dnr.models import create_model, init_weights
-from dnr.sparsity import Progress, build_sparsity
-from dnr.training import build_optimizer, train_step
+from dnr.sparsity import Progress
+from dnr.training import build_optimizer, build_training_parts, train_step
 from dnr.training.step import StepState, accumulate, train_mode
 from reference_loop import ReferenceTrainer, make_loader, reference_masks
 
@@ -182,14 +182,12 @@ def ours_case(
     device: torch.device,
     seed: int,
 ) -> Case:
-    """Our pipeline as the training loop sets it up (dnr.training.loop._setup order)."""
+    """Our pipeline as the training loop sets it up (dnr.training.build_training_parts)."""
     cfg = load_config(None, overrides)
     t = cfg.train
-    model = build_model(name, cfg.model.width, cfg.model.init, seed).to(device)
-    if t.channels_last:  # before the optimizer and masks take the params
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = build_optimizer(cfg, model)
-    sparsity = build_sparsity(cfg, model, optimizer, torch.Generator().manual_seed(seed))
+    model = build_model(name, cfg.model.width, cfg.model.init, seed)
+    parts = build_training_parts(cfg, model, device, masks_seed=seed)
+    model, optimizer, sparsity = parts.model, parts.optimizer, parts.method
     loader = BatchLoader(split, batch, device, shuffle=True, augment=True, seed=seed)
     if t.compile:
         model.compile()

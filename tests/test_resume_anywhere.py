@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    import dnr.training.loop as loop
+    import dnr.training.setup as setup
     import dnr.training.step as step
     from dnr.config import load_config
     from dnr.training import train
@@ -80,12 +80,12 @@ SCRIPT = textwrap.dedent(
             return real_replace(src, dst)
         os.replace = replace
     elif kind == "rewire":  # right after the n-th rewiring, before its checkpoint
-        real_build = loop.build_sparsity
+        real_build = setup.build_sparsity
         def build(*args, **kwargs):
             method = real_build(*args, **kwargs)
             method.on_epoch_end = counted(method.on_epoch_end, after=True)
             return method
-        loop.build_sparsity = build
+        setup.build_sparsity = build
     resume = os.path.exists(os.path.join(out, "checkpoints", "last.pt"))
     train(load_config(None, overrides), out, resume=resume, progress=False, log=print)
     """

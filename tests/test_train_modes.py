@@ -25,7 +25,7 @@ from dnr.attacks import fgsm_rs, pgd
 from dnr.config import Config, load_config
 from dnr.data import BatchLoader, load_dataset
 from dnr.sparsity import Progress, build_sparsity
-from dnr.training import build_optimizer, model_for, train, train_step
+from dnr.training import build_optimizer, build_training_parts, model_for, train, train_step
 from dnr.training.step import StepState, attacks_in_training, train_mode
 
 
@@ -36,11 +36,8 @@ def _config(**extra: Any) -> Config:
 def _parts(cfg: Config, seed: int = 0) -> tuple[nn.Module, Any, Any, Progress, Any]:
     data = load_dataset(cfg.data)
     torch.manual_seed(seed)
-    model = model_for(cfg, data)
-    if cfg.train.channels_last:  # as the training loop does, before the optimizer and masks
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    opt = build_optimizer(cfg, model)
-    method = build_sparsity(cfg, model, opt, torch.Generator().manual_seed(1))
+    parts = build_training_parts(cfg, model_for(cfg, data), masks_seed=1)  # as the loop does
+    model, opt, method = parts.model, parts.optimizer, parts.method
     loader = BatchLoader(data.train, 32, "cpu", shuffle=True, augment=True, seed=2)
     prog = Progress(step=0, epoch=0, epochs=1, steps_per_epoch=len(loader), batches=loader.epoch)
     return model.train(), opt, method, prog, loader

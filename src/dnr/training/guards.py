@@ -12,12 +12,14 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from dnr.distributed import Distributed
 from dnr.errors import ConfigError
 
 __all__ = ["NonFiniteLossError", "StopSignals", "TrainingStopped", "FiniteWatch"]
@@ -29,6 +31,17 @@ class TrainingStopped(KeyboardInterrupt):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+    @classmethod
+    def saved_at(cls, signum: int | None, where: str, run_dir: Path) -> TrainingStopped:
+        """The state at ``where`` is saved in ``run_dir``: stop, saying how to continue."""
+        signum = signum or signal.SIGTERM
+        return cls(
+            f"stopped by {signal.Signals(signum).name} at {where}; the state is saved. "
+            f"Continue with: dnr train --resume --out {run_dir} "
+            "(under torchrun, the same launcher with --resume)",
+            signum,
+        )
 
 
 class NonFiniteLossError(ConfigError):
@@ -84,3 +97,17 @@ class FiniteWatch:
         """The first bad batch index (a host sync), or None."""
         value = int(self.first_bad)
         return None if value < 0 else value
+
+    def check(self, dist: Distributed, epoch: int, last_checkpoint: Path) -> None:
+        """Stop before a non-finite loss's state is saved (every rank, if any rank saw one)."""
+        bad = self.bad_batch()
+        if dist.agree(bad is not None):
+            where = f"batch {bad + 1}" if bad is not None else "a batch of another rank"
+            last = last_checkpoint
+            kept = f"{last} holds the last good one" if last.exists() else "nothing was saved yet"
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at epoch {epoch + 1}, {where}; "
+                f"the run stopped without saving that state ({kept}). Lower train.lr or raise "
+                "train.warmup_epochs and start again (train.init_from can start from a "
+                "finished run)"
+            )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from dnr.config import Config
+from dnr.sparsity import Progress
 
-__all__ = ["learning_rate", "milestone_epochs", "schedule_warning"]
+__all__ = ["learning_rate", "milestone_epochs", "schedule_warning", "step_learning_rate"]
 
 
 def milestone_epochs(cfg: Config, epochs: int | None = None) -> list[float]:
@@ -44,6 +45,20 @@ def learning_rate(
     if warmup and t.warmup_epochs > 0:
         lr *= min(1.0, (epoch_progress + step_epochs) / t.warmup_epochs)
     return lr
+
+
+def step_learning_rate(cfg: Config, prog: Progress, batch: int, steps: int) -> float:
+    """The LR of the epoch's ``batch``-th of ``steps`` steps: the stage's schedule restarted
+    at its own peak, warmed up or not (``Stage.lr``, ``Stage.warmup``)."""
+    stage = prog.stage
+    return learning_rate(
+        cfg,
+        prog.epoch - prog.stage_start + batch / steps,
+        1 / steps,
+        prog.stage_epochs,
+        peak=stage.lr if stage else None,
+        warmup=stage.warmup if stage else True,
+    )
 
 
 def schedule_warning(cfg: Config) -> str | None:

@@ -1,8 +1,13 @@
-"""Building what a run trains: the model (optionally from another run), optimizer, metadata."""
+"""Building what a run trains: the model (optionally from another run), optimizer, method.
+
+:func:`build_training_parts` is the one build order (device, memory format, optimizer, masks,
+weights from another run) that the loop, the throughput benchmark and the tests share.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +20,13 @@ from dnr.data import DatasetSplits
 from dnr.modelfile import read_model_meta, read_model_state
 from dnr.models import create_model, init_weights
 from dnr.rundir import ArtifactError, RunDir
-from dnr.sparsity import SparsityMethod
+from dnr.seeding import derive_seed
+from dnr.sparsity import SparsityMethod, build_sparsity
 
 __all__ = [
+    "TrainingParts",
     "build_optimizer",
+    "build_training_parts",
     "check_init_from",
     "init_masks_from",
     "load_init_weights",
@@ -48,6 +56,7 @@ def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
+    """SGD as configured; the loop sets each step's learning rate itself (``schedule``)."""
     t = cfg.train
     return torch.optim.SGD(
         model.parameters(),
@@ -56,6 +65,47 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
         weight_decay=t.weight_decay,
         nesterov=t.nesterov,
     )
+
+
+@dataclass
+class TrainingParts:
+    """What a run trains: the model, its optimizer, and the sparsity method over both."""
+
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    method: SparsityMethod
+
+
+def build_training_parts(
+    cfg: Config,
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    *,
+    masks_seed: int | None = None,
+    init_from: str | Path | None = None,
+) -> TrainingParts:
+    """The optimizer and sparsity method over a freshly initialised ``model``, in run order.
+
+    ``model`` goes to ``device`` (and channels-last memory) before the optimizer and the
+    masks take its parameters; the masks draw from a generator seeded with ``masks_seed``
+    (default: the run's, ``derive_seed(train.seed, "masks")``). ``init_from`` (a finished
+    run) gives its weights before the masks are drawn, or with ``train.init_masks`` its
+    weights and masks after (its weights are zero outside its masks).
+    """
+    t = cfg.train
+    if init_from and not t.init_masks:
+        load_init_weights(model, init_from)  # the method's initial masks then apply to them
+    model.to(device)
+    if t.channels_last:  # before the optimizer and masks take the parameters
+        # torch < 2.14's hints lack Module.to(memory_format=...); newer ones have it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload, unused-ignore]
+    optimizer = build_optimizer(cfg, model)
+    seed = derive_seed(t.seed, "masks") if masks_seed is None else masks_seed
+    method = build_sparsity(cfg, model, optimizer, torch.Generator().manual_seed(seed))
+    if init_from and t.init_masks:
+        load_init_weights(model, init_from)
+        init_masks_from(method, init_from)
+    return TrainingParts(model, optimizer, method)
 
 
 def check_init_from(source: str | Path) -> None:
