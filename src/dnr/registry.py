@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 from dnr.errors import ConfigError
+
+if TYPE_CHECKING:  # for the type checker only: the registry imports nothing above it
+    from dnr.sparsity.mask import MaskSet
 
 T = TypeVar("T")
 
@@ -99,5 +102,8 @@ SPARSITY_METHODS: Registry = Registry("sparsity method", builtins=("dnr.sparsity
 DATASETS: Registry = Registry("dataset", builtins=("dnr.data",))
 PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.robustness",))
 EXPORT_FORMATS: Registry = Registry("export format", builtins=("dnr.export",))
-#: What a masked method removes: single weights or whole output channels (mask classes).
-GRANULARITIES: Registry = Registry("sparsity granularity", builtins=("dnr.sparsity",))
+#: What a masked method removes: single weights or whole output channels (mask classes,
+#: each satisfying :class:`dnr.sparsity.mask.MaskSet`).
+GRANULARITIES: Registry[type[MaskSet]] = Registry(
+    "sparsity granularity", builtins=("dnr.sparsity",)
+)

@@ -15,7 +15,7 @@ from typing import Any
 from dnr.config.sections import Config, name_fields, range_fields
 from dnr.devices import is_device_name
 from dnr.errors import ConfigError, did_you_mean
-from dnr.registry import MODELS, SPARSITY_METHODS
+from dnr.registry import GRANULARITIES, MODELS, SPARSITY_METHODS
 
 __all__ = ["check", "validate"]
 
@@ -143,13 +143,10 @@ def _macs_budget_needs_channels(cfg: Config) -> None:
     )
 
 
-def _channel_mode_starts_uniform(cfg: Config) -> None:
-    s = cfg.sparsity
-    check(
-        s.granularity != "channel" or s.init == "uniform",
-        "sparsity.init: channel mode starts from a uniform channel fraction; set init=uniform "
-        "(ERK is a per-weight rule)",
-    )
+def _granularity_accepts_the_settings(cfg: Config) -> None:
+    """The mask class of ``sparsity.granularity`` owns its rules (channel mode: uniform
+    init); asked here so that a config that cannot run fails before anything is built."""
+    GRANULARITIES.get(cfg.sparsity.granularity).check_config(cfg)
 
 
 def _method_options_and_granularity(cfg: Config) -> None:
@@ -180,7 +177,7 @@ CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     _prune_rate_floor_below_start,
     _room_to_regrow,
     _macs_budget_needs_channels,
-    _channel_mode_starts_uniform,
+    _granularity_accepts_the_settings,
     _method_options_and_granularity,
 )
 

@@ -108,6 +108,40 @@ def _igq_densities(numels: Sequence[int], density: float) -> list[float]:
     return [1.0 / (force * n + 1.0) for n in numels]
 
 
+def _init_densities(
+    numels: list[int], density: float, init: str, shapes: Sequence[Sequence[int]] | None
+) -> list[float]:
+    """Per-layer target densities of ``init`` (see :func:`layer_budgets`)."""
+    if init == "uniform":
+        return [density] * len(numels)
+    if init == "erk":
+        if shapes is None or len(shapes) != len(numels):
+            raise ValueError("init='erk' needs one shape per layer")
+        for s, n in zip(shapes, numels):
+            if math.prod(s) != n:
+                raise ValueError(f"shape {tuple(s)} does not have {n} elements")
+        return _erk_densities(numels, shapes, density)
+    if init == "igq":
+        return _igq_densities(numels, density)
+    raise ValueError(f"init must be 'uniform', 'erk' or 'igq', got {init!r}")
+
+
+def _floored_targets(targets: Tensor, floors: Tensor, total: int) -> Tensor:
+    """Water-fill: layers whose target is below their floor are pinned there; the rest share
+    what is left in proportion to their targets, until no target falls below its floor."""
+    pinned = targets < floors.to(targets.dtype)
+    for _ in range(len(targets) + 1):
+        free_total = total - float(floors[pinned].sum())
+        free_sum = float(targets[~pinned].sum())
+        scale = free_total / free_sum if free_sum > 0 else 0.0
+        scaled_t = torch.where(pinned, floors.to(targets.dtype), targets * scale)
+        newly = ~pinned & (scaled_t < floors.to(targets.dtype))
+        if not bool(newly.any()):
+            break
+        pinned |= newly
+    return scaled_t
+
+
 def layer_budgets(
     numels: Sequence[int],
     density: float,
@@ -138,19 +172,7 @@ def layer_budgets(
     if not numels:
         return []
     total = round(density * sum(numels))
-    if init == "uniform":
-        per_layer = [density] * len(numels)
-    elif init == "erk":
-        if shapes is None or len(shapes) != len(numels):
-            raise ValueError("init='erk' needs one shape per layer")
-        for s, n in zip(shapes, numels):
-            if math.prod(s) != n:
-                raise ValueError(f"shape {tuple(s)} does not have {n} elements")
-        per_layer = _erk_densities(numels, shapes, density)
-    elif init == "igq":
-        per_layer = _igq_densities(numels, density)
-    else:
-        raise ValueError(f"init must be 'uniform', 'erk' or 'igq', got {init!r}")
+    per_layer = _init_densities(numels, density, init, shapes)
     # Targets sum to d·N; round(d·N) differs by at most ½, which largest-remainder absorbs
     # (deficit ∈ [0, #fractional entries]), so every count stays within 1 of its target.
     targets = torch.tensor([d * n for d, n in zip(per_layer, numels)], dtype=torch.float64)
@@ -166,18 +188,7 @@ def layer_budgets(
             "needed to give every output channel one active weight; raise the density or "
             "set sparsity.protect_channels=false"
         )
-    # Water-fill: layers whose target is below their floor are pinned there; the rest share
-    # what is left in proportion to their targets, until no target falls below its floor.
-    pinned = targets < floors.to(targets.dtype)
-    for _ in range(len(numels) + 1):
-        free_total = total - float(floors[pinned].sum())
-        free_sum = float(targets[~pinned].sum())
-        scale = free_total / free_sum if free_sum > 0 else 0.0
-        scaled_t = torch.where(pinned, floors.to(targets.dtype), targets * scale)
-        newly = ~pinned & (scaled_t < floors.to(targets.dtype))
-        if not bool(newly.any()):
-            break
-        pinned |= newly
+    scaled_t = _floored_targets(targets, floors, total)
     extra = _largest_remainder(
         scaled_t - floors.to(targets.dtype), total - int(floors.sum()), caps - floors
     )

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from dnr.errors import ConfigError
 from dnr.registry import GRANULARITIES
 from dnr.sparsity.channel_rewiring import decide_channels
 from dnr.sparsity.channels import ChannelLayout
@@ -37,6 +38,9 @@ from dnr.sparsity.rewiring import RewireStats, normalized_momentum
 from dnr.statedict import canonical_name
 
 __all__ = ["ChannelMasking"]
+
+if TYPE_CHECKING:
+    from dnr.config import Config
 
 _STATE_FORMAT = "dnr.channel_masking/1"
 
@@ -103,8 +107,17 @@ class ChannelMasking:
         """Channel mode starts from a uniform channel fraction (ERK is a per-weight rule)."""
         if settings.init != "uniform":
             raise ValueError(
-                "channel mode starts from a uniform channel fraction: set init=uniform"
+                "channel mode starts from a uniform channel fraction; set init=uniform "
+                "(ERK is a per-weight rule)"
             )
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """:meth:`check_settings` on ``cfg.sparsity``, early (config validation)."""
+        try:
+            cls.check_settings(MaskSettings.from_config(cfg.sparsity))
+        except ValueError as err:
+            raise ConfigError(f"sparsity.init: {err}") from None
 
     @property
     def exclude(self) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from dnr.config import ChannelBudget, GrowMomentum, SparsityInit
 from dnr.sparsity.rewiring import RewireStats
 from dnr.statedict import canonical_name
+
+if TYPE_CHECKING:
+    from dnr.config import Config
 
 __all__ = [
     "BUDGETS",
@@ -164,6 +167,12 @@ class MaskSet(Protocol):
     masks: dict[str, Tensor]
     density_target: float
     target_active: int
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """``ConfigError`` for ``sparsity.*`` settings this granularity cannot run with
+        (called by config validation, before anything is built)."""
+        ...
 
     @classmethod
     def from_config(

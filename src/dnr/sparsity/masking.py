@@ -23,7 +23,7 @@ Invariants it maintains (docs/method.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,9 @@ from dnr.sparsity.rewiring import (
 )
 
 __all__ = ["Masking"]
+
+if TYPE_CHECKING:
+    from dnr.config import Config
 
 _STATE_FORMAT = "dnr.masking/1"
 
@@ -117,6 +120,10 @@ class Masking:
         # load_state_dict(), which refresh it, so density queries never touch the device.
         self._nnz: dict[str, int] = dict(zip(self.params, budgets))
         self.apply_()
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Any valid ``cfg.sparsity`` runs in weight mode."""
 
     @classmethod
     def from_config(
