@@ -314,7 +314,7 @@ def run_one(
     result = train(
         cfg,
         run_dir,
-        progress=False,
+        show_progress=False,
         log=lambda _: None,
         data=data,
         resume=RunDir(run_dir).last_checkpoint.exists(),

@@ -18,7 +18,7 @@ from dnr.sparsity.admm import project
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.lwm import magnitude_masks
 
-QUIET = {"progress": False, "log": lambda _msg: None}
+QUIET = {"show_progress": False, "log": lambda _msg: None}
 
 
 def _records(run_dir) -> list[dict]:

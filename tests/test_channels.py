@@ -93,7 +93,7 @@ def test_budget_below_one_channel_per_group_is_a_clear_error() -> None:
     cfg = load_config(None, tiny_overrides(sparsity__method="static", sparsity__density=1e-4))
     cfg.sparsity.granularity = "channel"
     with pytest.raises(ConfigError, match="raise sparsity.density"):
-        dnr.train(cfg, "/nonexistent/never-written", progress=False, log=lambda _: None)
+        dnr.train(cfg, "/nonexistent/never-written", show_progress=False, log=lambda _: None)
 
 
 def test_channel_mode_needs_a_model_that_declares_groups_and_a_uniform_init(tmp_path) -> None:
@@ -104,7 +104,7 @@ def test_channel_mode_needs_a_model_that_declares_groups_and_a_uniform_init(tmp_
         sparsity__method="dnr", sparsity__granularity="channel", sparsity__init="erk"
     )
     with pytest.raises(ConfigError, match="init=uniform"):
-        dnr.train(load_config(None, overrides), tmp_path / "r", progress=False, log=print)
+        dnr.train(load_config(None, overrides), tmp_path / "r", show_progress=False, log=print)
     with pytest.raises(ConfigError, match="sparsity.granularity"):
         load_config(None, tiny_overrides(sparsity__granularity="filter"))
 
@@ -265,7 +265,7 @@ def test_channel_dnr_trains_records_its_channels_and_exports(tmp_path) -> None:
         sparsity__redistribution=1.0,
         model__width=0.125,
     )
-    result = dnr.train(load_config(None, overrides), tmp_path, progress=False, log=lambda _: None)
+    result = dnr.train(load_config(None, overrides), tmp_path, show_progress=False, log=lambda _: None)
     meta = json.loads((tmp_path / "model.json").read_text())
     sparsity = meta["sparsity"]
     assert sparsity["mode"] == "channel"
@@ -349,7 +349,7 @@ def test_a_macs_budget_reaches_the_mask_from_the_config(tmp_path, method) -> Non
         sparsity__options="{lasso: {sparsify_epochs: 1}}",
         train__epochs=2,
     )
-    dnr.train(load_config(None, overrides), tmp_path / "run", progress=False, log=lambda _: None)
+    dnr.train(load_config(None, overrides), tmp_path / "run", show_progress=False, log=lambda _: None)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())["sparsity"]
     assert meta["budget"] == "macs"
     assert 0.15 < meta["macs_density"] <= 0.2  # within one channel of the MACs budget

@@ -130,7 +130,7 @@ def _train_worker(
 
         step_module.hybrid_loss = flaky
     try:
-        train(from_dict(cfg), out.format(rank=rank), resume=resume, progress=False, log=print)
+        train(from_dict(cfg), out.format(rank=rank), resume=resume, show_progress=False, log=print)
     except KeyboardInterrupt:
         if fail_at < 0 and fail_step < 0:
             raise
@@ -168,7 +168,7 @@ def runs(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(cfg, base / "single", progress=False, log=lambda _: None)
+        train(cfg, base / "single", show_progress=False, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
     _run(cfg, base / "rank{rank}", record=base)
@@ -414,7 +414,7 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_result(runs: Path, tmp_
     ref = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(runs / "rank0")]
     assert clean == ref
     # The same interrupted run, resumed by a single process: the global batch is the same.
-    train(cfg, tmp_path / "one", resume=True, progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "one", resume=True, show_progress=False, log=lambda _: None)
     assert [r["epoch"] for r in _metrics(tmp_path / "one")] == [1, 2, 3]
     assert _metrics(tmp_path / "one")[0] == _metrics(out)[0]
 

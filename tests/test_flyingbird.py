@@ -405,7 +405,7 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_bits(tmp_path, monkeypa
         data__subset=128,
     )
     cfg = load_config(None, overrides)
-    quiet = {"progress": False, "log": lambda _: None}
+    quiet = {"show_progress": False, "log": lambda _: None}
     train(cfg, tmp_path / "straight", **quiet)
     real, calls = step_module.hybrid_loss, {"n": 0}
 

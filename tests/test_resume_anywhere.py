@@ -87,7 +87,7 @@ SCRIPT = textwrap.dedent(
             return method
         setup.build_sparsity = build
     resume = os.path.exists(os.path.join(out, "checkpoints", "last.pt"))
-    train(load_config(None, overrides), out, resume=resume, progress=False, log=print)
+    train(load_config(None, overrides), out, resume=resume, show_progress=False, log=print)
     """
 )
 
@@ -176,13 +176,13 @@ def test_step_checkpoints_lose_at_most_checkpoint_every_steps(tmp_path, monkeypa
 
     monkeypatch.setattr(step_module, "hybrid_loss", counting)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)["state"]
     assert (state["epochs_done"], state["batch"], state["step"]) == (1, 2, 6)
     armed["on"] = False
     calls["n"] = 0
     lines: list[str] = []
-    train(cfg, tmp_path / "run", resume=True, progress=False, log=lines.append)
+    train(cfg, tmp_path / "run", resume=True, show_progress=False, log=lines.append)
     assert calls["n"] == 12 - 6
     assert any("after batch 2" in line for line in lines)
 
@@ -231,7 +231,7 @@ def test_a_non_finite_loss_stops_before_its_state_is_saved(tmp_path, monkeypatch
 
     monkeypatch.setattr(step_module, "hybrid_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"at epoch 2, batch 2;"):
-        train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     last = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     assert last["state"]["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
@@ -242,7 +242,7 @@ def test_rewirings_inside_an_epoch_survive_a_mid_epoch_resume(tmp_path, monkeypa
     """With rewire_every, an epoch's rewiring records accumulate until its end: a step
     checkpoint must carry them, or the epoch's metrics lose the ones before it."""
     cfg = load_config(None, [*OVERRIDES, "sparsity.rewire_every=2", "train.checkpoint_every=3"])
-    train(cfg, tmp_path / "straight", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "straight", show_progress=False, log=lambda _: None)
     real, calls = step_module.hybrid_loss, {"n": 0}
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -253,9 +253,9 @@ def test_rewirings_inside_an_epoch_survive_a_mid_epoch_resume(tmp_path, monkeypa
 
     monkeypatch.setattr(step_module, "hybrid_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     monkeypatch.undo()
-    train(cfg, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "run", resume=True, show_progress=False, log=lambda _: None)
     a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "run")
     assert len(a[1]["rewire"]) == 2  # steps 6 and 8 of epoch 2 (5-8)
     assert _strip(a) == _strip(b)

@@ -28,7 +28,7 @@ from dnr.sparsity import (
 )
 from dnr.training import build_optimizer, model_for, stage_plan, train, train_step
 
-QUIET = {"progress": False, "log": lambda _msg: None}
+QUIET = {"show_progress": False, "log": lambda _msg: None}
 
 
 class FrozenFirstLayer(SparsityMethod):
@@ -103,7 +103,7 @@ def test_a_method_registered_outside_the_package_trains_through_dnr_train(
         None, tiny_overrides(sparsity__method="toy-frozen-first", train__epochs=3, data__subset=128)
     )
     lines: list[str] = []
-    result = train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    result = train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
 
     (method,) = built
     steps = result.history[-1]["step"]

@@ -41,7 +41,7 @@ def _metrics(run_dir) -> list[dict]:
 
 def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=4, train__lr=0.05))
-    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     run = RunDir(tmp_path / "run")
     for path in (
         run.config,
@@ -82,7 +82,7 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
 
 def test_load_model_round_trip_identical_logits(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1))
-    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     rebuilt = load_model(tmp_path / "run")
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
     cfg = load_config(
         None, tiny_overrides(sparsity__method="dnr", sparsity__density=0.1, train__epochs=3)
     )
-    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     masking = result.sparsity.masking
     weights = load_file(str(RunDir(tmp_path / "run").model_weights))
     total = sum(weights[name].numel() for name in masking.masks)
@@ -143,7 +143,7 @@ def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -
             sparsity__bn_refresh_batches=1,
         ),
     )
-    train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     records = _metrics(tmp_path / "run")
     assert [len(r.get("rewire", [])) for r in records] == expected
     rates = [w["prune_rate"] for r in records for w in r.get("rewire", [])]
@@ -172,20 +172,20 @@ def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(
             sparsity__bn_refresh_batches=3,
         ),
     )
-    train(cfg, tmp_path / "on", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "on", show_progress=False, log=lambda _: None)
     assert calls == [3, 3]  # after each of the two rewirings, three batches each
     calls.clear()
     off = load_config(
         None,
         tiny_overrides(sparsity__method="dnr", train__epochs=3, sparsity__bn_refresh_batches=0),
     )
-    train(off, tmp_path / "off", progress=False, log=lambda _: None)
+    train(off, tmp_path / "off", show_progress=False, log=lambda _: None)
     assert calls == []
 
 
 def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(sparsity__method="static", train__epochs=2))
-    result = train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "a", show_progress=False, log=lambda _: None)
     model = model_for(cfg, load_dataset(cfg.data))
     initial = build_sparsity(cfg, model, build_optimizer(cfg, model), _mask_generator(cfg))
     for name, mask in initial.masking.masks.items():
@@ -224,17 +224,17 @@ def test_interrupted_run_resumes_to_the_same_result(
         data__subset=128,
     )
     cfg = load_config(None, overrides)
-    train(cfg, tmp_path / "straight", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "straight", show_progress=False, log=lambda _: None)
 
     batches_per_epoch = math.ceil(128 / 32)
     _interrupt_after(monkeypatch, batches_per_epoch + 2)  # in the middle of epoch 2
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed", progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "resumed", show_progress=False, log=lambda _: None)
     assert len(_metrics(tmp_path / "resumed")) == 1
     monkeypatch.undo()
     with pytest.raises(RunExistsError):
-        train(cfg, tmp_path / "resumed", progress=False, log=lambda _: None)
-    train(cfg, tmp_path / "resumed", resume=True, progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "resumed", show_progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "resumed", resume=True, show_progress=False, log=lambda _: None)
 
     a = load_file(str(RunDir(tmp_path / "straight").model_weights))
     b = load_file(str(RunDir(tmp_path / "resumed").model_weights))
@@ -252,17 +252,17 @@ def test_interrupted_run_resumes_to_the_same_result(
 
 def test_resume_refuses_a_different_config(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1))
-    train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     other = load_config(None, tiny_overrides(train__epochs=1, train__lr=0.2))
     with pytest.raises(ConfigError, match="configuration differs"):
-        train(other, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
+        train(other, tmp_path / "run", resume=True, show_progress=False, log=lambda _: None)
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
-        train(cfg, tmp_path / "empty", resume=True, progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "empty", resume=True, show_progress=False, log=lambda _: None)
 
 
 def test_bf16_training_runs_and_model_stays_fp32(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1, train__bf16=True))
-    result = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     assert math.isfinite(_metrics(tmp_path / "run")[0]["train_loss"])
 
@@ -343,14 +343,14 @@ def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) ->
         None, tiny_overrides(sparsity__method="dnr", train__epochs=2, sparsity__rewire_until=0.4)
     )
     lines: list[str] = []
-    train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
     assert any("no rewiring falls before sparsity.rewire_until=0.4" in line for line in lines)
     assert all("rewire" not in r for r in _metrics(tmp_path / "run"))
 
 
 def test_resume_names_the_keys_that_differ(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1))
-    train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     del state["config"]["sparsity"]["redistribution"]  # as saved by an older version
     from dnr.checkpoints import save_checkpoint
@@ -362,7 +362,7 @@ def test_resume_names_the_keys_that_differ(tmp_path) -> None:
         match=r"differs in sparsity.redistribution is new since "
         r"that run started, train.epochs",
     ):
-        train(other, tmp_path / "run", resume=True, progress=False, log=lambda _: None)
+        train(other, tmp_path / "run", resume=True, show_progress=False, log=lambda _: None)
 
 
 def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
@@ -371,7 +371,7 @@ def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
     )
     assert "never decays" in schedule_warning(cfg)
     lines: list[str] = []
-    train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
     assert any(line.startswith("warning: the learning rate never decays") for line in lines)
 
 
@@ -396,8 +396,8 @@ def test_public_train_stays_callable(tmp_path) -> None:
 
     assert callable(dnr.train) and dnr.train is first
     cfg = dnr.load_config(None, tiny_overrides(train__epochs=1, data__subset=64))
-    dnr.train(cfg, tmp_path / "a", progress=False, log=lambda _: None)
-    dnr.train(cfg, tmp_path / "b", progress=False, log=lambda _: None)
+    dnr.train(cfg, tmp_path / "a", show_progress=False, log=lambda _: None)
+    dnr.train(cfg, tmp_path / "b", show_progress=False, log=lambda _: None)
     assert dnr.load_model(tmp_path / "b").arch_config["name"] == "vgg16"
 
 
@@ -420,7 +420,7 @@ def test_validation_pgd_can_be_stronger_than_the_training_attack(monkeypatch, tm
 
     monkeypatch.setattr(loop_module, "pgd_accuracy", spy)
     cfg = load_config(None, tiny_overrides(train__epochs=1, attack__steps=1, attack__val_steps=10))
-    dnr.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    dnr.train(cfg, tmp_path / "run", show_progress=False, log=lambda _m: None)
     assert seen == [(10, pytest.approx(2.5 * cfg.attack.eps / 10))]
     with pytest.raises(ConfigError, match="attack.val_steps: must be >= 1"):
         load_config(None, ["attack.val_steps=0"])

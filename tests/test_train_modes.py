@@ -223,7 +223,7 @@ def test_speed_switches_train_end_to_end(tmp_path) -> None:
     for switch in ("train.channels_last=false", "train.channels_last=true"):
         overrides = tiny_overrides(sparsity__method="dnr", train__epochs=2, data__subset=96)
         cfg = load_config(None, [*overrides, switch])
-        result = train(cfg, tmp_path / switch, progress=False, log=lambda _: None)
+        result = train(cfg, tmp_path / switch, show_progress=False, log=lambda _: None)
         runs[switch] = [r["train_loss"] for r in result.history]
     a, b = runs.values()
     assert all(abs(x - y) < 0.1 for x, y in zip(a, b, strict=True)), runs
@@ -277,7 +277,7 @@ def test_compiled_step_matches_eager_and_rewiring_never_recompiles() -> None:
 def test_fast_modes_train_end_to_end(tmp_path) -> None:
     for mode in ("fgsm_rs", "free"):
         cfg = _config(sparsity__method="dnr", attack__train_mode=mode, attack__replays=2)
-        result = train(cfg, tmp_path / mode, progress=False, log=lambda _: None)
+        result = train(cfg, tmp_path / mode, show_progress=False, log=lambda _: None)
         record = result.history[-1]
         assert math.isfinite(record["train_loss"]) and record["train_adv_acc"] is not None
         # free: 2 optimizer steps per batch, counted in the step
@@ -311,15 +311,15 @@ def test_a_collapse_of_validation_pgd_stops_single_step_training(tmp_path, monke
     monkeypatch.setattr(loop_module, "_validate", fake_validate)
     cfg = _config(sparsity__method="dnr", attack__train_mode="fgsm_rs", train__epochs=5)
     lines: list[str] = []
-    result = train(cfg, tmp_path / "fgsm", progress=False, log=lines.append)
+    result = train(cfg, tmp_path / "fgsm", show_progress=False, log=lines.append)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.best_epoch == 2 and any("catastrophic overfitting" in line for line in lines)
     last = load_checkpoint(RunDir(tmp_path / "fgsm").last_checkpoint)
     assert last["state"]["stopped_at"] == 3
-    again = train(cfg, tmp_path / "fgsm", resume=True, progress=False, log=lambda _: None)
+    again = train(cfg, tmp_path / "fgsm", resume=True, show_progress=False, log=lambda _: None)
     assert [r["epoch"] for r in again.history] == [1, 2, 3]  # not trained past the stop
 
     figures = iter([0.30, 0.32, 0.10, 0.31, 0.31])
     pgd_cfg = _config(sparsity__method="dnr", train__epochs=5)
-    pgd_run = train(pgd_cfg, tmp_path / "pgd", progress=False, log=lambda _: None)
+    pgd_run = train(pgd_cfg, tmp_path / "pgd", show_progress=False, log=lambda _: None)
     assert len(pgd_run.history) == 5

@@ -45,7 +45,7 @@ def run_train(
 ) -> tuple[TrainResult, EvalReport | None]:
     """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report."""
     data = _load_for_training(cfg.data)
-    result = train(cfg, out_dir, resume=resume, progress=progress, log=log, data=data)
+    result = train(cfg, out_dir, resume=resume, show_progress=progress, log=log, data=data)
     if not result.is_main:  # torchrun: rank 0 evaluates and writes the report
         return result, None
     report = None

@@ -66,17 +66,21 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
-    progress: bool | None = None,
+    show_progress: bool | None = None,
     log: Callable[[str], None] = print,
     data: DatasetSplits | None = None,
 ) -> TrainResult:
-    """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.rundir``."""
+    """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.rundir``.
+
+    ``show_progress``: a progress bar per epoch (default: when stderr is a terminal); not to
+    be confused with the :class:`~dnr.sparsity.Progress` the method's hooks receive.
+    """
     # a Config built in Python has not been through load_config's normalisation and checks
     normalize_names(cfg)
     validate(cfg)
     dist, device = Distributed.setup(cfg.train.device, cfg.train.dist_backend)
     try:
-        return _train(cfg, out_dir, dist, device, resume, progress, log, data)
+        return _train(cfg, out_dir, dist, device, resume, show_progress, log, data)
     finally:
         dist.close()
 
@@ -87,12 +91,12 @@ def _train(
     dist: Distributed,
     device: torch.device,
     resume: bool,
-    progress: bool | None,
+    show_progress: bool | None,
     log: Callable[[str], None],
     data: DatasetSplits | None,
 ) -> TrainResult:
     """Open the run, count progress where it stands, run the epochs, deploy the best one."""
-    show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
+    show = (sys.stderr.isatty() if show_progress is None else show_progress) and dist.is_main
     if not dist.is_main:
         log = _silent
     writer = RunWriter(out_dir, enabled=dist.is_main)  # warnings to stderr, also with --quiet
