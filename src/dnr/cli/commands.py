@@ -6,13 +6,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from dnr.cli.listing import LIST_KINDS, format_entries
 from dnr.config import ConfigError, EvalConfig, load_config
 
 
-def _log_for(quiet: bool):
+def _log_for(quiet: bool) -> Callable[[str], None]:
+    """Where a command's log lines go: nowhere with --quiet, else stdout, flushed."""
     return (lambda _msg: None) if quiet else (lambda msg: print(msg, flush=True))
 
 
