@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from benchutil import cpu_name
+from benchlib.machine import cpu_name
 from dnr.checkpoints import load_checkpoint, save_checkpoint, verify_checkpoint
 from dnr.config import load_config
 from dnr.fileio import atomic_write
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         verify_s = timed(lambda: verify_checkpoint(last), args.repeats, sync)
         load_s = timed(lambda: load_checkpoint(last, map_location=device), args.repeats, sync)
         last_bytes, best_bytes = last.stat().st_size, best.stat().st_size
-        assert verify_checkpoint(last) and verify_checkpoint(best)
+        assert verify_checkpoint(last)
+        assert verify_checkpoint(best)
 
     write, plain = statistics.median(write_s), statistics.median(plain_s)
     verify, load = statistics.median(verify_s), statistics.median(load_s)

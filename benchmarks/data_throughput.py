@@ -27,26 +27,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from PIL import Image
 
-from benchutil import (
-    RESULTS,
-    load_images,
-    machine_info,
-    machine_lines,
-    now,
-    spread,
-    sync,
-    write_results,
-)
+from benchlib.images import load_images
+from benchlib.machine import machine_info, machine_lines, now, sync
+from benchlib.reference_loop import ToTensor, crop_flip_pil, make_loader
+from benchlib.results import RESULTS, spread, write_results
 from dnr.data.loader import BatchLoader, Split, random_crop_flip
 from dnr.devices import resolve_device
 from dnr.markdown import markdown_table
-from reference_loop import ToTensor, crop_flip_pil, make_loader
 
 
 def check_same_augmentation(x: np.ndarray, count: int = 64, seed: int = 0) -> int:
@@ -86,7 +81,7 @@ def time_reference(loader: torch.utils.data.DataLoader, device: torch.device) ->
         x, y = x.to(device), y.to(device)
         count += len(y)
     sync(device)
-    assert count == len(loader.dataset)
+    assert count == len(cast(Sized, loader.dataset))
     return time.perf_counter() - start
 
 
@@ -125,7 +120,7 @@ def main() -> None:
 
     # warm-up: one short pass of each (allocator, imports in fresh workers)
     time_ours(ours, 10_000)
-    times: dict[str, list[float]] = {"ours": []} | {f"ref{w}": [] for w in workers}
+    times: dict[str, list[float]] = {k: [] for k in ["ours", *(f"ref{w}" for w in workers)]}
     for r in range(args.repeats):  # interleaved, so drift hits every pipeline alike
         times["ours"].append(time_ours(ours, r))
         for w in workers:

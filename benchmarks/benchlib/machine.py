@@ -1,28 +1,20 @@
-"""Shared helpers of the speed benchmarks (``train_throughput.py``, ``data_throughput.py``).
+"""What the figures were measured on, and clocks that wait for the device.
 
-Machine description, the exact command, the images the benchmarks train on, device
-synchronisation and writing JSON + Markdown results. Not a benchmark itself.
+The header of every speed benchmark's results names the machine, the software and the
+exact command, so a figure can be measured again and compared.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
-CIFAR_PART = ROOT.parent / "shared" / "data" / "cifar10_train_part0.npz"
 
 
 def sync(device: torch.device) -> None:
@@ -34,11 +26,13 @@ def sync(device: torch.device) -> None:
 
 
 def now(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done."""
     sync(device)
     return time.perf_counter()
 
 
 def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -78,44 +72,3 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
         f"{info['threads']} CPU threads; Python {info['python']}",
         f"- measured {info['date']} with `{info['command']}`",
     ]
-
-
-def load_images(n: int, source: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
-    """``n`` CIFAR-shaped images: uint8 (N, 32, 32, 3) and int64 labels, and their origin.
-
-    ``source``: ``cifar`` (the first ``n`` rows of ``../shared/data/cifar10_train_part0.npz``),
-    ``random`` (seeded uniform uint8) or ``auto`` (CIFAR when the file is there).
-    """
-    if source == "auto":
-        source = "cifar" if CIFAR_PART.is_file() else "random"
-    if source == "cifar":
-        with np.load(CIFAR_PART) as data:
-            x, y = data["x"], data["y"]
-        if len(y) < n:  # repeat rows to reach n (only for n beyond the file's 25,000)
-            reps = -(-n // len(y))
-            x, y = np.concatenate([x] * reps), np.concatenate([y] * reps)
-        return (
-            np.ascontiguousarray(x[:n]),
-            y[:n].astype(np.int64),
-            f"CIFAR-10 ({CIFAR_PART.name})",
-        )
-    if source != "random":
-        raise ValueError(f"--data must be auto, cifar or random, got {source!r}")
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, size=n, dtype=np.int64)
-    return x, y, "random uint8"
-
-
-def spread(values: Sequence[float]) -> float:
-    """Half the range relative to the median: how much the repeats disagree (0 for one)."""
-    if len(values) < 2:
-        return 0.0
-    return (max(values) - min(values)) / 2 / statistics.median(values)
-
-
-def write_results(out_dir: Path, name: str, info: dict[str, Any], markdown: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n")
-    print(f"wrote {out_dir / name}.json and .md")

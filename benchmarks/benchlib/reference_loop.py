@@ -183,6 +183,7 @@ def pgd_reference(
         x_adv.requires_grad_()
         loss = F.cross_entropy(model(x_adv), y)
         loss.backward()
+        assert x_adv.grad is not None  # (for mypy: backward just filled it)
         x_adv = x_adv.detach() + step_size * x_adv.grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
         x_adv = torch.clamp(x_adv, 0.0, 1.0)
