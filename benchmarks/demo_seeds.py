@@ -33,6 +33,7 @@ def main() -> None:
             _, report = run_train(
                 cfg, run_dir, resume=run_dir.exists(), progress=False, log=lambda _msg: None
             )
+            assert report is not None, "run_train evaluates the run it trains"
             accuracy = {r.name: r.accuracy for r in report.results}
             rows.append({"method": method, "seed": seed, **accuracy})
             print(rows[-1], flush=True)

@@ -22,25 +22,21 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import dnr
+from benchlib.results import RESULTS
+from dnr.costs import measure_latency, model_costs
+from dnr.export.compact import compact_model
+from dnr.fileio import atomic_write_json, atomic_write_text
+from dnr.markdown import markdown_table
+from dnr.modelfile import load_model, model_from_architecture, read_model_meta
+from dnr.sparsity import ChannelMasking, Masking
 
-import dnr  # noqa: E402
-from dnr.costs import measure_latency, model_costs  # noqa: E402
-from dnr.export.compact import compact_model  # noqa: E402
-from dnr.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from dnr.markdown import markdown_table  # noqa: E402
-from dnr.modelfile import load_model, model_from_architecture, read_model_meta  # noqa: E402
-from dnr.sparsity import ChannelMasking, Masking  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 BATCHES = {1: 50, 64: 7}  # batch -> timed repeats (median), in each of 3 rounds
 
 
