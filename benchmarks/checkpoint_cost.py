@@ -33,24 +33,37 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from benchlib.machine import cpu_name
 from dnr.checkpoints import load_checkpoint, save_checkpoint, verify_checkpoint
-from dnr.config import load_config
+from dnr.config import Config, load_config
 from dnr.fileio import atomic_write
 from dnr.models import create_model, init_weights
-from dnr.sparsity import build_sparsity
-from dnr.sparsity.base import Progress
-from dnr.training import TrainState, build_optimizer, train_step
+from dnr.sparsity import Progress, SparsityMethod
+from dnr.training import TrainState, build_training_parts, train_step
 
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
+@dataclass
+class Training:
+    """The run whose checkpoints are timed: its parts and one timed train step."""
+
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    method: SparsityMethod
+    progress: Progress
+    step: Callable[[], None]
+
+
 def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` (device work included)."""
     out = []
     for _ in range(repeats):
         sync()
@@ -61,8 +74,9 @@ def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> list
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed train steps (after 1 warm-up)")
@@ -75,55 +89,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="where to write the checkpoints (default: a temp dir)",
     )
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    load_before = os.getloadavg()[0]
+    return ap.parse_args(argv)
 
-    cfg = load_config(
-        "vgg16_cifar10",
-        [
-            "sparsity.method=dnr",
-            "sparsity.density=0.05",
-            "model.width=1.0",
-            "attack.steps=7",
-            f"train.batch_size={args.batch_size}",
-            f"train.device={args.device}",
-        ],
-    )
+
+def training(cfg: Config, batch_size: int, device: torch.device) -> Training:
+    """Full-size VGG16 with DNR at d = 0.05, and a PGD-7 hybrid step on a fixed batch."""
     torch.manual_seed(0)
     model = init_weights(create_model("vgg16", num_classes=10, width=1.0), cfg.model.init)
-    model.to(device).train()
-    optimizer = build_optimizer(cfg, model)
-    method = build_sparsity(cfg, model, optimizer, torch.Generator().manual_seed(0))
-    steps_per_epoch = -(-CIFAR10_TRAIN_IMAGES // args.batch_size)
+    model.train()
+    parts = build_training_parts(cfg, model, device, masks_seed=0)
+    model, optimizer, method = parts.model, parts.optimizer, parts.method
+    steps_per_epoch = -(-CIFAR10_TRAIN_IMAGES // batch_size)
     progress = Progress(step=0, epoch=0, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch)
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(args.batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    x = torch.rand(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
 
     def step() -> None:
         train_step(model, optimizer, x, y, cfg, method, progress, gen)
 
-    timed(step, 1, sync)  # warm-up (and the optimizer's momentum buffers)
-    step_s = timed(step, args.steps, sync)
-    step_median = statistics.median(step_s)
-    epoch_estimate = step_median * CIFAR10_TRAIN_IMAGES / args.batch_size
+    return Training(model, optimizer, method, progress, step)
 
-    state = TrainState(epochs_done=1, step=progress.step)
+
+def checkpoint_states(cfg: Config, run: Training) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the loop writes to ``last.pt`` (resume state) and ``best.pt`` (weights + masks)."""
+    state = TrainState(epochs_done=1, step=run.progress.step)
     last_state = {
         "version": 2,
         "config": cfg.to_dict(),
         "state": state.state_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "sparsity": method.state_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "sparsity": run.method.state_dict(),
         "rng_cpu": torch.get_rng_state(),
     }
-    best_state = {"epoch": 0, "model": model.state_dict(), "sparsity": method.state_dict()}
+    best_state = {"epoch": 0, "model": run.model.state_dict(), "sparsity": run.method.state_dict()}
+    return last_state, best_state
 
+
+def time_checkpoints(
+    args: argparse.Namespace,
+    device: torch.device,
+    sync: Callable[[], None],
+    last_state: dict[str, Any],
+    best_state: dict[str, Any],
+) -> dict[str, Any]:
+    """Seconds to write (sealed and plain), verify and load, and the files' sizes."""
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp) / "checkpoints"
         last, previous, best = folder / "last.pt", folder / "previous.pt", folder / "best.pt"
@@ -142,19 +153,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         last_bytes, best_bytes = last.stat().st_size, best.stat().st_size
         assert verify_checkpoint(last)
         assert verify_checkpoint(best)
+    return {
+        "write_s": write_s,
+        "plain_s": plain_s,
+        "verify_s": verify_s,
+        "load_s": load_s,
+        "last_bytes": last_bytes,
+        "best_bytes": best_bytes,
+    }
 
-    write, plain = statistics.median(write_s), statistics.median(plain_s)
-    verify, load = statistics.median(verify_s), statistics.median(load_s)
-    tensors = {
-        "model": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+
+def tensor_bytes(run: Training) -> dict[str, int]:
+    """Bytes of the weights and of the optimizer's state (what a checkpoint mostly holds)."""
+    return {
+        "model": sum(t.numel() * t.element_size() for t in run.model.state_dict().values()),
         "optimizer": sum(
             t.numel() * t.element_size()
-            for s in optimizer.state.values()
+            for s in run.optimizer.state.values()
             for t in s.values()
             if isinstance(t, torch.Tensor)
         ),
     }
-    result: dict[str, Any] = {
+
+
+def result_record(
+    args: argparse.Namespace,
+    device: torch.device,
+    load_before: float,
+    step_s: list[float],
+    t: dict[str, Any],
+    tensors: dict[str, int],
+) -> dict[str, Any]:
+    """Every figure of the benchmark, as ``checkpoint_cost.json`` holds them."""
+    step_median = statistics.median(step_s)
+    epoch_estimate = step_median * CIFAR10_TRAIN_IMAGES / args.batch_size
+    write, plain = statistics.median(t["write_s"]), statistics.median(t["plain_s"])
+    verify, load = statistics.median(t["verify_s"]), statistics.median(t["load_s"])
+    return {
         "model": "vgg16",
         "width": 1.0,
         "dataset": "cifar10 (10 classes, 32x32)",
@@ -178,19 +213,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"estimate: median train_step x {CIFAR10_TRAIN_IMAGES:,} / {args.batch_size} "
             "steps; no validation, data loading or rewiring"
         ),
-        "last_pt_bytes": last_bytes,
-        "best_pt_bytes": best_bytes,
-        "disk_bytes_per_run": 2 * last_bytes + best_bytes,  # last + previous + best
+        "last_pt_bytes": t["last_bytes"],
+        "best_pt_bytes": t["best_bytes"],
+        "disk_bytes_per_run": 2 * t["last_bytes"] + t["best_bytes"],  # last + previous + best
         "tensor_bytes": tensors,
-        "write_s": write_s,
+        "write_s": t["write_s"],
         "write_median_s": write,
         "write_without_checksum_median_s": plain,
-        "load_verified_s": load_s,
+        "load_verified_s": t["load_s"],
         "load_verified_median_s": load,
         "verify_median_s": verify,
         "write_fraction_of_epoch": write / epoch_estimate,
         "load_fraction_of_epoch": load / epoch_estimate,
     }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Time a train step and the checkpoint's write and load; write JSON and Markdown."""
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    load_before = os.getloadavg()[0]
+    cfg = load_config(
+        "vgg16_cifar10",
+        [
+            "sparsity.method=dnr",
+            "sparsity.density=0.05",
+            "model.width=1.0",
+            "attack.steps=7",
+            f"train.batch_size={args.batch_size}",
+            f"train.device={args.device}",
+        ],
+    )
+    run = training(cfg, args.batch_size, device)
+    timed(run.step, 1, sync)  # warm-up (and the optimizer's momentum buffers)
+    step_s = timed(run.step, args.steps, sync)
+    last_state, best_state = checkpoint_states(cfg, run)
+    times = time_checkpoints(args, device, sync, last_state, best_state)
+    result = result_record(args, device, load_before, step_s, times, tensor_bytes(run))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "checkpoint_cost.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out_dir / "checkpoint_cost.md").write_text(to_markdown(result))
@@ -199,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def to_markdown(r: dict[str, Any]) -> str:
+    """The report: sizes, write and load times, and their share of an (estimated) epoch."""
     mb = 1e6
     m = r["machine"]
     return f"""# Checkpoint cost: full-size VGG16 on CIFAR-10 (DNR, density 0.05)

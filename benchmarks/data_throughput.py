@@ -5,7 +5,7 @@ horizontal flip) over the same images, batch by batch onto the training device:
 
 * ours: ``dnr.data.BatchLoader(augment=True)``: the uint8 images live on the device, each
   batch is one gather (``random_crop_flip``) and a float conversion there;
-* reference: ``reference_loop.make_loader``: a ``torch.utils.data.DataLoader`` (workers
+* reference: ``benchlib.reference_loop.make_loader``: a ``torch.utils.data.DataLoader`` (workers
   started every epoch, as the released code does) over per-image PIL transforms
   (``RandomCrop(32, 4)``, ``RandomHorizontalFlip``, ``ToTensor``), collated, then
   ``.to(device)``; for each ``--workers`` count.

@@ -11,7 +11,7 @@ progress bar and checkpoints -- for
 * models: VGG16 and ResNet-18 (``--width 0.25`` on a CPU, ``--width 1.0`` on a GPU);
 * training modes (``attack.train_mode``): ``pgd`` (PGD-7), ``fgsm_rs`` and ``free``
   (``attack.replays`` optimizer steps per batch);
-* with ``--reference``: ``reference_loop.py``, the way the released DNR/HYDRA code trains
+* with ``--reference``: ``benchlib/reference_loop.py``, the way the released DNR/HYDRA code trains
   (DataLoader + per-image PIL transforms, ``loss.backward()`` inside PGD with
   eval/train toggles, fp32, masks multiplied into the weights with host-side bookkeeping,
   ``.item()`` every step) on the same model, data, batch and attack: our speed-up over it.
