@@ -29,11 +29,12 @@ import statistics
 import time
 from collections.abc import Sized
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from benchlib.images import load_images
 from benchlib.machine import machine_info, machine_lines, now, sync
@@ -85,8 +86,9 @@ def time_reference(loader: torch.utils.data.DataLoader, device: torch.device) ->
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, ``--quick`` applied."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", default="0,2", help="DataLoader num_workers, comma list")
@@ -97,27 +99,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 images, 2 repeats")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--name", default=None, help="results file name (default by device)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.images, args.repeats = min(args.images, 2000), min(args.repeats, 2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    return args
 
-    x, y, origin = load_images(args.images, args.data)
-    checked = check_same_augmentation(x)
-    print(f"augmentation check: {checked} images identical (PIL path vs random_crop_flip)")
 
-    setup_start = now(device)
-    split = Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y))
-    ours = BatchLoader(split, args.batch_size, device, shuffle=True, augment=True, seed=0)
-    sync(device)
-    setup_seconds = time.perf_counter() - setup_start
-    refs = {
-        w: make_loader(x, y, args.batch_size, w, pin_memory=device.type == "cuda") for w in workers
-    }
-
+def time_passes(
+    ours: BatchLoader,
+    refs: dict[int, DataLoader[Any]],
+    workers: list[int],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Seconds per full pass of each pipeline, ``args.repeats`` times, interleaved."""
     # warm-up: one short pass of each (allocator, imports in fresh workers)
     time_ours(ours, 10_000)
     times: dict[str, list[float]] = {k: [] for k in ["ours", *(f"ref{w}" for w in workers)]}
@@ -129,10 +124,13 @@ def main() -> None:
             f"repeat {r + 1}/{args.repeats}: "
             + ", ".join(f"{k} {args.images / v[-1]:.0f} img/s" for k, v in times.items())
         )
+    return times
 
-    n = args.images
+
+def rate_rows(times: dict[str, list[float]], workers: list[int], n: int) -> list[dict[str, Any]]:
+    """One row per pipeline: images/s, seconds per pass, spread, our speed-up over it."""
     ours_rate = n / statistics.median(times["ours"])
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "pipeline": "ours: BatchLoader (device-resident, batched gather)",
             "num_workers": None,
@@ -155,18 +153,12 @@ def main() -> None:
                 "ours_speedup": ours_rate / rate,
             }
         )
-    info = machine_info(device) | {
-        "images": n,
-        "data": origin,
-        "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "augmentation": "random crop 32, 4-px zero padding + horizontal flip p=0.5",
-        "augmentation_checked_images": checked,
-        "ours_setup_seconds": setup_seconds,
-        "seconds": times,
-        "results": rows,
-    }
-    table = markdown_table(
+    return rows
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as the report's Markdown table."""
+    return markdown_table(
         ["pipeline", "num_workers", "images/s", "s / pass", "± (half range)", "ours ×"],
         [
             [
@@ -180,22 +172,64 @@ def main() -> None:
             for r in rows
         ],
     )
-    md = "\n".join(
+
+
+def render(info: dict[str, Any], table: str) -> str:
+    """The Markdown report: machine, what a pass is, the augmentation check, the table."""
+    n, origin, checked = info["images"], info["data"], info["augmentation_checked_images"]
+    return "\n".join(
         [
             "# Data throughput: device-resident BatchLoader vs. DataLoader + PIL",
             "",
             *machine_lines(info),
-            f"- {n:,} images ({origin}), batch {args.batch_size}, shuffled, augmented "
+            f"- {n:,} images ({origin}), batch {info['batch_size']}, shuffled, augmented "
             f"(random crop 32 with 4-px zero padding + horizontal flip); median of "
-            f"{args.repeats} full passes, each including the epoch start (worker processes "
+            f"{info['repeats']} full passes, each including the epoch start (worker processes "
             "for the DataLoader); batches end on the training device",
             f"- the two augmentations gave identical pixels on {checked} images for the same "
             "offsets and flips; our one-time copy of the dataset to the device took "
-            f"{setup_seconds:.3f} s (not in the passes)",
+            f"{info['ours_setup_seconds']:.3f} s (not in the passes)",
             "",
             table,
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Check the augmentations agree, time both pipelines, write the results."""
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+
+    x, y, origin = load_images(args.images, args.data)
+    checked = check_same_augmentation(x)
+    print(f"augmentation check: {checked} images identical (PIL path vs random_crop_flip)")
+
+    setup_start = now(device)
+    split = Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y))
+    ours = BatchLoader(split, args.batch_size, device, shuffle=True, augment=True, seed=0)
+    sync(device)
+    setup_seconds = time.perf_counter() - setup_start
+    refs = {
+        w: make_loader(x, y, args.batch_size, w, pin_memory=device.type == "cuda") for w in workers
+    }
+    times = time_passes(ours, refs, workers, args, device)
+    rows = rate_rows(times, workers, args.images)
+    info = machine_info(device) | {
+        "images": args.images,
+        "data": origin,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "augmentation": "random crop 32, 4-px zero padding + horizontal flip p=0.5",
+        "augmentation_checked_images": checked,
+        "ours_setup_seconds": setup_seconds,
+        "seconds": times,
+        "results": rows,
+    }
+    table = results_table(rows)
+    md = render(info, table)
     print(table)
     write_results(args.out, args.name or f"data_throughput_{device.type}", info, md)
 
