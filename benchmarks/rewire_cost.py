@@ -25,9 +25,11 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dnr.attacks import pgd as project_pgd
 from dnr.models import create_model
@@ -40,6 +42,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     out = []
@@ -50,8 +53,9 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the training step")
     ap.add_argument("--width", type=float, default=1.0)
@@ -64,17 +68,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    load_before = os.getloadavg()
+    return ap.parse_args(argv)
 
-    model = create_model("vgg16", num_classes=10, width=args.width).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    masking = Masking(model, opt, density=args.density, generator=torch.Generator().manual_seed(0))
-    x = torch.rand(args.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch_size,))
+
+def hybrid_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None]:
+    """One PGD-7 hybrid-loss training step on the fixed batch (what the masking rides on)."""
 
     def train_step() -> None:
         x_adv = pgd(model, x, y)
@@ -83,11 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         opt.step()
 
-    step_s = timed(train_step, args.repeats)
-    masking.apply_()
+    return train_step
 
-    apply_s = timed(masking.apply_, max(20, args.repeats), warmup=2)
 
+def time_rewire(
+    model: nn.Module, opt: torch.optim.Optimizer, masking: Masking, args: argparse.Namespace
+) -> list[float]:
+    """Seconds of ``rewire(prune_rate)`` from dense random momentum, the first call untimed."""
     g = torch.Generator().manual_seed(1)
 
     def randomize() -> None:  # dense random momentum, as after many SGD steps
@@ -102,12 +104,21 @@ def main(argv: list[str] | None = None) -> dict:
         if i:  # first call is warm-up
             rewire_s.append(time.perf_counter() - t0)
         assert stats.total_active == masking.target_active
+    return rewire_s
 
-    step, apply, rewire = (statistics.median(v) for v in (step_s, apply_s, rewire_s))
+
+def result_record(
+    args: argparse.Namespace,
+    masking: Masking,
+    load_before: float,
+    samples: dict[str, list[float]],
+) -> dict[str, Any]:
+    """Every figure, as ``rewire_cost.json`` holds them."""
+    step, apply, rewire = (statistics.median(v) for v in samples.values())
     # Other processes on a shared machine inflate every number (and small multi-threaded
     # ops the most); the load average says how quiet the machine was.
-    load = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
-    result = {
+    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    return {
         "model": "vgg16",
         "width": args.width,
         "density": args.density,
@@ -124,33 +135,63 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "loadavg_1min": load,
         "median_s": {"train_step": step, "apply": apply, "rewire": rewire},
-        "samples_s": {"train_step": step_s, "apply": apply_s, "rewire": rewire_s},
+        "samples_s": samples,
         "ratio": {"apply_over_step": apply / step, "rewire_over_step": rewire / step},
         "targets_met": {"apply_lt_2pct_step": apply / step < 0.02, "rewire_lt_step": rewire < step},
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "rewire_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = "\n".join(
+
+
+def render(r: dict[str, Any]) -> str:
+    """The report: each operation's median and its share of a training step, with targets."""
+    step, apply, rewire = r["median_s"].values()
+    load, samples = r["loadavg_1min"], r["samples_s"]
+    return "\n".join(
         [
-            f"# Sparsity cost vs. a PGD-7 hybrid training step (VGG16 width {args.width}, "
-            f"d = {args.density}, batch {args.batch_size})",
+            f"# Sparsity cost vs. a PGD-7 hybrid training step (VGG16 width {r['width']}, "
+            f"d = {r['density']}, batch {r['batch_size']})",
             "",
-            f"CPU ({result['cpu']}, {os.cpu_count()} cores, 1-min load average "
-            f"{load['before']} before / {load['after']} after), torch {torch.__version__}, "
-            f"{result['threads']} threads; "
-            f"N = {masking.num_prunable:,} prunable weights in {result['layers']} tensors; "
-            f"medians over {len(step_s)} / {len(apply_s)} / {len(rewire_s)} runs.",
+            f"CPU ({r['cpu']}, {r['cpu_count']} cores, 1-min load average "
+            f"{load['before']} before / {load['after']} after), torch {r['torch']}, "
+            f"{r['threads']} threads; "
+            f"N = {r['num_prunable']:,} prunable weights in {r['layers']} tensors; "
+            f"medians over {len(samples['train_step'])} / {len(samples['apply'])} / "
+            f"{len(samples['rewire'])} runs.",
             "",
             "| operation | median (s) | / training step | target |",
             "|---|---:|---:|---|",
             f"| PGD-7 hybrid training step | {step:.3f} | 1 | |",
             f"| `Masking.apply_()` (every step) | {apply:.4f} | {apply / step:.3%} | < 2 % "
             f"{'met' if apply / step < 0.02 else 'MISSED'} |",
-            f"| `Masking.rewire({args.prune_rate})` (once per epoch) | {rewire:.3f} | "
+            f"| `Masking.rewire({r['prune_rate']})` (once per epoch) | {rewire:.3f} | "
             f"{rewire / step:.3f}× | < 1× {'met' if rewire < step else 'MISSED'} |",
             "",
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Time a training step, the per-step masking and a rewiring; write JSON and Markdown."""
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+
+    model = create_model("vgg16", num_classes=10, width=args.width).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    masking = Masking(model, opt, density=args.density, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(args.batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch_size,))
+
+    step_s = timed(hybrid_step(model, opt, x, y), args.repeats)
+    masking.apply_()
+    apply_s = timed(masking.apply_, max(20, args.repeats), warmup=2)
+    rewire_s = time_rewire(model, opt, masking, args)
+    samples = {"train_step": step_s, "apply": apply_s, "rewire": rewire_s}
+    result = result_record(args, masking, load_before[0], samples)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "rewire_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = render(result)
     (args.out_dir / "rewire_cost.md").write_text(md)
     print(md)
     return result
