@@ -31,7 +31,7 @@ from dnr.robustness import clean_accuracy, engine, pgd_accuracy
 from dnr.robustness.protocols import AttackSpec
 from dnr.rundir import RunDir
 from dnr.sparsity import Progress, build_sparsity
-from dnr.training import setup as setup_module
+from dnr.training import setup as training_setup
 from dnr.training import train, train_step
 from dnr.training.setup import build_optimizer, model_for
 
@@ -79,7 +79,7 @@ def _spawn(fn: Any, *args: Any) -> None:
 def _record_masks(record: Path | None, fail_at: int, corrupt_at: int) -> None:
     """Wrap the method's epoch hook: save its masks after every call (per rank), raise
     KeyboardInterrupt at epoch ``fail_at``, or flip one mask bit on rank 1 at ``corrupt_at``."""
-    real_build = setup_module.build_sparsity
+    real_build = training_setup.build_sparsity
 
     def build(*args: Any, **kwargs: Any) -> Any:
         method = real_build(*args, **kwargs)
@@ -101,7 +101,7 @@ def _record_masks(record: Path | None, fail_at: int, corrupt_at: int) -> None:
         method.on_epoch_end = on_epoch_end
         return method
 
-    setup_module.build_sparsity = build
+    training_setup.build_sparsity = build
 
 
 def _train_worker(
