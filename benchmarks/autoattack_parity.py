@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dnr.fileio import atomic_write_json
-from dnr.robustness import evaluate_model, select_subset
+from dnr.robustness import EvalReport, evaluate_model, select_subset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "autoattack_parity.json"
 
@@ -89,8 +89,9 @@ def run_model(path: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     return model, data.test.x, data.test.y, f"{path} ({data.meta.name} test split)"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--run", help="run directory or model.json (default: random tiny VGG16)")
     p.add_argument(
         "--subset",
@@ -109,7 +110,83 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for tiny models)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_reference(
+    auto_attack: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    subset: int,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """pyautoattack's own standard evaluation on the same seeded subset as ours."""
+    indices = select_subset(len(y), subset, args.seed)
+    rows = torch.arange(len(y)) if indices is None else torch.tensor(indices)
+    x_ref = x[rows]
+    x_ref = x_ref.float().div(255) if x_ref.dtype == torch.uint8 else x_ref.float()
+    y_ref = y[rows].long()
+    for p_ in model.parameters():
+        p_.requires_grad_(False)
+    started = time.perf_counter()
+    adversary = auto_attack(
+        model, norm=args.norm, eps=args.eps, version="standard", device=device, seed=args.seed
+    )
+    _, y_adv = adversary.run_standard_evaluation(x_ref, y_ref, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    correct = y_adv.cpu() == y_ref
+    return {
+        "indices": indices,
+        "n": int(len(y_ref)),
+        "correct": correct,
+        "accuracy": float(correct.float().mean()),
+        "seconds": seconds,
+    }
+
+
+def result_record(
+    description: str,
+    device: torch.device,
+    args: argparse.Namespace,
+    report: EvalReport,
+    ours_seconds: float,
+    ref: dict[str, Any],
+) -> dict[str, Any]:
+    """Both robust accuracies, whether they agree per example, settings and versions."""
+    ours = report.result("autoattack")
+    return {
+        "model": description,
+        "device": str(device),
+        "num_examples": ref["n"],
+        "subset_indices": ref["indices"],
+        "seed": args.seed,
+        "eps": args.eps,
+        "norm": args.norm,
+        "batch_size": args.batch_size,
+        "clean_accuracy": report.result("clean").accuracy,
+        "ours": {
+            "robust_accuracy": ours.accuracy,
+            "seconds": round(ours_seconds, 2),
+            "settings": ours.settings,
+            "details": ours.details,
+        },
+        "reference": {
+            "robust_accuracy": ref["accuracy"],
+            "seconds": round(ref["seconds"], 2),
+            "call": "AutoAttack(model, norm, eps, version='standard', device, seed)"
+            ".run_standard_evaluation(x, y, batch_size)",
+        },
+        "identical_accuracy": ours.accuracy == ref["accuracy"],
+        "identical_per_example": bool(torch.equal(ours.correct, ref["correct"])),
+        "versions": report.versions | {"platform": platform.platform()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Our AutoAttack and pyautoattack's on one model and subset; write the comparison."""
+    args = parse(argv)
 
     from pyautoattack import AutoAttack
 
@@ -140,55 +217,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress=False,
     )
     ours_seconds = time.perf_counter() - started
-    ours = report.result("autoattack")
-
-    indices = select_subset(len(y), subset, args.seed)
-    rows = torch.arange(len(y)) if indices is None else torch.tensor(indices)
-    x_ref = x[rows]
-    x_ref = x_ref.float().div(255) if x_ref.dtype == torch.uint8 else x_ref.float()
-    y_ref = y[rows].long()
-    for p_ in model.parameters():
-        p_.requires_grad_(False)
-    started = time.perf_counter()
-    adversary = AutoAttack(
-        model, norm=args.norm, eps=args.eps, version="standard", device=device, seed=args.seed
-    )
-    _, y_adv = adversary.run_standard_evaluation(x_ref, y_ref, batch_size=args.batch_size)
-    ref_seconds = time.perf_counter() - started
-    ref_correct = y_adv.cpu() == y_ref
-    reference = float(ref_correct.float().mean())
-
-    result = {
-        "model": description,
-        "device": str(device),
-        "num_examples": int(len(y_ref)),
-        "subset_indices": indices,
-        "seed": args.seed,
-        "eps": args.eps,
-        "norm": args.norm,
-        "batch_size": args.batch_size,
-        "clean_accuracy": report.result("clean").accuracy,
-        "ours": {
-            "robust_accuracy": ours.accuracy,
-            "seconds": round(ours_seconds, 2),
-            "settings": ours.settings,
-            "details": ours.details,
-        },
-        "reference": {
-            "robust_accuracy": reference,
-            "seconds": round(ref_seconds, 2),
-            "call": "AutoAttack(model, norm, eps, version='standard', device, seed)"
-            ".run_standard_evaluation(x, y, batch_size)",
-        },
-        "identical_accuracy": ours.accuracy == reference,
-        "identical_per_example": bool(torch.equal(ours.correct, ref_correct)),
-        "versions": report.versions | {"platform": platform.platform()},
-    }
+    ref = run_reference(AutoAttack, model, x, y, subset, args, device)
+    result = result_record(description, device, args, report, ours_seconds, ref)
     atomic_write_json(args.out, result)
     print(
-        f"ours {100 * ours.accuracy:.2f}%  reference {100 * reference:.2f}%  "
+        f"ours {100 * report.result('autoattack').accuracy:.2f}%  "
+        f"reference {100 * ref['accuracy']:.2f}%  "
         f"identical={result['identical_accuracy']} per-example={result['identical_per_example']}"
-        f"  ({ours_seconds:.1f}s / {ref_seconds:.1f}s) -> {args.out}"
+        f"  ({ours_seconds:.1f}s / {ref['seconds']:.1f}s) -> {args.out}"
     )
     return result
 
