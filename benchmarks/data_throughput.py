@@ -65,6 +65,7 @@ def check_same_augmentation(x: np.ndarray, count: int = 64, seed: int = 0) -> in
 
 
 def time_ours(loader: BatchLoader, epoch: int) -> float:
+    """Seconds of one full augmented pass of our loader (the epoch's start included)."""
     device = loader.device
     start = now(device)
     count = 0
@@ -76,6 +77,7 @@ def time_ours(loader: BatchLoader, epoch: int) -> float:
 
 
 def time_reference(loader: torch.utils.data.DataLoader, device: torch.device) -> float:
+    """Seconds of one full pass of the DataLoader, each batch copied to ``device``."""
     start = now(device)
     count = 0
     for x, y in loader:

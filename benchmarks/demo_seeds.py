@@ -21,6 +21,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
+    """Train and evaluate the demo's methods per seed; write the per-seed and mean table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo_seeds"))

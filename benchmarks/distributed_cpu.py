@@ -29,6 +29,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def overrides(args: argparse.Namespace, seed: int) -> list[str]:
+    """The run both launchers train: DNR on VGG16 w0.25, real CIFAR-10, PGD-3."""
     return [
         f"train.seed={seed}",
         "data.name=npz",
@@ -51,6 +52,7 @@ def overrides(args: argparse.Namespace, seed: int) -> list[str]:
 
 
 def run(name: str, launcher: list[str], threads: int, args: argparse.Namespace, seed: int) -> dict:
+    """Train one run through the CLI (``launcher``: one process or torchrun); its figures."""
     out = Path(args.work) / f"{name.replace(' ', '_').replace(',', '')}_seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [*launcher, "train", "--out", str(out), "--no-eval", "--quiet", *overrides(args, seed)]
@@ -86,6 +88,7 @@ def run(name: str, launcher: list[str], threads: int, args: argparse.Namespace, 
 
 
 def main() -> None:
+    """Train each seed in one process and under torchrun; write the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subset", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=2)
@@ -126,6 +129,7 @@ def main() -> None:
 
 
 def write_markdown(report: dict, out: str) -> None:
+    """The report: throughput of each launcher relative to one process, and the curves."""
     results = report["runs"]
     names = list(dict.fromkeys(r["name"] for r in results))
     first = [r["images_per_sec_last_epoch"] for r in results if r["name"] == names[0]]

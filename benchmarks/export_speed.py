@@ -76,6 +76,8 @@ def rows_for(
 
 
 def synthetic(arch: str, width: float, densities: list[float], size: int) -> list[dict]:
+    """Dense, channel-compact and weight-masked copies of one architecture (random masks)."""
+
     def build() -> nn.Module:
         torch.manual_seed(0)
         return dnr.create_model(arch, num_classes=10, width=width, input_size=size).eval()
@@ -94,6 +96,7 @@ def synthetic(arch: str, width: float, densities: list[float], size: int) -> lis
 
 
 def from_run(run_dir: Path) -> list[dict]:
+    """A trained run's model next to its freshly built dense architecture."""
     meta = read_model_meta(run_dir)
     arch = meta["architecture"]
     size = int(arch.get("input_size", 32))
@@ -112,6 +115,7 @@ def from_run(run_dir: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict], threads: int) -> str:
+    """The report: size, MACs and latency of every variant, with its speed-up over dense."""
     header = [
         "model",
         "granularity",
@@ -165,6 +169,7 @@ def markdown(rows: list[dict], threads: int) -> str:
 
 
 def main() -> None:
+    """Measure every variant asked for; write JSON and Markdown."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", default="vgg16,resnet18")
     ap.add_argument("--width", type=float, default=0.5)

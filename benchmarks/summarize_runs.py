@@ -27,6 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def summarize(path: Path) -> dict:
+    """One finished run's row, its sparsity invariants re-checked on the saved artifacts."""
     run = RunDir(path)
     meta = read_model_meta(path)
     sparsity = meta.get("sparsity", {})
@@ -69,6 +70,7 @@ def summarize(path: Path) -> dict:
 
 
 def main() -> None:
+    """Summarise the runs given; write JSON and Markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--name", default="runs_summary")

@@ -98,6 +98,8 @@ class RandomCrop:
 
 
 class RandomHorizontalFlip:
+    """A left-right flip with probability ``p`` (one ``torch.rand`` draw, as torchvision)."""
+
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
 
@@ -118,6 +120,8 @@ class ToTensor:
 
 
 class Compose:
+    """The transforms one after another, as ``torchvision.transforms.Compose``."""
+
     def __init__(self, transforms: Iterable[Callable[[Any], Any]]) -> None:
         self.transforms = list(transforms)
 
@@ -217,11 +221,13 @@ class CosineDecay:
         self.stepper = torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, t_max, eta_min)
 
     def step(self) -> None:
+        """One step of the schedule (the released loop calls it after every batch)."""
         with warnings.catch_warnings():  # the dummy optimizer never steps: torch warns once
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.stepper.step()
 
     def get_dr(self, prune_rate: float) -> float:
+        """The current prune rate (sparse_learning's name and signature)."""
         return self.sgd.param_groups[0]["lr"]
 
 

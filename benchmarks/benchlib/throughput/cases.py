@@ -70,6 +70,7 @@ class Case:
 
     @property
     def key(self) -> str:
+        """``pipeline/method/mode``: the row's name in the profile and the progress lines."""
         return f"{self.pipeline}/{self.method}/{self.mode}"
 
 
