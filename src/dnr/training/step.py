@@ -20,7 +20,6 @@ from FGSM-RS or free examples instead of PGD ones (docs/method.md, "Fast trainin
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -81,23 +80,16 @@ Adversary = Callable[
 ]
 
 
-def _pgd(
+def _pgd_adversary(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     cfg: Config,
     generator: torch.Generator | None,
     noise: Tensor | None,
-    *,
-    single_step: bool = False,
 ) -> Tensor:
-    """The configured PGD, or FGSM-RS: one ``attack.fgsm_step``-eps step from a random start."""
-    a, amp = cfg.attack, cfg.train.bf16
-    if single_step:
-        step = a.fgsm_step * a.eps
-        return fgsm_rs(
-            model, x, y, eps=a.eps, step_size=step, generator=generator, noise=noise, amp=amp
-        )
+    """The configured PGD (``attack.*``)."""
+    a = cfg.attack
     return pgd(
         model,
         x,
@@ -108,7 +100,23 @@ def _pgd(
         random_start=a.random_start,
         generator=generator,
         noise=noise,
-        amp=amp,
+        amp=cfg.train.bf16,
+    )
+
+
+def _fgsm_rs_adversary(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: Config,
+    generator: torch.Generator | None,
+    noise: Tensor | None,
+) -> Tensor:
+    """FGSM-RS: one ``attack.fgsm_step``-eps step from a random start (Wong et al. 2020)."""
+    a = cfg.attack
+    step = a.fgsm_step * a.eps
+    return fgsm_rs(
+        model, x, y, eps=a.eps, step_size=step, generator=generator, noise=noise, amp=cfg.train.bf16
     )
 
 
@@ -139,19 +147,16 @@ class TrainMode:
 
 
 TRAIN_MODES: dict[str, TrainMode] = {
-    "pgd": TrainMode("pgd", _pgd, uses_steps=True, start="config", single_step=False),
+    "pgd": TrainMode("pgd", _pgd_adversary, uses_steps=True, start="config", single_step=False),
     "fgsm_rs": TrainMode(
-        "fgsm_rs",
-        functools.partial(_pgd, single_step=True),
-        uses_steps=False,
-        start="always",
-        single_step=True,
+        "fgsm_rs", _fgsm_rs_adversary, uses_steps=False, start="always", single_step=True
     ),
     "free": TrainMode("free", None, uses_steps=False, start="never", single_step=True),
 }
 
 
 def train_mode(cfg: Config) -> TrainMode:
+    """The :class:`TrainMode` that ``attack.train_mode`` names."""
     return TRAIN_MODES[cfg.attack.train_mode]
 
 
