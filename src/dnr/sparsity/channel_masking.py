@@ -1,23 +1,19 @@
 """``ChannelMasking``: whole output channels at a budget of compacted weights or MACs.
 
 The same object as :class:`~dnr.sparsity.masking.Masking` at the granularity of channel
-groups (``dnr.models.channels``): it owns one boolean vector per group, keeps the model's
-weights consistent with it after every step, and rewires it — prune the channels with the
-smallest filter norm, regrow those with the largest momentum norm, and move the per-group
-budgets by normalized momentum (docs/method.md, "Channel mode").
+groups (``dnr.models.channels``): one boolean vector per group, applied after every step and
+rewired — prune the smallest filter norms, regrow the largest momentum norms, move the
+per-group budgets by normalized momentum (docs/method.md, "Channel mode"). Invariants:
 
-Invariants it maintains:
-
-* a pruned channel is **silent**: its filter, its BatchNorm scale and shift, and its input
-  slice in every consumer are exactly zero, so its output after BN+ReLU is exactly 0 in
-  train and eval mode, it receives no gradient, and removing it changes no logit;
-* every group keeps at least one channel, and the compacted network's prunable weights
-  stay within one channel's worth below ``round(density · N)``;
-* a regrown channel starts with a fresh filter (PyTorch's default init), BN scale 1 and
-  shift 0, fresh running statistics, and a **zero** input slice in its consumers, so a
-  rewiring leaves the network's function unchanged except for what it prunes: no zero
-  variance ever meets BatchNorm's division, and the eval-mode network the training attack
-  uses does not jump.
+* a pruned channel is **silent**: its filter, BN scale and shift, and its input slice in
+  every consumer are exactly zero, so its output is 0 in train and eval mode, it gets no
+  gradient, and removing it changes no logit;
+* every group keeps a channel; the compacted network stays within one channel's worth below
+  the budget;
+* a regrown channel starts with a fresh filter (PyTorch's default init), BN scale 1, shift 0,
+  fresh running statistics and a **zero** input slice in its consumers: a rewiring changes
+  the network's function only by what it prunes (and BatchNorm never divides by a zero
+  variance).
 """
 
 from __future__ import annotations
@@ -175,20 +171,12 @@ class ChannelMasking:
     def extra_stats(self) -> dict[str, Any]:
         """Channel counts and kept indices per group, for ``model.json``; with a MACs budget,
         the MACs kept (the weight density then says less about the budget)."""
-        budget = {}
-        if self.layout.budget == "macs":
-            budget = {
-                "budget": "macs",
-                "macs": self.layout.cost(self._counts),
-                "macs_dense": self.layout.total_cost,
-                "macs_density": self.layout.cost(self._counts) / self.layout.total_cost,
-            }
+        cost, dense = self.layout.cost(self._counts), self.layout.total_cost
+        macs = {"budget": "macs", "macs": cost, "macs_dense": dense, "macs_density": cost / dense}
+        channels = zip(self.layout.names, self._counts, self.layout.sizes)
         return {
-            **budget,
-            "channels": {
-                n: {"kept": k, "total": s}
-                for n, k, s in zip(self.layout.names, self._counts, self.layout.sizes)
-            },
+            **(macs if self.layout.budget == "macs" else {}),
+            "channels": {n: {"kept": k, "total": s} for n, k, s in channels},
             "kept_channels": self.kept_channels(),
         }
 
