@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from dnr.config import Config, load_config
+from helpers import QUIET, REFERENCE_DNR, tiny_overrides
 
 torch.set_num_threads(2)
-
-
-def tiny_overrides(**extra: object) -> list[str]:
-    """A run small enough for a unit test: tiny VGG16 on a digits subset, 2-step PGD."""
-    values: dict[str, object] = {
-        "data.name": "digits",
-        "data.subset": 192,
-        "data.val_size": 64,
-        "model.name": "vgg16",
-        "model.width": 0.0625,
-        "attack.steps": 2,
-        "attack.step_size": 0.02,
-        "train.epochs": 3,
-        "train.batch_size": 32,
-        "train.lr": 0.05,
-        "train.schedule": "cosine",
-        "train.device": "cpu",
-        "eval.subset": 64,
-    }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in values.items()]
 
 
 @pytest.fixture
@@ -40,6 +22,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def reference_dnr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference DNR run, trained once for every file that reads it (read-only: a test
+    that changes a run trains or copies its own). One thread, as each torchrun rank."""
+    from dnr.training import train
+
+    out = tmp_path_factory.mktemp("reference") / "dnr"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_config(None, tiny_overrides(**REFERENCE_DNR)), out, **QUIET)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import dnr
-from conftest import tiny_overrides
 from dnr.config import ConfigError, load_config
 from dnr.export.compact import compact_model
 from dnr.modelfile import load_model, save_model
 from dnr.models.channels import channel_groups
 from dnr.sparsity import ChannelLayout, ChannelMasking
 from dnr.sparsity.layers import prunable_parameters
+from helpers import QUIET, metrics, tiny_overrides
 
 ARCHS = ["vgg16", "resnet18"]
 
@@ -50,6 +50,7 @@ def _compact_weights(model: nn.Module) -> int:
     return sum(p.numel() for p in prunable_parameters(model).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("density", [0.05, 0.1, 0.3])
 def test_budget_is_met_within_one_channel_and_counts_the_compacted_network(arch, density) -> None:
@@ -93,7 +94,7 @@ def test_budget_below_one_channel_per_group_is_a_clear_error() -> None:
     cfg = load_config(None, tiny_overrides(sparsity__method="static", sparsity__density=1e-4))
     cfg.sparsity.granularity = "channel"
     with pytest.raises(ConfigError, match="raise sparsity.density"):
-        dnr.train(cfg, "/nonexistent/never-written", show_progress=False, log=lambda _: None)
+        dnr.train(cfg, "/nonexistent/never-written", **QUIET)
 
 
 def test_channel_mode_needs_a_model_that_declares_groups_and_a_uniform_init(tmp_path) -> None:
@@ -164,7 +165,8 @@ def test_regrowth_leaves_the_function_unchanged_and_the_eval_loss_does_not_jump(
     before = copy.deepcopy(model)
     old = {n: m.clone() for n, m in masking.masks.items()}
     stats = masking.rewire(0.3, torch.Generator().manual_seed(0))
-    assert sum(stats.regrown.values()) > 0 and sum(stats.lost.values()) > 0
+    assert sum(stats.regrown.values()) > 0
+    assert sum(stats.lost.values()) > 0
     born = {n: masking.masks[n] & ~old[n] for n in old}
     assert any(b.any() for b in born.values())
     # Only pruning changes the function: grown channels enter with zero consumer slices.
@@ -257,6 +259,7 @@ def test_channel_state_round_trips_and_refuses_weight_masks() -> None:
         dnr.sparsity.Masking(_model("resnet18"), None, density=0.2).adopt(state)
 
 
+@pytest.mark.slow
 def test_channel_dnr_trains_records_its_channels_and_exports(tmp_path) -> None:
     overrides = tiny_overrides(
         sparsity__method="dnr",
@@ -265,7 +268,7 @@ def test_channel_dnr_trains_records_its_channels_and_exports(tmp_path) -> None:
         sparsity__redistribution=1.0,
         model__width=0.125,
     )
-    result = dnr.train(load_config(None, overrides), tmp_path, show_progress=False, log=lambda _: None)
+    result = dnr.train(load_config(None, overrides), tmp_path, **QUIET)
     meta = json.loads((tmp_path / "model.json").read_text())
     sparsity = meta["sparsity"]
     assert sparsity["mode"] == "channel"
@@ -276,11 +279,12 @@ def test_channel_dnr_trains_records_its_channels_and_exports(tmp_path) -> None:
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
         assert (compact(x) - model(x)).abs().max() <= 1e-4
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(tmp_path)
     assert any(r.get("rewire") for r in records)
     assert result.run_dir == tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_macs_budget_is_met_within_one_channel_and_counts_the_compacted_macs(arch) -> None:
     """``budget="macs"``: the density counts multiply-accumulates per image; the compacted
@@ -293,7 +297,8 @@ def test_a_macs_budget_is_met_within_one_channel_and_counts_the_compacted_macs(a
     masking = ChannelMasking(model, opt, density=0.1, budget="macs", redistribution=1.0)
     layout = masking.layout
     dense = model_costs(model, 32)
-    assert layout.total_cost == dense.macs and layout.num_prunable == dense.params
+    assert layout.total_cost == dense.macs
+    assert layout.num_prunable == dense.params
     for rewiring in range(3):
         counts = masking.channel_counts()
         kept = model_costs(compact_model(model, masking.kept_channels()), 32).macs
@@ -302,7 +307,8 @@ def test_a_macs_budget_is_met_within_one_channel_and_counts_the_compacted_macs(a
         _train_steps(model, masking, opt)
         masking.rewire(0.3, torch.Generator().manual_seed(rewiring))
     stats = masking.extra_stats()
-    assert stats["budget"] == "macs" and stats["macs_density"] == pytest.approx(0.1, abs=0.01)
+    assert stats["budget"] == "macs"
+    assert stats["macs_density"] == pytest.approx(0.1, abs=0.01)
 
 
 def test_a_macs_budget_prices_early_channels_a_weights_budget_finds_cheap() -> None:
@@ -337,6 +343,7 @@ def test_a_macs_budget_is_refused_outside_channel_mode_and_in_the_wrong_checkpoi
         ChannelLayout(_model("vgg16"), budget="flops")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dnr", "lasso"])
 def test_a_macs_budget_reaches_the_mask_from_the_config(tmp_path, method) -> None:
     """``sparsity.budget=macs`` in a config reaches the masks: through the method's own
@@ -349,7 +356,7 @@ def test_a_macs_budget_reaches_the_mask_from_the_config(tmp_path, method) -> Non
         sparsity__options="{lasso: {sparsify_epochs: 1}}",
         train__epochs=2,
     )
-    dnr.train(load_config(None, overrides), tmp_path / "run", show_progress=False, log=lambda _: None)
+    dnr.train(load_config(None, overrides), tmp_path / "run", **QUIET)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())["sparsity"]
     assert meta["budget"] == "macs"
     assert 0.15 < meta["macs_density"] <= 0.2  # within one channel of the MACs budget

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 
-from conftest import tiny_overrides
 from dnr.cli import main
 from dnr.compare import (
     comparison_document,
@@ -23,6 +22,7 @@ from dnr.compare import (
 from dnr.config import ConfigError, load_config
 from dnr.registry import SPARSITY_METHODS
 from dnr.rundir import RunDir
+from helpers import tiny_overrides
 
 METHODS = ["dense", "static", "dnr"]
 
@@ -67,6 +67,7 @@ def compared(tmp_path_factory, config_file):
     return out, stdout.getvalue()
 
 
+@pytest.mark.slow
 def test_compare_writes_json_md_png_with_one_row_per_method(compared, config_file) -> None:
     out, stdout = compared
     document = json.loads((out / "comparison.json").read_text())
@@ -89,13 +90,15 @@ def test_compare_writes_json_md_png_with_one_row_per_method(compared, config_fil
         run = RunDir(out / row["method"])
         meta = json.loads(run.model_meta.read_text())
         assert meta["sparsity"]["method"] == row["method"]
-        assert row["epochs"] == 2 and row["stage_epochs"] == {}
+        assert row["epochs"] == 2
+        assert row["stage_epochs"] == {}
         assert row["images_seen"] == 2 * train_images  # every epoch draws the train split once
         evaluation = json.loads(run.eval_json.read_text())
         attacks = {r["name"]: r["accuracy"] for r in evaluation["results"]}
         assert row["worst_case_accuracy"] == attacks.pop("worst_case")
         assert row["worst_case_accuracy"] == evaluation["worst_case_accuracy"]
-        assert row["accuracy"] == attacks and row["clean_accuracy"] == attacks["clean"]
+        assert row["accuracy"] == attacks
+        assert row["clean_accuracy"] == attacks["clean"]
         assert list(row["accuracy"]) == ["clean", "fgsm", "pgd7"]
 
     markdown = (out / "comparison.md").read_text()
@@ -120,12 +123,15 @@ def test_compare_writes_json_md_png_with_one_row_per_method(compared, config_fil
         assert line.startswith(f"| {method} |")
     assert comparison_table(out, METHODS)[1] in markdown
     assert "One seed (train.seed 0): no interval can be given" in markdown
-    assert document["seeds"] == [0] and document["layout"] == "OUT/<method>/"
-    assert "differences" not in document and all(r["seed"] == 0 for r in rows)
+    assert document["seeds"] == [0]
+    assert document["layout"] == "OUT/<method>/"
+    assert "differences" not in document
+    assert all(r["seed"] == 0 for r in rows)
     assert markdown in stdout  # the table is printed at the end
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_second_invocation_reuses_finished_runs(compared, config_file) -> None:
     out, _ = compared
     weights = {m: RunDir(out / m).model_weights for m in METHODS}
@@ -142,6 +148,7 @@ def test_second_invocation_reuses_finished_runs(compared, config_file) -> None:
     assert json.loads((out / "comparison.json").read_text())["rows"] == rows_before
 
 
+@pytest.mark.slow
 def test_a_run_with_another_config_is_refused_naming_the_method(compared, config_file) -> None:
     out, _ = compared
     before = (out / "comparison.json").stat().st_mtime_ns
@@ -150,6 +157,7 @@ def test_a_run_with_another_config_is_refused_naming_the_method(compared, config
     assert (out / "comparison.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_interrupted_comparison_resumes_the_interrupted_run(tmp_path, config_file) -> None:
     out = tmp_path / "cmp"
     lines: list[str] = []
@@ -183,7 +191,9 @@ def test_unknown_method_fails_before_anything_is_written(tmp_path, config_file, 
     argv = ["compare", "--config", str(config_file), "--out", str(out), "--quiet"]
     assert main([*argv, "--methods", "dense,bogus,dnr", *_overrides()]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'bogus'" in err and "choose from" in err
+    assert err.count("\n") == 1
+    assert "'bogus'" in err
+    assert "choose from" in err
     assert not out.exists()
     # a user override of sparsity.method would be silently replaced: refused as well
     assert main([*argv, "--methods", "dense", *_overrides(), "sparsity.method=dnr"]) == 2
@@ -237,6 +247,7 @@ def _t_half_width_of_two(d0: float, d1: float) -> float:
     return 12.7062 * abs(d0 - d1) / 2
 
 
+@pytest.mark.slow
 def test_seeds_train_every_method_per_seed_and_pair_them(seeded) -> None:
     out = seeded
     for method, seed in [(m, k) for m in SEED_METHODS for k in (0, 1)] + [
@@ -248,7 +259,8 @@ def test_seeds_train_every_method_per_seed_and_pair_them(seeded) -> None:
         assert f"seed: {seed}" in run.config.read_text()
     assert not (out / "static" / "seed1000").exists()  # only the reference runs again
     document = json.loads((out / "comparison.json").read_text())
-    assert document["seeds"] == [0, 1] and document["reference"] == "dnr"
+    assert document["seeds"] == [0, 1]
+    assert document["reference"] == "dnr"
     assert document["noise_floor_seeds"] == [1000, 1001]
     assert "seed" not in document["shared_config"]["train"]
     rows = {(r["method"], r["seed"]): r for r in document["rows"]}
@@ -270,7 +282,8 @@ def test_seeds_train_every_method_per_seed_and_pair_them(seeded) -> None:
     for entry in differences:
         a, b, metric = entry["a"], entry["b"], entry["metric"]
         d = [figure(a, k, metric) - figure(b, k, metric) for k in (0, 1)]
-        assert entry["n"] == 2 and entry["seeds"] == [0, 1]
+        assert entry["n"] == 2
+        assert entry["seeds"] == [0, 1]
         assert entry["mean"] == pytest.approx((d[0] + d[1]) / 2)
         half = _t_half_width_of_two(*d)
         assert entry["half_width"] == pytest.approx(half, rel=1e-4, abs=1e-12)
@@ -283,7 +296,9 @@ def test_seeds_train_every_method_per_seed_and_pair_them(seeded) -> None:
     assert [e["metric"] for e in noise] == document["metrics"]
     noise_rows = {r["seed"]: r for r in document["noise_floor_rows"]}
     for entry in noise:
-        assert entry["n"] == 2 and entry["b"] == "dnr" and entry["against"] == "itself"
+        assert entry["n"] == 2
+        assert entry["b"] == "dnr"
+        assert entry["against"] == "itself"
         metric = entry["metric"]
         d = [
             (
@@ -308,12 +323,14 @@ def test_seeds_train_every_method_per_seed_and_pair_them(seeded) -> None:
     assert "## Paired differences against static" in markdown
     assert "## Noise floor: dnr against itself" in markdown
     pair_lines = [line for line in markdown.splitlines() if line.startswith("| static − dnr |")]
-    assert len(pair_lines) == 4 and all(line.count("|") == 8 for line in pair_lines)
+    assert len(pair_lines) == 4
+    assert all(line.count("|") == 8 for line in pair_lines)
     assert pair_lines[0].split("|")[3].strip() == "2"  # n, the seeds paired
     assert "noise floor ± (pp)" in markdown
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_seeded_resume_retrains_only_the_run_without_eval_json(seeded, config_file) -> None:
     out = seeded
     runs = [RunDir(out / m / f"seed{k}") for m in SEED_METHODS for k in (0, 1)]
@@ -335,7 +352,8 @@ def test_seeded_resume_retrains_only_the_run_without_eval_json(seeded, config_fi
     seed0 = out / "static" / "seed0"
     assert plan[0] == f"[1/6] static seed 0: reusing the finished run in {seed0} (eval.json)"
     assert plan[2].startswith("[3/6] static seed 1: resuming")
-    assert sum("reusing" in line for line in plan) == 5 and len(plan) == 6
+    assert sum("reusing" in line for line in plan) == 5
+    assert len(plan) == 6
     for run in runs:
         changed = run.model_weights.stat().st_mtime_ns != before[run.path]
         assert changed == (run.path == out / "static" / "seed1"), run.path
@@ -353,6 +371,7 @@ def _set_figures(run: RunDir, clean: float, worst: float) -> None:
     run.eval_json.write_text(json.dumps(evaluation))
 
 
+@pytest.mark.slow
 def test_seeded_table_of_known_figures(seeded, config_file, tmp_path) -> None:
     """Known per-seed figures in, known paired intervals and verdicts out (reused runs)."""
     out = tmp_path / "cmp"
@@ -385,7 +404,8 @@ def test_seeded_table_of_known_figures(seeded, config_file, tmp_path) -> None:
     assert clean["mean"] == pytest.approx(0.04)
     assert clean["half_width"] == pytest.approx(0.127062, abs=1e-5)
     assert (clean["lo"], clean["hi"]) == pytest.approx((-0.087062, 0.167062), abs=1e-5)
-    assert clean["verdict"] == "no difference shown" and clean["n"] == 2
+    assert clean["verdict"] == "no difference shown"
+    assert clean["n"] == 2
     assert by_pair["dnr", "static", "pgd7"]["mean"] == pytest.approx(0.04)
     # worst case: +0.10 on both seeds → a zero-width interval, which shows nothing
     assert by_pair["dnr", "static", "worst_case"]["verdict"] == "no difference shown"
@@ -410,6 +430,7 @@ def test_seeded_table_of_known_figures(seeded, config_file, tmp_path) -> None:
     assert "| dnr | 2 | 49.00% ± 5.66 |" in markdown
 
 
+@pytest.mark.slow
 def test_single_seed_layout_and_per_seed_layout_do_not_mix(seeded, config_file) -> None:
     out = seeded
     with pytest.raises(ConfigError, match=r"^static: .*holds per-seed runs"):
@@ -438,7 +459,9 @@ def test_bad_seed_options_are_one_line_errors(tmp_path, config_file, capsys, arg
     args = ["compare", "--config", str(config_file), "--out", str(out), "--quiet"]
     assert main([*args, "--methods", "static,dnr", *argv, *_seeded_overrides()]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("dnr compare: error: ") and message in err
+    assert err.count("\n") == 1
+    assert err.startswith("dnr compare: error: ")
+    assert message in err
     assert not out.exists()
 
 
@@ -471,11 +494,13 @@ def test_seed_statistics_pairs_by_seed_with_known_numbers() -> None:
     assert stats["metrics"] == ["clean", "worst_case"]
     by_pair = {(e["a"], e["b"], e["metric"]): e for e in stats["differences"]}
     clean = by_pair["dnr", "static", "clean"]
-    assert clean["n"] == 3 and clean["mean"] == pytest.approx(0.02)
+    assert clean["n"] == 3
+    assert clean["mean"] == pytest.approx(0.02)
     assert clean["half_width"] == pytest.approx(4.3027 * 0.01 / math.sqrt(3), abs=1e-6)
     assert clean["verdict"] == "no difference shown"
     worst = by_pair["dnr", "static", "worst_case"]  # +0.10 every seed: sd 0, interval [0.1, 0.1]
-    assert worst["mean"] == pytest.approx(0.10) and worst["verdict"] == "no difference shown"
+    assert worst["mean"] == pytest.approx(0.10)
+    assert worst["verdict"] == "no difference shown"
     assert by_pair["static", "dnr", "clean"]["mean"] == pytest.approx(-0.02)
     assert stats["noise_floor"] is None
 

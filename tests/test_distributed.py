@@ -21,7 +21,6 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
 from dnr.checkpoints import load_checkpoint
 from dnr.config import Config, from_dict, load_config
 from dnr.data import BatchLoader, load_dataset
@@ -34,6 +33,14 @@ from dnr.sparsity import Progress, build_sparsity
 from dnr.training import setup as training_setup
 from dnr.training import train, train_step
 from dnr.training.setup import build_optimizer, model_for
+from helpers import (
+    QUIET,
+    REFERENCE_DNR,
+    assert_same_weights,
+    metrics,
+    strip_timing,
+    tiny_overrides,
+)
 
 WORLD = 2
 EPOCHS = 3
@@ -41,17 +48,8 @@ EPOCHS = 3
 
 def _config(**extra: Any) -> Config:
     # 192 training images, global batch 32: 6 steps an epoch, 16 images per rank and step.
-    return load_config(
-        None,
-        tiny_overrides(
-            sparsity__method="dnr",
-            sparsity__density=0.1,
-            sparsity__redistribution=1.0,
-            train__epochs=EPOCHS,
-            eval__subset=32,
-            **extra,
-        ),
-    )
+    overrides = {**REFERENCE_DNR, "train__epochs": EPOCHS, "eval__subset": 32, **extra}
+    return load_config(None, tiny_overrides(**overrides))
 
 
 def _free_port() -> int:
@@ -160,25 +158,17 @@ def _run(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """``single/``: one process; ``rank0/`` + ``rank1/``: the two ranks of one torchrun run,
-    each told to write into its own directory (rank 1 must write nothing)."""
+def runs(tmp_path_factory, reference_dnr_run: Path) -> Path:
+    """``single/``: one process (the session's reference DNR run: this config, one thread);
+    ``rank0/`` + ``rank1/``: the two ranks of one torchrun run, each told to write into its
+    own directory (rank 1 must write nothing)."""
     base = tmp_path_factory.mktemp("dist")
-    cfg = _config()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg, base / "single", show_progress=False, log=lambda _: None)
-    finally:
-        torch.set_num_threads(threads)
-    _run(cfg, base / "rank{rank}", record=base)
+    (base / "single").symlink_to(reference_dnr_run)
+    _run(_config(), base / "rank{rank}", record=base)
     return base
 
 
-def _metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow
 def test_masks_are_identical_on_every_rank_after_every_rewiring(runs: Path) -> None:
     rank0 = torch.load(runs / "masks_rank0.pt", weights_only=True)
     rank1 = torch.load(runs / "masks_rank1.pt", weights_only=True)
@@ -198,18 +188,21 @@ def test_masks_are_identical_on_every_rank_after_every_rewiring(runs: Path) -> N
     assert kept[0] == round(0.1 * total)
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(runs: Path) -> None:
     assert not (runs / "rank1").exists()
     run = RunDir(runs / "rank0")
     for path in (run.config, run.metrics, run.last_checkpoint, run.best_checkpoint):
         assert path.is_file(), path
-    assert run.model_weights.is_file() and run.model_meta.is_file()
-    records = _metrics(runs / "rank0")
+    assert run.model_weights.is_file()
+    assert run.model_meta.is_file()
+    records = metrics(runs / "rank0")
     assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
     # The epoch's figures cover the global batch: every training image once.
     assert all(r["train_images"] == 192 for r in records)
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_within_the_batchnorm_tolerance(runs: Path) -> None:
     """Same data, order, augmentation and attack starts; the one difference is that each
     rank's BatchNorm normalises its 16 images instead of the global 32 (no SyncBatchNorm
@@ -225,7 +218,7 @@ def test_two_ranks_match_one_process_within_the_batchnorm_tolerance(runs: Path) 
     norm = torch.cat([single[k].flatten() for k in single if k.endswith("weight")])
     relative = float(diff.norm() / norm.norm())
     assert relative < 0.10, relative
-    a, b = _metrics(runs / "single"), _metrics(runs / "rank0")
+    a, b = metrics(runs / "single"), metrics(runs / "rank0")
     assert [r["train_images"] for r in a] == [r["train_images"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert abs(ra["train_loss"] - rb["train_loss"]) < 0.05
@@ -266,6 +259,7 @@ def _step_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> No
     dist.close()
 
 
+@pytest.mark.slow
 def test_a_ddp_step_on_half_batches_equals_one_step_on_the_whole_batch(tmp_path) -> None:
     _spawn(_step_worker, _config().to_dict(), str(tmp_path / "step{rank}.json"))
     for rank in range(WORLD):
@@ -320,6 +314,7 @@ def _val_figures(model: torch.nn.Module, val: Split, dist: Distributed | None) -
     }
 
 
+@pytest.mark.slow
 def test_sharded_validation_reports_the_single_process_numbers(tmp_path) -> None:
     """Sharding changes which process evaluates a batch, not what is computed: the model is
     fitted once here and shipped to the ranks, and the single-process figures are taken at
@@ -377,13 +372,15 @@ def test_each_shard_attacks_its_batches_from_the_single_process_starts(monkeypat
     whole, starts = attack((0, 1))
     first, starts0 = attack((0, 2))
     second, starts1 = attack((1, 2))
-    assert len(starts) == 8 and len(starts0) == len(starts1) == 4
+    assert len(starts) == 8
+    assert len(starts0) == len(starts1) == 4
     assert starts.keys() == starts0.keys() | starts1.keys()
     for key, x_adv in {**starts0, **starts1}.items():
         assert torch.equal(x_adv, starts[key])
     assert torch.equal(first | second, whole)
 
 
+@pytest.mark.slow
 def test_diverging_masks_fail_loudly(tmp_path) -> None:
     with pytest.raises(Exception, match="differ across the 2 ranks"):
         _run(_config(), tmp_path / "run", corrupt_at=1)
@@ -394,31 +391,29 @@ def test_check_same_passes_equal_values_outside_torchrun() -> None:
     Distributed().check_same(torch.tensor([1.0, 2.0]), "x")  # one process: nothing to compare
     a = tensor_checksum([torch.tensor([True, False, True])])
     b = tensor_checksum([torch.tensor([True, True, False])])
-    assert a[0] == b[0] and a[1] != b[1]  # same count, another position
+    assert a[0] == b[0]
+    assert a[1] != b[1]
     assert issubclass(RankDivergenceError, RuntimeError)
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_rank_run_resumes_to_the_same_result(runs: Path, tmp_path) -> None:
     cfg, out = _config(), tmp_path / "run"
     _run(cfg, out, fail_at=2)  # interrupted in epoch 2's hook: last.pt holds epoch 1
-    assert (tmp_path / "run.interrupted0").exists() and (tmp_path / "run.interrupted1").exists()
-    assert len(_metrics(out)) == 1
+    assert (tmp_path / "run.interrupted0").exists()
+    assert (tmp_path / "run.interrupted1").exists()
+    assert len(metrics(out)) == 1
     shutil.copytree(out, tmp_path / "one")
     _run(cfg, out, resume=True)
-    a = load_file(str(RunDir(runs / "rank0").model_weights))
-    b = load_file(str(RunDir(out).model_weights))
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    strip = ("wall_seconds", "train_seconds", "images_per_sec")
-    clean = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(out)]
-    ref = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(runs / "rank0")]
-    assert clean == ref
+    assert_same_weights(runs / "rank0", out)
+    assert strip_timing(metrics(out)) == strip_timing(metrics(runs / "rank0"))
     # The same interrupted run, resumed by a single process: the global batch is the same.
-    train(cfg, tmp_path / "one", resume=True, show_progress=False, log=lambda _: None)
-    assert [r["epoch"] for r in _metrics(tmp_path / "one")] == [1, 2, 3]
-    assert _metrics(tmp_path / "one")[0] == _metrics(out)[0]
+    train(cfg, tmp_path / "one", resume=True, **QUIET)
+    assert [r["epoch"] for r in metrics(tmp_path / "one")] == [1, 2, 3]
+    assert metrics(tmp_path / "one")[0] == metrics(out)[0]
 
 
+@pytest.mark.slow
 def test_a_two_rank_run_resumes_mid_epoch_from_a_step_checkpoint(tmp_path) -> None:
     """Step checkpoints hold the global partial sums (rank 0 carries them on) and give
     every rank rank 0's BN statistics, so the resumed run ends bitwise as the straight one,
@@ -436,10 +431,7 @@ def test_a_two_rank_run_resumes_mid_epoch_from_a_step_checkpoint(tmp_path) -> No
             ckpt = [load_file(str(RunDir(r).model_weights)) for r in (straight, out)]
         for key in ckpt[0]:
             assert torch.equal(ckpt[0][key], ckpt[1][key]), (which, key)
-    strip = ("wall_seconds", "train_seconds", "images_per_sec")
-    clean = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(out)]
-    ref = [{k: v for k, v in r.items() if k not in strip} for r in _metrics(straight)]
-    for got, want in zip(clean, ref, strict=True):
+    for got, want in zip(strip_timing(metrics(out)), strip_timing(metrics(straight)), strict=True):
         differ = {k for k in set(got) | set(want) if got.get(k) != want.get(k)}
         assert not differ, (got["epoch"], differ)
 
@@ -452,7 +444,8 @@ def test_loader_shards_are_the_single_process_batches() -> None:
         BatchLoader(split, 4, "cpu", shuffle=True, augment=True, seed=2, padding=1, rank=r, world=2)
         for r in range(2)
     ]
-    assert len(one) == 4 and all(len(s) == 3 for s in shards)  # last batch of 1 < 2 ranks
+    assert len(one) == 4
+    assert all(len(s) == 3 for s in shards)
     for whole, (a, b) in zip(one.epoch(1), zip(*(s.epoch(1) for s in shards), strict=True)):
         assert torch.equal(torch.cat([a[0], b[0]]), whole[0])
         assert torch.equal(torch.cat([a[1], b[1]]), whole[1])
@@ -460,6 +453,7 @@ def test_loader_shards_are_the_single_process_batches() -> None:
         BatchLoader(split, 5, "cpu", shuffle=False, augment=False, rank=0, world=2)
 
 
+@pytest.mark.slow
 def test_torchrun_cli_trains_evaluates_and_logs_once(tmp_path) -> None:
     """The README's command, as a user types it."""
     out = tmp_path / "run"
@@ -516,7 +510,8 @@ def test_a_download_under_torchrun_is_refused_when_the_data_is_missing(monkeypat
     )
     with pytest.raises(ConfigError, match="download it first in one process"):
         run_train(cfg, tmp_path / "run")
-    assert not (tmp_path / "none").exists() and not (tmp_path / "run").exists()
+    assert not (tmp_path / "none").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_setup_outside_torchrun_is_one_process_and_refuses_bad_launches() -> None:

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import dnr
-from conftest import tiny_overrides
 from dnr.config import ConfigError, load_config
 from dnr.sparsity import Progress, build_sparsity
 from dnr.sparsity.budgets import layer_budgets
 from dnr.sparsity.flyingbird import RELEASE_STEPS, FlyingBird, rising_share, update_due
 from dnr.sparsity.layers import prunable_parameters
 from dnr.sparsity.rewiring import prune_counts
+from helpers import QUIET, metrics, strip_timing, tiny_overrides
 
 
 def _flyingbird(
@@ -87,7 +87,8 @@ def test_igq_densities_are_the_released_formula() -> None:
         by_size = sorted(zip(sizes, ours))  # small layers denser (up to one weight's rounding)
         assert all(k / n >= (k2 - 1) / n2 for (n, k), (n2, k2) in zip(by_size, by_size[1:]))
         dens = [k / n for n, k in by_size]
-        assert dens[0] > 4 * density and dens[-1] < density
+        assert dens[0] > 4 * density
+        assert dens[-1] < density
 
 
 def test_flyingbird_starts_from_igq_whatever_sparsity_init() -> None:
@@ -97,7 +98,8 @@ def test_flyingbird_starts_from_igq_whatever_sparsity_init() -> None:
     sizes = [math.prod(s) for s in m.layer_shapes.values()]
     assert list(m.layer_counts().values()) == layer_budgets(sizes, 0.2, "igq")  # ... unused
     dens = list(m.layer_densities().values())
-    assert max(dens) > 0.8 and min(dens) < 0.2  # non-uniform
+    assert max(dens) > 0.8
+    assert min(dens) < 0.2
     assert m.state_dict(masks=False)["init"] == "igq"
     _, _, uniform = _flyingbird(init="uniform")
     assert all(abs(d - 0.2) < 0.01 for d in uniform.masking.layer_densities().values())
@@ -171,7 +173,8 @@ def test_gradient_growth_reads_the_full_batch_after_a_partial_last_batch() -> No
 
     fb.masking.move_ = spy  # type: ignore[method-assign]
     _step(model, opt, fb, progress, n_images=8, seed=4)  # step 5: a full batch
-    assert len(fb._pending) == 1 and fb._pending[0]["step"] == 5
+    assert len(fb._pending) == 1
+    assert fb._pending[0]["step"] == 5
     assert grads  # the growth ranked by the gradient of step 5's 8 images:
     grown_any = False
     for name, old in before.items():
@@ -211,7 +214,8 @@ def test_the_growth_gradient_is_the_full_batch_gradient() -> None:
     opt.step()
     progress.step, progress.epoch = 2, 0
     fb.after_step(progress)
-    assert seen and all(torch.equal(seen[n], full[n]) for n in full)
+    assert seen
+    assert all(torch.equal(seen[n], full[n]) for n in full)
     assert not all(torch.equal(seen[n], part[n]) for n in part)
 
 
@@ -227,7 +231,8 @@ def test_an_update_keeps_every_layer_count_and_masks_the_momentum(growth: str) -
         old = {n: m.clone() for n, m in fb.masking.masks.items()}
         _step(model, opt, fb, progress, seed=i)
     (record,) = fb._pending
-    assert record["step"] == 3 and record["prune_rate"] == fb.death_rate(progress)
+    assert record["step"] == 3
+    assert record["prune_rate"] == fb.death_rate(progress)
     assert fb.masking.layer_counts() == counts
     nnz = torch.tensor(list(counts.values()))
     expected = dict(zip(counts, prune_counts(nnz, record["prune_rate"]).tolist()))
@@ -238,7 +243,8 @@ def test_an_update_keeps_every_layer_count_and_masks_the_momentum(growth: str) -
         momentum = opt.state[p]["momentum_buffer"]
         assert not momentum[off].any()  # ... and so is their momentum
         grown = fb.masking.masks[name] & ~old[name]
-        assert grown.any() and not momentum[grown].any()  # grown weights start without any
+        assert grown.any()
+        assert not momentum[grown].any()
 
 
 def test_a_dense_layer_is_left_alone() -> None:
@@ -282,7 +288,8 @@ def _dynamic_run(gaps: list[float], losses: list[float]) -> tuple[FlyingBird, di
 
 def test_flyingbird_plus_prunes_more_when_the_robust_gap_widens() -> None:
     fb, before, record = _dynamic_run([0.1, 0.2, 0.3], [2.0, 1.9, 1.8])  # gap up, loss down
-    assert record["extra_prune"] and not record["extra_growth"]
+    assert record["extra_prune"]
+    assert not record["extra_growth"]
     nnz = torch.tensor(list(before.values()))
     rate = record["prune_rate"]
     r = dict(zip(before, prune_counts(nnz, rate).tolist()))
@@ -296,7 +303,8 @@ def test_flyingbird_plus_prunes_more_when_the_robust_gap_widens() -> None:
 
 def test_flyingbird_plus_grows_when_the_validation_loss_rises() -> None:
     fb, before, record = _dynamic_run([0.3, 0.2, 0.1], [1.8, 1.9, 2.0])  # gap down, loss up
-    assert record["extra_growth"] and not record["extra_prune"]
+    assert record["extra_growth"]
+    assert not record["extra_prune"]
     r = record["lost"]
     assert record["regrown"] == {n: int(r[n] * 1.05) for n in before}
     assert fb.masking.num_active > sum(before.values())  # the density rises
@@ -308,7 +316,8 @@ def test_flyingbird_plus_reads_the_epoch_record_when_the_loop_passes_it() -> Non
     lines: list[str] = []
     progress = Progress(step=4, epoch=0, epochs=4, steps_per_epoch=4, log=lines.append)
     assert fb.on_epoch_end(progress)["dynamic"] == {"observed": False}
-    assert len(lines) == 1 and "Progress.metrics" in lines[0]
+    assert len(lines) == 1
+    assert "Progress.metrics" in lines[0]
     # the loss (asked for) is not in the record: the PGD error stands in for it
     progress.metrics = {"train_adv_acc": 0.6, "val_pgd_acc": 0.4}  # type: ignore[attr-defined]
     out = fb.on_epoch_end(progress)["dynamic"]
@@ -388,9 +397,8 @@ def test_flyingbird_plus_needs_a_validation_split() -> None:
         )
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_bits(tmp_path, monkeypatch) -> None:
-    import json
-
     import dnr.training.step as step_module
     from dnr.checkpoints import load_checkpoint
     from dnr.rundir import RunDir
@@ -405,8 +413,7 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_bits(tmp_path, monkeypa
         data__subset=128,
     )
     cfg = load_config(None, overrides)
-    quiet = {"show_progress": False, "log": lambda _: None}
-    train(cfg, tmp_path / "straight", **quiet)
+    train(cfg, tmp_path / "straight", **QUIET)
     real, calls = step_module.hybrid_loss, {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -417,15 +424,13 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_bits(tmp_path, monkeypa
 
     monkeypatch.setattr(step_module, "hybrid_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed", **quiet)
+        train(cfg, tmp_path / "resumed", **QUIET)
     monkeypatch.setattr(step_module, "hybrid_loss", real)
-    train(cfg, tmp_path / "resumed", resume=True, **quiet)
+    train(cfg, tmp_path / "resumed", resume=True, **QUIET)
 
     def records(run: str) -> list[dict]:
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        # timings, and the LR of the epoch's first step, which a resumed epoch does not take
-        drop = ("wall_seconds", "train_seconds", "images_per_sec", "lr_first")
-        return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+        # the LR of the epoch's first step, which a resumed epoch does not take, goes too
+        return strip_timing(metrics(tmp_path / run), "lr_first")
 
     assert records("straight") == records("resumed")
     assert sum(len(r.get("rewire", [])) for r in records("straight")) > 0

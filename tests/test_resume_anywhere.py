@@ -6,7 +6,6 @@ chosen by patching), so nothing after the kill runs: no ``finally``, no flush.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -19,15 +18,16 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import dnr.training.step as step_module
-from conftest import tiny_overrides
 from dnr.checkpoints import load_checkpoint
 from dnr.config import load_config
 from dnr.rundir import RunDir
 from dnr.training import train
 from dnr.training.guards import NonFiniteLossError
+from helpers import QUIET, assert_same_weights, metrics, strip_timing, tiny_overrides
+
+pytestmark = pytest.mark.slow  # every test here trains, most in killed subprocesses
 
 # 128 images, batch 32: 4 steps an epoch; a step-level checkpoint every 2 steps.
 OVERRIDES = tiny_overrides(
@@ -98,21 +98,9 @@ def _python(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    timing = ("wall_seconds", "train_seconds", "images_per_sec")
-    return [{k: v for k, v in r.items() if k not in timing} for r in records]
-
-
-def _metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(RunDir(a).model_weights)), load_file(str(RunDir(b).model_weights))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-    assert _strip(_metrics(a)) == _strip(_metrics(b))
+    assert_same_weights(a, b)
+    assert strip_timing(metrics(a)) == strip_timing(metrics(b))
     la, lb = load_checkpoint(RunDir(a).last_checkpoint), load_checkpoint(RunDir(b).last_checkpoint)
     for name, mask in la["sparsity"]["masks"].items():
         assert torch.equal(mask, lb["sparsity"]["masks"][name]), name
@@ -176,7 +164,7 @@ def test_step_checkpoints_lose_at_most_checkpoint_every_steps(tmp_path, monkeypa
 
     monkeypatch.setattr(step_module, "hybrid_loss", counting)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "run", **QUIET)
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)["state"]
     assert (state["epochs_done"], state["batch"], state["step"]) == (1, 2, 6)
     armed["on"] = False
@@ -201,7 +189,8 @@ def test_sigterm_saves_the_state_exits_cleanly_and_resumes(tmp_path, straight: P
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal arrived")  # a very fast machine
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert "stopped by SIGTERM at" in stderr and "the state is saved" in stderr
+    assert "stopped by SIGTERM at" in stderr
+    assert "the state is saved" in stderr
     assert f"Continue with: dnr train --resume --out {out}" in stderr
     assert "Traceback" not in stderr
     state = load_checkpoint(last)["state"]
@@ -231,18 +220,18 @@ def test_a_non_finite_loss_stops_before_its_state_is_saved(tmp_path, monkeypatch
 
     monkeypatch.setattr(step_module, "hybrid_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"at epoch 2, batch 2;"):
-        train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "run", **QUIET)
     last = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     assert last["state"]["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
-    assert len(_metrics(tmp_path / "run")) == 1
+    assert len(metrics(tmp_path / "run")) == 1
 
 
 def test_rewirings_inside_an_epoch_survive_a_mid_epoch_resume(tmp_path, monkeypatch) -> None:
     """With rewire_every, an epoch's rewiring records accumulate until its end: a step
     checkpoint must carry them, or the epoch's metrics lose the ones before it."""
     cfg = load_config(None, [*OVERRIDES, "sparsity.rewire_every=2", "train.checkpoint_every=3"])
-    train(cfg, tmp_path / "straight", show_progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "straight", **QUIET)
     real, calls = step_module.hybrid_loss, {"n": 0}
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -253,9 +242,9 @@ def test_rewirings_inside_an_epoch_survive_a_mid_epoch_resume(tmp_path, monkeypa
 
     monkeypatch.setattr(step_module, "hybrid_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "run", **QUIET)
     monkeypatch.undo()
-    train(cfg, tmp_path / "run", resume=True, show_progress=False, log=lambda _: None)
-    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "run")
+    train(cfg, tmp_path / "run", resume=True, **QUIET)
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "run")
     assert len(a[1]["rewire"]) == 2  # steps 6 and 8 of epoch 2 (5-8)
-    assert _strip(a) == _strip(b)
+    assert strip_timing(a) == strip_timing(b)

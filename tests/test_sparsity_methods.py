@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_overrides
 from dnr.checkpoints import load_checkpoint
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
@@ -27,8 +26,7 @@ from dnr.sparsity import (
     register_method,
 )
 from dnr.training import build_optimizer, model_for, stage_plan, train, train_step
-
-QUIET = {"show_progress": False, "log": lambda _msg: None}
+from helpers import QUIET, tiny_overrides
 
 
 class FrozenFirstLayer(SparsityMethod):
@@ -87,6 +85,7 @@ def toy_method():
         SPARSITY_METHODS.unregister(FrozenFirstLayer.name)
 
 
+@pytest.mark.slow
 def test_a_method_registered_outside_the_package_trains_through_dnr_train(
     tmp_path, toy_method, monkeypatch
 ) -> None:
@@ -120,7 +119,8 @@ def test_a_method_registered_outside_the_package_trains_through_dnr_train(
     assert result.best_epoch > 1  # selected in the last stage, never the warm-up epoch
     assert weights[first].abs().sum() == 0
     meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())
-    assert meta["sparsity"]["method"] == "toy-frozen-first" and meta["sparsity"]["mode"] == "weight"
+    assert meta["sparsity"]["method"] == "toy-frozen-first"
+    assert meta["sparsity"]["mode"] == "weight"
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     assert state["sparsity"] == {"method": "toy-frozen-first", "frozen": True}
 
@@ -164,7 +164,8 @@ def test_static_method_never_moves_its_mask(tiny_config) -> None:
         for _ in range(2):
             train_step(model, optimizer, x, y, tiny_config, method, progress)
         record = method.on_epoch_end(progress)
-        assert "rewire" not in record and record["density"] == record["density_after_rewire"]
+        assert "rewire" not in record
+        assert record["density"] == record["density_after_rewire"]
     assert progress.step == 6
     params = dict(model.named_parameters())
     for name, mask in before.items():
@@ -181,11 +182,13 @@ def test_train_step_is_one_sgd_step_with_the_hybrid_loss(tiny_config) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     progress = Progress(step=5, epoch=0, epochs=1, steps_per_epoch=10)
     out = train_step(model, optimizer, x, y, tiny_config, method, progress)
-    assert out.loss.item() == pytest.approx(expected, rel=1e-5) and out.logits_adv is None
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.logits_adv is None
     assert progress.step == 6
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.slow
 def test_init_from_takes_weights_and_optionally_masks(tmp_path) -> None:
     base = tiny_overrides(sparsity__method="static", train__epochs=1, data__subset=128)
     source = train(load_config(None, base), tmp_path / "src", **QUIET)
@@ -230,6 +233,7 @@ def test_init_from_takes_weights_and_optionally_masks(tmp_path) -> None:
     assert not torch.allclose(dict(fresh.named_parameters())[name], src_weights[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -262,4 +266,5 @@ def test_progress_generator_replays_per_purpose_and_position() -> None:
     assert not torch.equal(draw(a, "scores"), draw(a, "regrow"))
     b.step += 1
     assert not torch.equal(draw(a, "scores"), draw(b, "scores"))
-    assert a.stage_epochs == 4 and a.total_steps == 20
+    assert a.stage_epochs == 4
+    assert a.total_steps == 20

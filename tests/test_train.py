@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 
 import dnr.sparsity.dnr as dnr_module
 import dnr.training.step as step_module
-from conftest import tiny_overrides
 from dnr.checkpoints import load_checkpoint
 from dnr.config import ConfigError, load_config
 from dnr.data import load_dataset
 from dnr.modelfile import load_model
 from dnr.rundir import RunDir
 from dnr.sparsity import build_sparsity
+from dnr.sparsity.layers import prunable_parameters
 from dnr.training import (
     RunExistsError,
     build_optimizer,
@@ -27,21 +27,13 @@ from dnr.training import (
     schedule_warning,
     train,
 )
-
-TIMING_KEYS = {"images_per_sec", "train_seconds", "wall_seconds"}
-
-
-def _strip_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+from helpers import QUIET, assert_same_weights, metrics, strip_timing, tiny_overrides
 
 
-def _metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
-
-
+@pytest.mark.slow
 def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=4, train__lr=0.05))
-    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "run", **QUIET)
     run = RunDir(tmp_path / "run")
     for path in (
         run.config,
@@ -52,7 +44,7 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
         run.model_meta,
     ):
         assert path.is_file(), path
-    records = _metrics(run.path)
+    records = metrics(run.path)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert result.history == records  # the returned history is what metrics.jsonl holds
     assert records[-1]["train_loss"] < records[0]["train_loss"]
@@ -72,17 +64,18 @@ def test_dense_run_learns_and_writes_every_artifact(tmp_path) -> None:
     best_epoch = max(records, key=lambda r: r["val_pgd_acc"])["epoch"]
     meta = json.loads(run.model_meta.read_text())
     assert meta["selection"]["epoch"] == best_epoch == result.best_epoch
-    assert meta["architecture"]["name"] == "vgg16" and meta["architecture"]["num_classes"] == 10
+    assert meta["architecture"]["name"] == "vgg16"
+    assert meta["architecture"]["num_classes"] == 10
     # Checkpoints load without unpickling arbitrary objects and carry resume state.
     state = torch.load(run.last_checkpoint, weights_only=True)
-    assert state["state"]["epochs_done"] == 4 and "momentum_buffer" in str(
-        state["optimizer"]["state"][0].keys()
-    )
+    assert state["state"]["epochs_done"] == 4
+    assert "momentum_buffer" in str(state["optimizer"]["state"][0].keys())
 
 
+@pytest.mark.slow
 def test_load_model_round_trip_identical_logits(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1))
-    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "run", **QUIET)
     rebuilt = load_model(tmp_path / "run")
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
@@ -92,38 +85,38 @@ def test_load_model_round_trip_identical_logits(tmp_path) -> None:
         assert torch.equal(rebuilt(x), same(x))
 
 
-def test_dnr_run_holds_exact_budget_and_rewires(tmp_path) -> None:
-    cfg = load_config(
-        None, tiny_overrides(sparsity__method="dnr", sparsity__density=0.1, train__epochs=3)
-    )
-    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
-    masking = result.sparsity.masking
-    weights = load_file(str(RunDir(tmp_path / "run").model_weights))
-    total = sum(weights[name].numel() for name in masking.masks)
-    nonzero = sum(int((weights[name] != 0).sum()) for name in masking.masks)
-    assert total == masking.num_prunable
+@pytest.mark.slow
+def test_dnr_run_holds_exact_budget_and_rewires(reference_dnr_run) -> None:
+    run = RunDir(reference_dnr_run)  # dnr at density 0.1, 3 epochs (read only)
+    masks = load_checkpoint(run.best_checkpoint)["sparsity"]["masks"]  # the deployed masks
+    weights = load_file(str(run.model_weights))
+    total = sum(weights[name].numel() for name in masks)
+    nonzero = sum(int((weights[name] != 0).sum()) for name in masks)
+    assert set(masks) == set(prunable_parameters(load_model(run.path)))  # every prunable weight
     # Active weights are exactly the budget; a few may be exactly 0 (regrown at 0 where the
     # gradient is 0, e.g. behind a dead channel), never more than the budget.
     assert round(0.1 * total) * 0.9 < nonzero <= round(0.1 * total)
     # Masked weights are exactly zero; active ones are the mask (a few may be exactly 0
     # only if they were just regrown, which does not happen in the best, pre-rewire model).
-    for name, mask in masking.masks.items():
+    for name, mask in masks.items():
         assert bool(mask.reshape(mask.shape[0], -1).any(1).all()), name  # no dead channel
         assert torch.count_nonzero(weights[name][~mask.cpu()]) == 0
-    assert sum(int(m.sum()) for m in masking.masks.values()) == round(0.1 * total)
-    records = _metrics(tmp_path / "run")
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.1 * total)
+    records = metrics(run.path)
     assert all("layer_density" in r and "density" in r for r in records)
     assert all(r["density"] == pytest.approx(round(0.1 * total) / total, abs=0) for r in records)
-    assert "rewire" in records[0] and "rewire" not in records[-1]  # no rewiring after the last
+    assert "rewire" in records[0]
+    assert "rewire" not in records[-1]
     initial = records[0]["layer_density_init"]  # uniform initial masks
     assert all(abs(v - 0.1) < 0.01 for v in initial.values())
     assert "layer_density_init" not in records[1]
     densities = list(records[0]["layer_density"].values())
     assert max(densities) - min(densities) > 0.01  # budgets moved between layers
-    meta = json.loads(RunDir(tmp_path / "run").model_meta.read_text())
+    meta = json.loads(run.model_meta.read_text())
     assert meta["sparsity"]["achieved_density"] == round(0.1 * total) / total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("until", "every", "expected"),
     [
@@ -143,14 +136,15 @@ def test_masks_stay_fixed_after_rewire_until(tmp_path, until, every, expected) -
             sparsity__bn_refresh_batches=1,
         ),
     )
-    train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
-    records = _metrics(tmp_path / "run")
+    train(cfg, tmp_path / "run", **QUIET)
+    records = metrics(tmp_path / "run")
     assert [len(r.get("rewire", [])) for r in records] == expected
     rates = [w["prune_rate"] for r in records for w in r.get("rewire", [])]
     assert rates == sorted(rates, reverse=True)  # annealed over the rewiring window
     assert records[-1]["layer_density"] == records[-2]["layer_density"]
 
 
+@pytest.mark.slow
 def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(
     tmp_path, monkeypatch
 ) -> None:
@@ -172,25 +166,26 @@ def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(
             sparsity__bn_refresh_batches=3,
         ),
     )
-    train(cfg, tmp_path / "on", show_progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "on", **QUIET)
     assert calls == [3, 3]  # after each of the two rewirings, three batches each
     calls.clear()
     off = load_config(
         None,
         tiny_overrides(sparsity__method="dnr", train__epochs=3, sparsity__bn_refresh_batches=0),
     )
-    train(off, tmp_path / "off", show_progress=False, log=lambda _: None)
+    train(off, tmp_path / "off", **QUIET)
     assert calls == []
 
 
+@pytest.mark.slow
 def test_static_run_keeps_its_initial_mask(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(sparsity__method="static", train__epochs=2))
-    result = train(cfg, tmp_path / "a", show_progress=False, log=lambda _: None)
+    result = train(cfg, tmp_path / "a", **QUIET)
     model = model_for(cfg, load_dataset(cfg.data))
     initial = build_sparsity(cfg, model, build_optimizer(cfg, model), _mask_generator(cfg))
     for name, mask in initial.masking.masks.items():
         assert torch.equal(mask, result.sparsity.masking.masks[name].cpu()), name
-    records = _metrics(tmp_path / "a")
+    records = metrics(tmp_path / "a")
     assert "rewire" not in records[0]
     assert records[0]["layer_density"] == records[-1]["layer_density"]
 
@@ -209,6 +204,7 @@ def _interrupt_after(monkeypatch, calls: int) -> None:
     monkeypatch.setattr(step_module, "pgd", flaky_pgd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "granularity"), [("dense", "weight"), ("dnr", "weight"), ("dnr", "channel")]
 )
@@ -224,25 +220,21 @@ def test_interrupted_run_resumes_to_the_same_result(
         data__subset=128,
     )
     cfg = load_config(None, overrides)
-    train(cfg, tmp_path / "straight", show_progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "straight", **QUIET)
 
     batches_per_epoch = math.ceil(128 / 32)
     _interrupt_after(monkeypatch, batches_per_epoch + 2)  # in the middle of epoch 2
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed", show_progress=False, log=lambda _: None)
-    assert len(_metrics(tmp_path / "resumed")) == 1
+        train(cfg, tmp_path / "resumed", **QUIET)
+    assert len(metrics(tmp_path / "resumed")) == 1
     monkeypatch.undo()
     with pytest.raises(RunExistsError):
-        train(cfg, tmp_path / "resumed", show_progress=False, log=lambda _: None)
-    train(cfg, tmp_path / "resumed", resume=True, show_progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "resumed", **QUIET)
+    train(cfg, tmp_path / "resumed", resume=True, **QUIET)
 
-    a = load_file(str(RunDir(tmp_path / "straight").model_weights))
-    b = load_file(str(RunDir(tmp_path / "resumed").model_weights))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert _strip_timing(_metrics(tmp_path / "straight")) == _strip_timing(
-        _metrics(tmp_path / "resumed")
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    assert strip_timing(metrics(tmp_path / "straight")) == strip_timing(
+        metrics(tmp_path / "resumed")
     )
     last_a = load_checkpoint(RunDir(tmp_path / "straight").last_checkpoint)
     last_b = load_checkpoint(RunDir(tmp_path / "resumed").last_checkpoint)
@@ -250,21 +242,39 @@ def test_interrupted_run_resumes_to_the_same_result(
         assert torch.equal(value, last_b["model"][key])
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1))
-    train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "run", **QUIET)
     other = load_config(None, tiny_overrides(train__epochs=1, train__lr=0.2))
     with pytest.raises(ConfigError, match="configuration differs"):
-        train(other, tmp_path / "run", resume=True, show_progress=False, log=lambda _: None)
+        train(other, tmp_path / "run", resume=True, **QUIET)
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
-        train(cfg, tmp_path / "empty", resume=True, show_progress=False, log=lambda _: None)
+        train(cfg, tmp_path / "empty", resume=True, **QUIET)
 
 
-def test_bf16_training_runs_and_model_stays_fp32(tmp_path) -> None:
+@pytest.mark.slow
+def test_bf16_training_runs_its_passes_in_bf16_and_keeps_the_model_fp32(
+    tmp_path, monkeypatch
+) -> None:
+    dtypes: list[torch.dtype] = []
+    real = step_module.hybrid_loss
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        dtypes.extend(t.dtype for t in (out.logits_clean, out.logits_adv) if t is not None)
+        return out
+
+    monkeypatch.setattr(step_module, "hybrid_loss", spy)
     cfg = load_config(None, tiny_overrides(train__epochs=1, train__bf16=True))
-    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
-    assert all(p.dtype == torch.float32 for p in result.model.parameters())
-    assert math.isfinite(_metrics(tmp_path / "run")[0]["train_loss"])
+    result = train(cfg, tmp_path / "run", **QUIET)
+    # every training forward pass (clean and adversarial, 6 steps) ran in bf16 ...
+    assert dtypes == [torch.bfloat16] * 12
+    # ... while the weights, in memory and on disk, stayed fp32
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}
+    saved = load_file(str(RunDir(tmp_path / "run").model_weights))
+    assert {w.dtype for w in saved.values() if w.is_floating_point()} == {torch.float32}
+    assert math.isfinite(metrics(tmp_path / "run")[0]["train_loss"])
 
 
 def test_learning_rate_schedules() -> None:
@@ -338,6 +348,7 @@ def test_a_stage_sets_its_own_peak_lr_and_whether_it_warms_up() -> None:
     assert learning_rate(cfg, 0, step, 4) == pytest.approx(0.1 / 20)
 
 
+@pytest.mark.slow
 def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) -> None:
     cfg = load_config(
         None, tiny_overrides(sparsity__method="dnr", train__epochs=2, sparsity__rewire_until=0.4)
@@ -345,12 +356,13 @@ def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) ->
     lines: list[str] = []
     train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
     assert any("no rewiring falls before sparsity.rewire_until=0.4" in line for line in lines)
-    assert all("rewire" not in r for r in _metrics(tmp_path / "run"))
+    assert all("rewire" not in r for r in metrics(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_resume_names_the_keys_that_differ(tmp_path) -> None:
     cfg = load_config(None, tiny_overrides(train__epochs=1))
-    train(cfg, tmp_path / "run", show_progress=False, log=lambda _: None)
+    train(cfg, tmp_path / "run", **QUIET)
     state = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)
     del state["config"]["sparsity"]["redistribution"]  # as saved by an older version
     from dnr.checkpoints import save_checkpoint
@@ -362,9 +374,10 @@ def test_resume_names_the_keys_that_differ(tmp_path) -> None:
         match=r"differs in sparsity.redistribution is new since "
         r"that run started, train.epochs",
     ):
-        train(other, tmp_path / "run", resume=True, show_progress=False, log=lambda _: None)
+        train(other, tmp_path / "run", resume=True, **QUIET)
 
 
+@pytest.mark.slow
 def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
     cfg = load_config(
         None, tiny_overrides(train__schedule="multistep", train__gamma=1.0, train__epochs=1)
@@ -381,24 +394,22 @@ def test_without_attack_the_loss_is_plain_cross_entropy() -> None:
     expected = torch.nn.functional.cross_entropy(model(x), y)
     for beta in (0.0, 0.5, 1.0):
         out = hybrid_loss(model, x, None, y, beta)
-        assert torch.allclose(out.loss, expected) and out.logits_adv is None
+        assert torch.allclose(out.loss, expected)
+        assert out.logits_adv is None
     x_adv = x.flip(0)
     out = hybrid_loss(model, x, x_adv, y, 0.25)
     mixed = 0.25 * expected + 0.75 * torch.nn.functional.cross_entropy(model(x_adv), y)
     assert torch.allclose(out.loss, mixed)
 
 
-def test_public_train_stays_callable(tmp_path) -> None:
+def test_importing_the_training_package_does_not_shadow_dnr_train() -> None:
     import dnr
 
     first = dnr.train
-    import dnr.training  # noqa: F401  (importing the package must not shadow the function)
+    import dnr.training  # the subpackage becomes an attribute of dnr; train must stay
 
-    assert callable(dnr.train) and dnr.train is first
-    cfg = dnr.load_config(None, tiny_overrides(train__epochs=1, data__subset=64))
-    dnr.train(cfg, tmp_path / "a", show_progress=False, log=lambda _: None)
-    dnr.train(cfg, tmp_path / "b", show_progress=False, log=lambda _: None)
-    assert dnr.load_model(tmp_path / "b").arch_config["name"] == "vgg16"
+    assert callable(dnr.train)
+    assert dnr.train is first is dnr.training.train
 
 
 def _mask_generator(cfg):
@@ -407,6 +418,7 @@ def _mask_generator(cfg):
     return torch.Generator().manual_seed(derive_seed(cfg.train.seed, "masks"))
 
 
+@pytest.mark.slow
 def test_validation_pgd_can_be_stronger_than_the_training_attack(monkeypatch, tmp_path) -> None:
     import dnr
     import dnr.training.loop as loop_module
@@ -420,7 +432,7 @@ def test_validation_pgd_can_be_stronger_than_the_training_attack(monkeypatch, tm
 
     monkeypatch.setattr(loop_module, "pgd_accuracy", spy)
     cfg = load_config(None, tiny_overrides(train__epochs=1, attack__steps=1, attack__val_steps=10))
-    dnr.train(cfg, tmp_path / "run", show_progress=False, log=lambda _m: None)
+    dnr.train(cfg, tmp_path / "run", **QUIET)
     assert seen == [(10, pytest.approx(2.5 * cfg.attack.eps / 10))]
     with pytest.raises(ConfigError, match="attack.val_steps: must be >= 1"):
         load_config(None, ["attack.val_steps=0"])

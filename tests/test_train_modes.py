@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_overrides
 from dnr.attacks import fgsm_rs, pgd
 from dnr.config import Config, load_config
 from dnr.data import BatchLoader, load_dataset
 from dnr.sparsity import Progress, build_sparsity
 from dnr.training import build_optimizer, build_training_parts, model_for, train, train_step
 from dnr.training.step import StepState, attacks_in_training, train_mode
+from helpers import QUIET, tiny_overrides
 
 
 def _config(**extra: Any) -> Config:
@@ -59,7 +59,9 @@ def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_random_start() -> None:
         generator=torch.Generator().manual_seed(3),
     )
     assert torch.equal(a, b)
-    assert (a - x).abs().max() <= eps + 1e-7 and a.min() >= 0 and a.max() <= 1
+    assert (a - x).abs().max() <= eps + 1e-7
+    assert a.min() >= 0
+    assert a.max() <= 1
     # not FGSM from the clean point: the random start moves it
     assert not torch.equal(a, (x + eps * torch.ones_like(x)).clamp(0, 1))
 
@@ -213,17 +215,19 @@ def test_bf16_training_attack_agrees_with_fp32_on_most_pixels() -> None:
     kwargs: dict[str, Any] = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 1}
     a = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kwargs)
     b = pgd(model, x, y, generator=torch.Generator().manual_seed(0), amp=True, **kwargs)
-    assert (b - x).abs().max() <= 8 / 255 + 1e-6 and b.dtype == torch.float32
+    assert (b - x).abs().max() <= 8 / 255 + 1e-6
+    assert b.dtype == torch.float32
     same = float(((a - b).abs() < 1e-6).float().mean())
     assert 0.75 < same < 1.0, same  # mostly the same step (measured 0.88); not fp32
 
 
+@pytest.mark.slow
 def test_speed_switches_train_end_to_end(tmp_path) -> None:
     runs = {}
     for switch in ("train.channels_last=false", "train.channels_last=true"):
         overrides = tiny_overrides(sparsity__method="dnr", train__epochs=2, data__subset=96)
         cfg = load_config(None, [*overrides, switch])
-        result = train(cfg, tmp_path / switch, show_progress=False, log=lambda _: None)
+        result = train(cfg, tmp_path / switch, **QUIET)
         runs[switch] = [r["train_loss"] for r in result.history]
     a, b = runs.values()
     assert all(abs(x - y) < 0.1 for x, y in zip(a, b, strict=True)), runs
@@ -242,6 +246,7 @@ class _Tiny(nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager_and_rewiring_never_recompiles() -> None:
     """Masks are applied to the weights between steps, not inside forward: a rewiring
     changes values, not the graph. (aot_eager traces exactly what inductor compiles,
@@ -274,12 +279,14 @@ def test_compiled_step_matches_eager_and_rewiring_never_recompiles() -> None:
         assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
 
 
+@pytest.mark.slow
 def test_fast_modes_train_end_to_end(tmp_path) -> None:
     for mode in ("fgsm_rs", "free"):
         cfg = _config(sparsity__method="dnr", attack__train_mode=mode, attack__replays=2)
-        result = train(cfg, tmp_path / mode, show_progress=False, log=lambda _: None)
+        result = train(cfg, tmp_path / mode, **QUIET)
         record = result.history[-1]
-        assert math.isfinite(record["train_loss"]) and record["train_adv_acc"] is not None
+        assert math.isfinite(record["train_loss"])
+        assert record["train_adv_acc"] is not None
         # free: 2 optimizer steps per batch, counted in the step
         assert record["step"] == 3 * math.ceil(192 / 32) * (2 if mode == "free" else 1)
         meta = json.loads((tmp_path / mode / "model.json").read_text())
@@ -295,6 +302,7 @@ def test_free_without_an_attack_takes_one_step_per_batch() -> None:
     assert train_mode(free).replays(free) == 3
 
 
+@pytest.mark.slow
 def test_a_collapse_of_validation_pgd_stops_single_step_training(tmp_path, monkeypatch) -> None:
     """Catastrophic overfitting guard: FGSM-RS training whose validation PGD accuracy falls
     under half the best stops after that epoch, keeps the best, and stays stopped on resume;
@@ -313,13 +321,14 @@ def test_a_collapse_of_validation_pgd_stops_single_step_training(tmp_path, monke
     lines: list[str] = []
     result = train(cfg, tmp_path / "fgsm", show_progress=False, log=lines.append)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
-    assert result.best_epoch == 2 and any("catastrophic overfitting" in line for line in lines)
+    assert result.best_epoch == 2
+    assert any("catastrophic overfitting" in line for line in lines)
     last = load_checkpoint(RunDir(tmp_path / "fgsm").last_checkpoint)
     assert last["state"]["stopped_at"] == 3
-    again = train(cfg, tmp_path / "fgsm", resume=True, show_progress=False, log=lambda _: None)
+    again = train(cfg, tmp_path / "fgsm", resume=True, **QUIET)
     assert [r["epoch"] for r in again.history] == [1, 2, 3]  # not trained past the stop
 
     figures = iter([0.30, 0.32, 0.10, 0.31, 0.31])
     pgd_cfg = _config(sparsity__method="dnr", train__epochs=5)
-    pgd_run = train(pgd_cfg, tmp_path / "pgd", show_progress=False, log=lambda _: None)
+    pgd_run = train(pgd_cfg, tmp_path / "pgd", **QUIET)
     assert len(pgd_run.history) == 5
