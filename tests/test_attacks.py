@@ -56,10 +56,12 @@ def mean_loss(model, x, y, loss="ce") -> float:
 
 
 def assert_in_threat_model(x_adv, x, eps):
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert x_adv.shape == x.shape
+    assert x_adv.dtype == x.dtype
     assert not x_adv.requires_grad
     assert (x_adv - x).abs().max().item() <= eps + 1e-6
-    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert x_adv.min().item() >= 0.0
+    assert x_adv.max().item() <= 1.0
 
 
 @pytest.mark.parametrize("loss", ["ce", "cw"])
@@ -107,7 +109,8 @@ def test_random_start_is_seeded(model, data):
     a = pgd(model, x, y, generator=gen(1), **kw)
     b = pgd(model, x, y, generator=gen(1), **kw)
     c = pgd(model, x, y, generator=gen(2), **kw)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
     start = pgd(model, x, y, eps=EPS, step_size=0.01, steps=0, generator=gen())
     assert_in_threat_model(start, x, EPS)
 
@@ -122,7 +125,8 @@ def test_restarts_never_weaker(model, data):
     with torch.no_grad():
         s1, sm = model(single), model(multi)
     ok1, okm = s1.argmax(1) != y, sm.argmax(1) != y
-    assert ok1.any() and not ok1.all()  # a weak attack: the comparison is not vacuous
+    assert ok1.any()
+    assert not ok1.all()
     assert (okm | ~ok1).all()  # every example fooled by restart 1 stays fooled
     assert torch.equal(multi[ok1], single[ok1])  # ...by the very same first-restart example
     loss1, lossm = attack_loss(s1, y, "cw"), attack_loss(sm, y, "cw")
@@ -194,7 +198,8 @@ def test_modes_and_requires_grad_restored_exactly(model, data):
     model.bn1.bias.requires_grad_(False)
     modes = {n: m.training for n, m in model.named_modules()}
     req = {n: p.requires_grad for n, p in model.named_parameters()}
-    assert len(set(modes.values())) == 2 and len(set(req.values())) == 2  # really mixed
+    assert len(set(modes.values())) == 2
+    assert len(set(req.values())) == 2
 
     seen_training, seen_frozen = [], []
     model.bn1.register_forward_pre_hook(lambda m, a: seen_training.append(m.training))
@@ -203,19 +208,25 @@ def test_modes_and_requires_grad_restored_exactly(model, data):
     )
     pgd(model, x, y, eps=EPS, step_size=2 / 255, steps=2, restarts=2, generator=gen())
     fgsm(model, x, y, eps=EPS)
-    assert seen_training and not any(seen_training)  # BN ran in eval mode
-    assert seen_frozen and all(seen_frozen)  # no weight-gradient work during the attack
+    assert seen_training
+    assert not any(seen_training)
+    assert seen_frozen
+    assert all(seen_frozen)
     assert {n: m.training for n, m in model.named_modules()} == modes
     assert {n: p.requires_grad for n, p in model.named_parameters()} == req
 
 
 def test_attack_mode_restores_on_error(model):
     model.train()
-    with pytest.raises(RuntimeError):
+
+    def fail_inside() -> None:
         with attack_mode(model):
             assert not model.training
             assert not any(p.requires_grad for p in model.parameters())
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
     assert all(m.training for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
 
@@ -225,7 +236,8 @@ def test_works_under_no_grad(model, data):
     with torch.no_grad():
         x_adv = pgd(model, x, y, eps=EPS, step_size=2 / 255, steps=2, generator=gen())
         x_f = fgsm(model, x, y, eps=EPS)
-    assert (x_adv != x).any() and (x_f != x).any()
+    assert (x_adv != x).any()
+    assert (x_f != x).any()
 
 
 def test_fp32_inside_bf16_autocast(model, data):
@@ -238,8 +250,10 @@ def test_fp32_inside_bf16_autocast(model, data):
         dtypes.clear()
         x_adv = pgd(model, x, y, eps=EPS, step_size=2 / 255, steps=2, generator=gen())
         x_f = fgsm(model, x, y, eps=EPS)
-    assert dtypes and all(d == torch.float32 for d in dtypes)
-    assert x_adv.dtype == torch.float32 and x_f.dtype == torch.float32
+    assert dtypes
+    assert all(d == torch.float32 for d in dtypes)
+    assert x_adv.dtype == torch.float32
+    assert x_f.dtype == torch.float32
     assert_in_threat_model(x_adv, x, EPS)
 
 
@@ -260,16 +274,16 @@ def test_vgg_with_restarts(data):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        dict(eps=-0.1),
-        dict(steps=-1),
-        dict(restarts=0),
-        dict(loss="kl"),
+        (dict(eps=-0.1), "eps must be >= 0, got -0.1"),
+        (dict(steps=-1), "steps must be >= 0, got -1"),
+        (dict(restarts=0), "restarts must be >= 1, got 0"),
+        (dict(loss="kl"), "loss must be 'ce' or 'cw', got 'kl'"),
     ],
 )
-def test_invalid_settings(model, data, kwargs):
+def test_invalid_settings(model, data, kwargs, message):
     x, y = data
     args = dict(eps=EPS, step_size=0.01, steps=1) | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         pgd(model, x, y, **args)

@@ -31,7 +31,8 @@ def test_refresh_replaces_running_stats_by_the_batches_average() -> None:
     assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
     per_batch_var = torch.stack([net[0](x).var((0, 2, 3), unbiased=True) for x in batches])
     assert torch.allclose(bn.running_var, per_batch_var.mean(0), atol=1e-5)
-    assert not net.training and not bn.training  # modes restored
+    assert not net.training
+    assert not bn.training
     assert bn.momentum == 0.1
 
 
@@ -41,5 +42,6 @@ def test_refresh_keeps_train_mode_and_leaves_stats_without_batches() -> None:
     assert refresh_batchnorm_stats(net, []) == 0
     after = net[1].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert net.training and net[1].momentum == 0.1
+    assert net.training
+    assert net[1].momentum == 0.1
     assert refresh_batchnorm_stats(nn.Linear(2, 2), [torch.rand(1, 2)]) == 0  # no BN: no-op

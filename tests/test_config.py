@@ -19,12 +19,19 @@ from dnr.config import (
 
 def test_defaults_follow_method_doc() -> None:
     cfg = Config()
-    assert cfg.train.epochs == 200 and cfg.train.batch_size == 128
-    assert cfg.train.lr == 0.1 and cfg.train.momentum == 0.9 and cfg.train.weight_decay == 5e-4
-    assert cfg.train.milestones == [0.5, 0.75] and cfg.train.beta == 0.5  # epochs 100, 150
-    assert cfg.attack.eps == pytest.approx(8 / 255) and cfg.attack.steps == 7
-    assert cfg.sparsity.density == 0.05 and cfg.sparsity.prune_rate_min == 0.005
-    assert cfg.train.warmup_epochs == 1.0 and cfg.model.init == "pytorch"
+    assert cfg.train.epochs == 200
+    assert cfg.train.batch_size == 128
+    assert cfg.train.lr == 0.1
+    assert cfg.train.momentum == 0.9
+    assert cfg.train.weight_decay == 5e-4
+    assert cfg.train.milestones == [0.5, 0.75]
+    assert cfg.train.beta == 0.5
+    assert cfg.attack.eps == pytest.approx(8 / 255)
+    assert cfg.attack.steps == 7
+    assert cfg.sparsity.density == 0.05
+    assert cfg.sparsity.prune_rate_min == 0.005
+    assert cfg.train.warmup_epochs == 1.0
+    assert cfg.model.init == "pytorch"
     # Where the defaults depart from the paper (docs/method.md says why, with measurements).
     s = cfg.sparsity
     assert (s.prune_rate, s.redistribution, s.rewire_until, s.bn_refresh_batches) == (
@@ -33,7 +40,9 @@ def test_defaults_follow_method_doc() -> None:
         0.75,
         8,
     )
-    assert s.grow_momentum == "zero" and s.keep_regrown_values and s.protect_channels
+    assert s.grow_momentum == "zero"
+    assert s.keep_regrown_values
+    assert s.protect_channels
 
 
 @pytest.mark.parametrize(
@@ -86,7 +95,8 @@ def test_overrides_are_parsed_as_yaml() -> None:
             "train.bf16=true",
         ],
     )
-    assert cfg.train.epochs == 2 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.epochs == 2
+    assert isinstance(cfg.train.epochs, int)
     assert cfg.model.width == 0.25
     assert cfg.data.train == ["a.npz", "b.npz"]
     assert cfg.data.test == ["c.npz"]  # a single value where a list is expected
@@ -98,7 +108,8 @@ def test_overrides_are_parsed_as_yaml() -> None:
 def test_exponent_without_a_dot_is_a_number() -> None:
     # YAML 1.1 reads 5e-4 as a string; a float field takes it as the number users meant
     cfg = load_config(None, ["train.weight_decay=5e-4", "train.lr=1E-2"])
-    assert cfg.train.weight_decay == 5e-4 and cfg.train.lr == 0.01
+    assert cfg.train.weight_decay == 5e-4
+    assert cfg.train.lr == 0.01
     for bad in ("train.lr=fast", "train.lr=nan", "train.lr=inf"):
         with pytest.raises(ConfigError, match="train.lr: expected a number"):
             load_config(None, [bad])
@@ -106,7 +117,8 @@ def test_exponent_without_a_dot_is_a_number() -> None:
 
 def test_int_given_for_float_field_becomes_float() -> None:
     cfg = load_config(None, ["train.lr=1", "attack.eps=0"])
-    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.lr == 1.0
+    assert isinstance(cfg.train.lr, float)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +202,8 @@ def test_a_config_saved_before_a_neutral_option_existed_reads_as_the_current_one
     cfg = load_config(None, ["train.epochs=3"])
     saved = cfg.to_dict()
     del saved["sparsity"]["budget"]
-    assert saved != cfg.to_dict() and as_current(saved) == cfg.to_dict()
+    assert saved != cfg.to_dict()
+    assert as_current(saved) == cfg.to_dict()
     assert "budget" not in saved["sparsity"]  # the saved tree itself is left as it was
     saved["train"]["epochs"] = 99
     assert as_current(saved) != cfg.to_dict()

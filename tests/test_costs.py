@@ -61,7 +61,8 @@ def test_counting_leaves_the_model_untouched() -> None:
     model.bn.running_mean.fill_(0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model_costs(model, 8)
-    assert model.training and model.bn.training
+    assert model.training
+    assert model.bn.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # no BN statistics updated
 
@@ -144,10 +145,12 @@ def test_vgg16_nonzero_macs_follow_the_masks() -> None:
 def test_latency_is_a_positive_finite_median_and_restores_the_model() -> None:
     model = Tiny().train()
     seconds = measure_latency(model, 8, 3, repeats=3, warmup=1)
-    assert math.isfinite(seconds) and seconds > 0
-    assert model.training and next(model.parameters()).device.type == "cpu"
+    assert math.isfinite(seconds)
+    assert seconds > 0
+    assert model.training
+    assert next(model.parameters()).device.type == "cpu"
     vgg = dnr.create_model("vgg16", num_classes=10, width=0.0625).eval()
     assert measure_latency(vgg, 32, 2, repeats=2, warmup=0) > 0
     assert not vgg.training
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need batch >= 1, repeats >= 1"):
         measure_latency(model, 8, 0)

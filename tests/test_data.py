@@ -61,7 +61,8 @@ def dump_py2(obj: object, path: Path) -> None:
     data = buf.getvalue().replace(  # Python 2's numpy named the module numpy.core
         b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n"
     )
-    assert b"numpy._core" not in data and b"_codecs" not in data
+    assert b"numpy._core" not in data
+    assert b"_codecs" not in data
     path.write_bytes(data)
 
 
@@ -215,11 +216,14 @@ def test_cifar10_python2_pickles(tmp_path: Path) -> None:
         CIFAR_MEAN,
         CIFAR_STD,
     )
-    assert data.train.x.shape == (16, 3, 32, 32) and data.val.x.shape == (4, 3, 32, 32)
+    assert data.train.x.shape == (16, 3, 32, 32)
+    assert data.val.x.shape == (4, 3, 32, 32)
     assert data.test.x.shape == (20, 3, 32, 32)
     for split in (data.train, data.val, data.test):
-        assert split.x.dtype == torch.uint8 and split.y.dtype == torch.int64
-        assert (split.x[:, 1] == 100).all() and (split.x[:, 2] == 200).all()  # planes -> CHW
+        assert split.x.dtype == torch.uint8
+        assert split.y.dtype == torch.int64
+        assert (split.x[:, 1] == 100).all()
+        assert (split.x[:, 2] == 200).all()
     # Source row r of the train set is batch r // 4 + 1, image r % 4.
     rows = torch.tensor(data.indices["train"])
     assert torch.equal(data.train.x[:, 0, 0, 0], (10 * (rows // 4 + 1) + rows % 4).to(torch.uint8))
@@ -230,14 +234,18 @@ def test_cifar10_python2_pickles(tmp_path: Path) -> None:
 def test_cifar10_root_may_be_the_folder_itself(tmp_path: Path) -> None:
     folder = make_cifar10(tmp_path)
     data = load_dataset(DataConfig(name="cifar10", root=str(folder), val_size=0))
-    assert len(data.train) == 20 and len(data.val) == 0
+    assert len(data.train) == 20
+    assert len(data.val) == 0
 
 
 def test_cifar100_python3_pickles_fine_labels(tmp_path: Path) -> None:
     make_cifar100(tmp_path)
     data = load_dataset(DataConfig(name="cifar100", root=str(tmp_path), val_size=5))
-    assert data.meta.num_classes == 100 and data.meta.classes[:2] == ["class0", "class1"]
-    assert len(data.train) == 25 and len(data.val) == 5 and len(data.test) == 20
+    assert data.meta.num_classes == 100
+    assert data.meta.classes[:2] == ["class0", "class1"]
+    assert len(data.train) == 25
+    assert len(data.val) == 5
+    assert len(data.test) == 20
     expected = torch.tensor([(7 * i) % 100 for i in data.indices["test"]])
     assert torch.equal(data.test.y, expected)  # fine labels, not coarse
 
@@ -246,7 +254,8 @@ def test_cifar_missing_says_where_and_how_to_download(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path / "nowhere")))
     message = one_line(err)
-    assert "cifar-10-batches-py" in message and "data.download=true" in message
+    assert "cifar-10-batches-py" in message
+    assert "data.download=true" in message
 
 
 def test_cifar_download_is_md5_checked_and_extracted(tmp_path: Path, monkeypatch) -> None:
@@ -270,7 +279,8 @@ def test_cifar_download_is_md5_checked_and_extracted(tmp_path: Path, monkeypatch
     spec = replace(cifar._CIFAR_SPECS["cifar10"], md5=hashlib.md5(payload).hexdigest())
     monkeypatch.setitem(cifar._CIFAR_SPECS, "cifar10", spec)
     data = load_dataset(DataConfig(name="cifar10", root=str(root), download=True, val_size=0))
-    assert len(data.train) == 20 and requested[-1] == spec.url
+    assert len(data.train) == 20
+    assert requested[-1] == spec.url
     assert not (root / "cifar-10-python.tar.gz").exists()
 
 
@@ -312,8 +322,10 @@ def test_restricted_unpickler_refuses_os_system(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(DataError) as err:
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     message = one_line(err)
-    assert "data_batch_2" in message and "refusing to load global" in message
-    assert "system" in message and calls == []
+    assert "data_batch_2" in message
+    assert "refusing to load global" in message
+    assert "system" in message
+    assert calls == []
     # A numpy array pickled with the newest protocol (Python >= 3.14's default) still loads.
     path = tmp_path / "p5.pkl"
     path.write_bytes(pickle.dumps({"a": np.arange(6, dtype=np.uint8)}, protocol=5))
@@ -389,17 +401,21 @@ def test_tiny_imagenet_layout(tiny: Path, monkeypatch) -> None:
     opened = _count_opens(monkeypatch)
     data = load_dataset(DataConfig(name="tiny-imagenet", root=str(tiny.parent), val_size=0))
     assert len(opened) == 13  # 9 train + 4 val; test/ (unlabelled) and .DS_Store ignored
-    assert data.meta.name == "tiny-imagenet" and data.meta.image_size == 64
+    assert data.meta.name == "tiny-imagenet"
+    assert data.meta.image_size == 64
     assert data.meta.classes == ["goldfish", "European fire salamander", "bullfrog"]
-    assert data.meta.num_classes == 3 and data.meta.mean == (0.4802, 0.4481, 0.3975)
-    assert data.train.x.shape == (9, 3, 64, 64) and data.train.x.dtype == torch.uint8
+    assert data.meta.num_classes == 3
+    assert data.meta.mean == (0.4802, 0.4481, 0.3975)
+    assert data.train.x.shape == (9, 3, 64, 64)
+    assert data.train.x.dtype == torch.uint8
     assert data.train.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # wnids.txt order
     assert data.test.y.tolist() == [2, 0, 1, 0]  # val_annotations.txt order and labels
     mean = data.train.x.float().mean(dim=(2, 3))
     assert (mean[0] - torch.tensor(COLORS[0])).abs().max() < 8  # RGB kept
     gray = data.train.x[4]  # n01629819_1.JPEG: the grayscale JPEG (sorted: _0, _1, _10)
     assert gray.shape == (3, 64, 64)
-    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert torch.equal(gray[0], gray[1])
+    assert torch.equal(gray[1], gray[2])
     assert abs(gray.float().mean().item() - 90) < 3
     assert torch.equal(data.test.x[3][0], data.test.x[3][2])
 
@@ -411,13 +427,15 @@ def test_tiny_imagenet_root_variants(tmp_path: Path, monkeypatch, which: str) ->
     folder = make_tiny(tmp_path / name)
     root = tmp_path if which == "parent" else folder
     data = load_dataset(DataConfig(name="tiny-imagenet", root=str(root), val_size=0))
-    assert len(data.train) == 9 and len(data.test) == 4
+    assert len(data.train) == 9
+    assert len(data.test) == 4
 
 
 def test_tiny_imagenet_missing_mentions_download(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(DataConfig(name="tiny-imagenet", root=str(tmp_path)))
-    assert "wnids.txt" in one_line(err) and "data.download=true" in str(err.value)
+    assert "wnids.txt" in one_line(err)
+    assert "data.download=true" in str(err.value)
 
 
 def test_tiny_imagenet_cache_is_reused_and_keyed_by_file_list(tiny: Path, monkeypatch) -> None:
@@ -426,13 +444,15 @@ def test_tiny_imagenet_cache_is_reused_and_keyed_by_file_list(tiny: Path, monkey
     assert len(list(tiny.glob("tiny-imagenet-*.npz"))) == 1  # next to the data
     _count_opens(monkeypatch, fail=True)
     second = load_dataset(cfg)  # would fail if a single JPEG were decoded
-    assert torch.equal(first.train.x, second.train.x) and torch.equal(first.test.x, second.test.x)
+    assert torch.equal(first.train.x, second.train.x)
+    assert torch.equal(first.test.x, second.test.x)
 
     monkeypatch.undo()
     save_jpeg(tiny / "train" / WNIDS[2] / "images" / f"{WNIDS[2]}_2.JPEG", COLORS[2])
     opened = _count_opens(monkeypatch)
     third = load_dataset(cfg)
-    assert len(opened) == 14 and len(third.train) == 10
+    assert len(opened) == 14
+    assert len(third.train) == 10
     assert len(list(tiny.glob("tiny-imagenet-*.npz"))) == 2
 
 
@@ -443,7 +463,8 @@ def test_tiny_imagenet_cache_falls_back_to_user_cache_dir(tiny: Path, monkeypatc
     assert tiny_imagenet.cache_dir_for(tiny) == xdg / "torch-dnr"
     cfg = DataConfig(name="tiny-imagenet", root=str(tiny), val_size=0)
     load_dataset(cfg)
-    assert not list(tiny.glob("*.npz")) and len(list((xdg / "torch-dnr").glob("*.npz"))) == 1
+    assert not list(tiny.glob("*.npz"))
+    assert len(list((xdg / "torch-dnr").glob("*.npz"))) == 1
     _count_opens(monkeypatch, fail=True)
     assert len(load_dataset(cfg).train) == 9  # read back from the user cache dir
 
@@ -529,7 +550,9 @@ def test_npz_multiple_files_and_classes(tmp_path: Path) -> None:
     data = load_dataset(cfg)
     names = ["cat", "dog", "eel", "fox"]
     assert data.meta == DatasetMeta("npz", names, 4, 32, CIFAR_MEAN, CIFAR_STD)
-    assert len(data.train) == 40 and len(data.val) == 10 and len(data.test) == 10
+    assert len(data.train) == 40
+    assert len(data.val) == 10
+    assert len(data.test) == 10
     source_x = np.concatenate([x0, x1]).transpose(0, 3, 1, 2)
     assert np.array_equal(data.train.x.numpy(), source_x[data.indices["train"]])
     assert np.array_equal(data.test.x.numpy(), xt.transpose(0, 3, 1, 2))
@@ -544,7 +567,8 @@ def test_npz_num_classes_is_max_label_over_train_and_test(tmp_path: Path) -> Non
             name="npz", train=[str(tmp_path / "a.npz")], test=[str(tmp_path / "t.npz")], val_size=0
         )
     )
-    assert data.meta.num_classes == 7 and data.meta.classes == [str(i) for i in range(7)]
+    assert data.meta.num_classes == 7
+    assert data.meta.classes == [str(i) for i in range(7)]
 
 
 NPZ_DEFECTS = {
@@ -588,7 +612,8 @@ def test_validation_size_rule() -> None:
     assert validation_size(2000, 1000) == 1000  # leaves exactly half: kept
     assert validation_size(1999, 1000) == 199  # would leave under half: 10% instead
     assert validation_size(1437, 1000) == 143
-    assert validation_size(1437, 50) == 50 and validation_size(10, 0) == 0
+    assert validation_size(1437, 50) == 50
+    assert validation_size(10, 0) == 0
 
 
 def test_splits_are_seeded_disjoint_and_random(tmp_path: Path) -> None:
@@ -604,8 +629,11 @@ def test_splits_are_seeded_disjoint_and_random(tmp_path: Path) -> None:
         seed=3,
     )
     a, b = load_dataset(cfg), load_dataset(cfg)
-    assert a.indices == b.indices and torch.equal(a.train.x, b.train.x)
-    assert len(a.train) == 40 and len(a.val) == 50 and len(a.test) == 40
+    assert a.indices == b.indices
+    assert torch.equal(a.train.x, b.train.x)
+    assert len(a.train) == 40
+    assert len(a.val) == 50
+    assert len(a.test) == 40
     assert not set(a.indices["train"]) & set(a.indices["val"])
     for name in ("train", "val", "test"):
         assert a.indices[name] != list(range(len(a.indices[name])))  # never the first N rows
@@ -624,9 +652,11 @@ def test_digits_default_needs_no_files() -> None:
     names = [str(i) for i in range(10)]
     assert data.meta == DatasetMeta("digits", names, 10, 32, CIFAR_MEAN, CIFAR_STD)
     assert (len(data.train), len(data.val), len(data.test)) == (1437 - 143, 143, 360)
-    assert data.train.x.shape[1:] == (3, 32, 32) and data.train.x.dtype == torch.uint8
+    assert data.train.x.shape[1:] == (3, 32, 32)
+    assert data.train.x.dtype == torch.uint8
     assert torch.equal(data.train.x[:, 0], data.train.x[:, 2])
-    assert data.train.x.max() > 200 and set(data.test.y.tolist()) == set(range(10))
+    assert data.train.x.max() > 200
+    assert set(data.test.y.tolist()) == set(range(10))
     again = load_dataset(DataConfig(seed=5))
     assert torch.equal(again.test.x, data.test.x)  # the test set does not move with data.seed
     assert again.indices["val"] != data.indices["val"]
@@ -654,7 +684,8 @@ def test_digits_tensors_are_bit_identical_to_the_scikit_learn_reader() -> None:
     source = DATASETS.get("digits")(DataConfig())
     for name, (shape, total, sha) in DIGITS_REFERENCE.items():
         t = getattr(source, name)
-        assert tuple(t.shape) == shape and t.is_contiguous()
+        assert tuple(t.shape) == shape
+        assert t.is_contiguous()
         assert t.dtype == (torch.uint8 if name.startswith("x") else torch.int64)
         assert int(t.long().sum()) == total
         assert hashlib.sha256(t.numpy().tobytes()).hexdigest() == sha, name
@@ -665,11 +696,15 @@ def test_digits_tensors_are_bit_identical_to_the_scikit_learn_reader() -> None:
 
 def test_bundled_raw_digits() -> None:
     images, labels = digits.load_raw_digits()
-    assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
-    assert labels.dtype == np.int64 and labels.shape == (1797,)
-    assert images.max() == 16 and set(labels.tolist()) == set(range(10))
+    assert images.dtype == np.uint8
+    assert images.shape == (1797, 8, 8)
+    assert labels.dtype == np.int64
+    assert labels.shape == (1797,)
+    assert images.max() == 16
+    assert set(labels.tolist()) == set(range(10))
 
 
+@pytest.mark.slow
 def test_importing_dnr_data_does_not_import_sklearn() -> None:
     code = (
         "import sys, dnr.data\n"
@@ -735,15 +770,20 @@ def test_loader_yields_every_row_once_in_unit_range() -> None:
     batches = list(loader.epoch(0))
     assert [len(y) for _, y in batches] == [32, 32, 32, 4]
     seen = torch.cat([y for _, y in batches])
-    assert sorted(seen.tolist()) == list(range(100)) and seen.tolist() != list(range(100))
+    assert sorted(seen.tolist()) == list(range(100))
+    assert seen.tolist() != list(range(100))
     for x, _ in batches:
-        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
-        assert x.min() >= 0 and x.max() <= 1
+        assert x.dtype == torch.float32
+        assert x.shape[1:] == (3, 32, 32)
+        assert x.min() >= 0
+        assert x.max() <= 1
     dropped = BatchLoader(split, 32, "cpu", shuffle=True, augment=False, drop_last=True)
-    assert len(dropped) == 3 and sum(len(y) for _, y in dropped.epoch(0)) == 96
+    assert len(dropped) == 3
+    assert sum(len(y) for _, y in dropped.epoch(0)) == 96
     plain = BatchLoader(split, 64, "cpu", shuffle=False, augment=False)
     x, y = next(iter(plain.epoch(0)))
-    assert torch.equal(y, torch.arange(64)) and torch.equal(x, split.x[:64].float() / 255)
+    assert torch.equal(y, torch.arange(64))
+    assert torch.equal(x, split.x[:64].float() / 255)
 
 
 def test_loader_epochs_are_reproducible_and_differ() -> None:
@@ -781,10 +821,12 @@ def test_random_crop_flip_semantics() -> None:
     assert torch.equal(centre, x)
     up_left = random_crop_flip(x, torch.tensor([[0, 0], [0, 0]]), no)  # content moves down-right
     assert torch.equal(up_left[:, :, 4:, 4:], x[:, :, :-4, :-4])
-    assert (up_left[:, :, :4] == 0).all() and (up_left[:, :, :, :4] == 0).all()
+    assert (up_left[:, :, :4] == 0).all()
+    assert (up_left[:, :, :, :4] == 0).all()
     mixed = random_crop_flip(x, torch.tensor([[8, 2], [1, 8]]), torch.tensor([False, True]))
     assert torch.equal(mixed[0, :, :-4, 2:], x[0, :, 4:, :-2])  # shifted up 4, right 2
-    assert (mixed[0, :, -4:] == 0).all() and (mixed[0, :, :, :2] == 0).all()
+    assert (mixed[0, :, -4:] == 0).all()
+    assert (mixed[0, :, :, :2] == 0).all()
     assert torch.equal(mixed[1], reference_crop_flip(x[1], 1, 8, True))
     flipped = random_crop_flip(x, torch.tensor([[4, 4], [4, 4]]), torch.tensor([True, True]))
     assert torch.equal(flipped, x.flip(3))
@@ -807,4 +849,5 @@ def test_loader_augmentation_is_a_padded_crop_and_flip() -> None:
             assert len(matches) == 1
             flips += matches[0][2]
             shifts.add(matches[0][:2])
-    assert 40 < flips < 88 and len(shifts) > 40  # p = 0.5 flips, offsets over the 9x9 range
+    assert 40 < flips < 88
+    assert len(shifts) > 40

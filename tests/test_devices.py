@@ -94,8 +94,11 @@ def test_cpu_fallback_warning_on_a_gpu_machine_with_cpu_only_torch(
     )
     monkeypatch.setattr(devices, "NVIDIA_PROC", str(tmp_path / "absent"))
     message = cpu_fallback_warning("auto", torch.device("cpu"))
-    assert message is not None and message.startswith("WARNING")
-    assert "nvidia-smi" in message and "CPU-only build" in message and "2.13.0+cpu" in message
+    assert message is not None
+    assert message.startswith("WARNING")
+    assert "nvidia-smi" in message
+    assert "CPU-only build" in message
+    assert "2.13.0+cpu" in message
     assert "\n" not in message
     # asked for explicitly, or not on the CPU at all: nothing to warn about
     assert cpu_fallback_warning("cpu", torch.device("cpu")) is None
@@ -106,14 +109,17 @@ def test_cpu_fallback_warning_from_the_driver_directory(cpu_torch, monkeypatch, 
     monkeypatch.setattr(devices.shutil, "which", lambda name: None)
     monkeypatch.setattr(devices, "NVIDIA_PROC", str(tmp_path))  # exists
     message = cpu_fallback_warning("auto", "cpu")
-    assert message is not None and str(tmp_path) in message
+    assert message is not None
+    assert str(tmp_path) in message
 
 
 def test_cpu_fallback_warning_when_a_cuda_build_sees_no_gpu(cuda_torch, monkeypatch) -> None:
     monkeypatch.setattr(devices.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     message = cpu_fallback_warning("auto", torch.device("cpu"))
-    assert message is not None and "CUDA_VISIBLE_DEVICES" in message and "12.4" in message
+    assert message is not None
+    assert "CUDA_VISIBLE_DEVICES" in message
+    assert "12.4" in message
 
 
 def test_no_warning_without_gpu_evidence(cpu_torch, no_gpu_evidence) -> None:

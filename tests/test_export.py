@@ -88,7 +88,7 @@ def test_sparse_round_trip_is_exact(tmp_path, arch, width) -> None:
     assert list(restored) == list(original)
     for name, value in original.items():
         back = restored[name]
-        assert back.dtype == value.dtype and back.shape == value.shape, name
+        assert (back.dtype, back.shape) == (value.dtype, value.shape), name
         if name in prunable:
             # every value bit for bit; a zero comes back +0.0 (masking by multiply left
             # -0.0 where a weight was negative, and signs of zeros are not stored)
@@ -98,14 +98,17 @@ def test_sparse_round_trip_is_exact(tmp_path, arch, width) -> None:
             assert torch.equal(_bits(back), _bits(value)), name  # BN, biases, normalize
     meta = read_model_meta(tmp_path / "out")
     storage = meta["storage"]
-    assert storage["format"] == "sparse" and set(storage["tensors"]) == prunable
+    assert storage["format"] == "sparse"
+    assert set(storage["tensors"]) == prunable
     for name, info in storage["tensors"].items():
         assert info["shape"] == list(original[name].shape)
-        assert info["index_dtype"] == "int16" and info["dtype"] == "float32"
+        assert info["index_dtype"] == "int16"
+        assert info["dtype"] == "float32"
         assert info["nnz"] == int(torch.count_nonzero(original[name]))
     assert set(storage["dense"]) == set(original) - prunable
     assert meta["export"] == {"format": "sparse", "source": str(tmp_path / "run")}
-    assert meta["classes"] == [str(i) for i in range(10)] and meta["dataset"]["name"] == "digits"
+    assert meta["classes"] == [str(i) for i in range(10)]
+    assert meta["dataset"]["name"] == "digits"
     assert meta["sparsity"]["mode"] == "weight"  # still the source's, for dnr report
 
 
@@ -157,7 +160,8 @@ def test_rows_codec_long_rows_nan_and_empty_rows() -> None:
     half = torch.randn(4, 2, 3, 3).half()
     half[half.abs() < 0.5] = 0
     parts = encode_rows(half)
-    assert parts["values"].dtype == torch.float16 and parts["col_indices"].dtype == torch.int16
+    assert parts["values"].dtype == torch.float16
+    assert parts["col_indices"].dtype == torch.int16
     back = decode_rows(parts["row_counts"], parts["col_indices"], parts["values"], half.shape)
     assert torch.equal(_bits(back), _bits(half))
 
@@ -196,13 +200,15 @@ def test_cli_export_sparse_then_eval(tmp_path, capsys) -> None:
     ]
     # an earlier export is replaced, including what was evaluated into it
     assert main(["export", str(tmp_path / "run"), "--format", "sparse", "--out", str(out)]) == 0
-    assert not RunDir(out).eval_json.exists() and RunDir(out).model_weights.is_file()
+    assert not RunDir(out).eval_json.exists()
+    assert RunDir(out).model_weights.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "sparse"]  # no temp dirs
 
 
 # ----------------------------------------------------------------------------- onnx
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg16", "resnet18"])
 def test_onnx_matches_pytorch_for_batches_1_and_3(tmp_path, arch) -> None:
     ort = pytest.importorskip("onnxruntime")
@@ -210,11 +216,13 @@ def test_onnx_matches_pytorch_for_batches_1_and_3(tmp_path, arch) -> None:
     model = make_run(tmp_path / "run", arch, 0.25)
     path = tmp_path / f"{arch}.onnx"
     result = export_run(tmp_path / "run", "onnx", path)
-    assert result.files == [path] and path.is_file()
+    assert result.files == [path]
+    assert path.is_file()
     assert not list(tmp_path.glob("*.data"))  # weights inside the one file
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
-    assert inp.name == "input" and inp.shape[1:] == [3, 32, 32]
+    assert inp.name == "input"
+    assert inp.shape[1:] == [3, 32, 32]
     assert not isinstance(inp.shape[0], int)  # a symbolic batch axis
     generator = torch.Generator().manual_seed(5)
     for batch in (1, 3):
@@ -234,8 +242,10 @@ def test_onnx_without_the_package_names_the_extra(tmp_path, monkeypatch, capsys)
     out = tmp_path / "m.onnx"
     assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'torch-dnr[export]'" in err and "onnx package" in err
-    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert "pip install 'torch-dnr[export]'" in err
+    assert "onnx package" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- compact
@@ -262,7 +272,8 @@ def test_compact_export_writes_the_narrow_model_with_equal_logits(tmp_path) -> N
     assert "fewer" in result.notes[0]
     meta = read_model_meta(tmp_path / "out")
     assert meta["architecture"]["channels"] == {n: len(i) for n, i in kept.items()}
-    assert meta["sparsity"]["mode"] == "none" and "kept_channels" not in meta["sparsity"]
+    assert meta["sparsity"]["mode"] == "none"
+    assert "kept_channels" not in meta["sparsity"]
     assert meta["export"] == {"format": "compact", "source": str(tmp_path / "run")}
     assert meta["classes"] == [str(i) for i in range(10)]
     narrow, full = load_model(tmp_path / "out"), load_model(tmp_path / "run")
@@ -309,7 +320,8 @@ def test_export_errors_are_one_line(tmp_path, argv, fragment, capsys) -> None:
     before = sorted(p.name for p in tmp_path.rglob("*"))
     assert main(["export", *(a.replace("{tmp}", str(tmp_path)) for a in argv)]) == 2
     err = capsys.readouterr().err
-    assert fragment in err and "Traceback" not in err
+    assert fragment in err
+    assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
@@ -356,13 +368,18 @@ def test_report_cost_section(tmp_path, capsys, quick_latency) -> None:
     make_run(tmp_path / "run", "vgg16", 0.125, density=0.05)
     assert main(["report", str(tmp_path / "run"), "--no-latency"]) == 0
     out = capsys.readouterr().out
-    assert "## Cost" in out and "latency b=1" not in out and "not measured" in out
+    assert "## Cost" in out
+    assert "latency b=1" not in out
+    assert "not measured" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert "dense architecture" in rows and "nonzero weights" in rows
+    assert "dense architecture" in rows
+    assert "nonzero weights" in rows
     assert "| 1.0x |" in rows["dense architecture"]
     assert main(["report", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "latency b=1" in out and "latency b=4" in out and " ms |" in out
+    assert "latency b=1" in out
+    assert "latency b=4" in out
+    assert " ms |" in out
     assert "Irregular zeros do not speed up dense kernels" in out
 
 
@@ -373,8 +390,10 @@ def test_report_has_a_compact_row_for_channel_runs(tmp_path, quick_latency) -> N
     text = summarize_run(tmp_path / "run", latency=True)
     (row,) = [line for line in text.splitlines() if line.startswith("| compact")]
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[3].endswith("x") and float(cells[3][:-1]) > 3  # MACs vs dense
-    assert cells[4].endswith(" ms") and cells[5].endswith(" ms")
+    assert cells[3].endswith("x")
+    assert float(cells[3][:-1]) > 3
+    assert cells[4].endswith(" ms")
+    assert cells[5].endswith(" ms")
 
 
 def test_a_sparse_export_can_start_another_run(tmp_path) -> None:

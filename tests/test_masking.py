@@ -83,7 +83,8 @@ def assert_invariants(model: nn.Module, masking: Masking) -> None:
     params = dict(model.named_parameters())
     total = 0
     for name, mask in masking.masks.items():
-        assert mask.dtype == torch.bool and mask.shape == params[name].shape
+        assert mask.dtype == torch.bool
+        assert mask.shape == params[name].shape
         assert torch.all(params[name][~mask] == 0), name
         total += int(mask.sum())
     assert total == masking.num_active == masking.target_active
@@ -107,7 +108,8 @@ def test_only_conv_and_linear_weights_are_prunable() -> None:
     model, _, masking = make(0.05)
     assert set(masking.masks) == set(PRUNABLE)
     train_steps(model, masking.optimizer, masking, 3)
-    assert torch.all(model[1].bias != 0) and torch.all(model[9].bias != 0)
+    assert torch.all(model[1].bias != 0)
+    assert torch.all(model[9].bias != 0)
     assert torch.all(model[2].weight != 0)  # BN scale untouched
     assert torch.equal(model[0].mean, torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
 
@@ -121,14 +123,14 @@ def test_init_is_reproducible_with_generator() -> None:
 
 def test_invalid_arguments() -> None:
     model = tiny_net()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got 0.0"):
         Masking(model, sgd(model), density=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="init must be one of .*got 'gaussian'"):
         Masking(model, sgd(model), density=0.1, init="gaussian")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no prunable Conv2d/Linear weights left"):
         Masking(model, sgd(model), density=0.1, exclude=["*"])
     _, _, masking = make()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"prune_rate must be in \[0, 1\], got 1.5"):
         masking.rewire(1.5)
 
 
@@ -140,7 +142,8 @@ def test_exclude_keeps_layers_dense_and_out_of_n() -> None:
     train_steps(model, opt, masking, 2)
     randomize_momenta(model, opt, torch.Generator().manual_seed(0))
     masking.rewire(0.5)
-    assert torch.all(model[1].weight != 0) and torch.all(model[9].weight != 0)
+    assert torch.all(model[1].weight != 0)
+    assert torch.all(model[9].weight != 0)
     assert_invariants(model, masking)
     assert set(prunable_parameters(model, ["*.weight"])) == set()
 
@@ -323,7 +326,8 @@ def test_just_pruned_positions_are_eligible_for_regrowth() -> None:
     opt2.state[model2[0].weight]["momentum_buffer"] = old2.float() * 5.0
     m2.rewire(0.5)
     new2 = m2.masks["0.weight"]
-    assert int((new2 & ~old2).sum()) == 15 and int((old2 & new2).sum()) == 15
+    assert int((new2 & ~old2).sum()) == 15
+    assert int((old2 & new2).sum()) == 15
     assert_invariants(model2, m2)
 
 
@@ -334,7 +338,8 @@ def test_rewired_densities_differ_from_uniform_when_momenta_differ() -> None:
     randomize_momenta(model, opt, g, {"1.weight": 100.0, "4.weight": 1.0, "9.weight": 0.01})
     stats = masking.rewire(0.5)
     dens = masking.layer_densities()
-    assert dens["1.weight"] > 0.1 + 0.05 and dens["9.weight"] < 0.1 - 0.03
+    assert dens["1.weight"] > 0.1 + 0.05
+    assert dens["9.weight"] < 0.1 - 0.03
     assert stats.regrown["1.weight"] > stats.lost["1.weight"]
     assert stats.regrown["9.weight"] < stats.lost["9.weight"]
     assert_invariants(model, masking)
@@ -424,7 +429,7 @@ def test_load_state_dict_validates() -> None:
     bad = dict(sd, masks={**sd["masks"], "9.weight": torch.ones(10, 16, dtype=torch.bool)})
     with pytest.raises(ValueError, match="active"):
         Masking(model := tiny_net(), sgd(model), density=0.1).load_state_dict(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="missing density"):
         Masking(model := tiny_net(), sgd(model), density=0.1).load_state_dict({"masks": {}})
 
 
@@ -484,7 +489,8 @@ def test_vgg16_small_width_budget() -> None:
         generator=torch.Generator().manual_seed(0),
     )
     names = masking.layer_names
-    assert "features.0.weight" not in names and "classifier.weight" in names
+    assert "features.0.weight" not in names
+    assert "classifier.weight" in names
     assert len(names) == 12 + 1  # 13 convs minus the excluded stem, plus the head
     assert all(not n.endswith("bias") for n in names)
     g = torch.Generator().manual_seed(0)
@@ -593,7 +599,8 @@ def test_redistribution_zero_keeps_per_layer_counts() -> None:
     for _ in range(3):
         randomize_momenta(model, opt, g, {"1.weight": 100.0, "4.weight": 1.0, "9.weight": 0.01})
         stats = frozen.rewire(0.5)
-        assert stats.total_lost > 0 and stats.lost == stats.regrown
+        assert stats.total_lost > 0
+        assert stats.lost == stats.regrown
         assert frozen.layer_counts() == counts
         assert_invariants(model, frozen)
     model, opt, moving = make(0.1, redistribution=1.0)
@@ -612,7 +619,8 @@ def test_grown_weights_start_at_zero_even_without_apply() -> None:
     params = dict(model.named_parameters())
     for n in PRUNABLE:
         grown = masking.masks[n] & ~before[n]
-        assert torch.all(params[n][grown] == 0) and torch.all(params[n][~masking.masks[n]] == 0)
+        assert torch.all(params[n][grown] == 0)
+        assert torch.all(params[n][~masking.masks[n]] == 0)
 
 
 def test_a_state_saved_before_the_options_existed_restores_the_paper_rewiring() -> None:
@@ -646,7 +654,7 @@ def test_rewiring_options_travel_with_the_state_dict() -> None:
         restored.settings.protect_channels,
         restored.settings.keep_regrown_values,
     ) == (0.4, "zero", False, False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"redistribution must be in \[0, 1\], got 1.5"):
         make(0.1, redistribution=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="grow_momentum must be one of .*got 'reset'"):
         make(0.1, grow_momentum="reset")

@@ -99,7 +99,8 @@ def test_vgg16_param_count_matches_spec():
     assert len(convs) == 13
     assert all(c.bias is None and c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert len(linears) == 1 and linears[0].in_features == 512
+    assert len(linears) == 1
+    assert linears[0].in_features == 512
 
 
 def test_resnet18_param_count_matches_spec():
@@ -108,7 +109,8 @@ def test_resnet18_param_count_matches_spec():
     assert n_params(model) == 11_173_962
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
     # stride-1 3x3 stem, no max-pool
-    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert model.conv1.kernel_size == (3, 3)
+    assert model.conv1.stride == (1, 1)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
 
 
@@ -139,28 +141,27 @@ def test_vgg_64_uses_global_pool():
 
 
 def test_unknown_name_lists_known_models():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="unknown model 'alexnet'; choose one of") as err:
         create_model("alexnet", num_classes=10)
-    assert "alexnet" in str(err.value)
     for name in ("vgg16", "resnet18"):
         assert name in str(err.value)
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        dict(input_size=48),
-        dict(input_size=224),
-        dict(num_classes=0),
-        dict(width=0.0),
-        dict(width=-1.0),
-        dict(mean=(0.5, 0.5)),
-        dict(std=(0.1, 0.0, 0.1)),
+        (dict(input_size=48), "input_size must be one of 32, 64, got 48"),
+        (dict(input_size=224), "input_size must be one of 32, 64, got 224"),
+        (dict(num_classes=0), "num_classes must be a positive integer, got 0"),
+        (dict(width=0.0), "width must be a positive number, got 0.0"),
+        (dict(width=-1.0), "width must be a positive number, got -1.0"),
+        (dict(mean=(0.5, 0.5)), r"mean and std need 3 values \(RGB\), got \[0.5, 0.5\]"),
+        (dict(std=(0.1, 0.0, 0.1)), "std must be positive"),
     ],
 )
-def test_invalid_arguments(kwargs):
+def test_invalid_arguments(kwargs, message):
     args = dict(num_classes=10) | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         create_model("vgg16", **args)
 
 
@@ -206,7 +207,7 @@ def test_register_model_custom():
         assert name in list_models()
         model = create_model(name, num_classes=3)
         assert model.arch_config["name"] == name
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"model '{name}' is already registered"):
 
             @register_model(name=name)
             def other(**kwargs):
@@ -228,7 +229,8 @@ def test_xavier_init_resets_weights_biases_and_batchnorm() -> None:
     default_max = conv.weight.abs().max().item()
     init_weights(model, "xavier")
     assert conv.weight.abs().max().item() <= bound + 1e-6 < default_max
-    assert torch.all(model.features[1].weight == 1) and torch.all(model.classifier.bias == 0)
+    assert torch.all(model.features[1].weight == 1)
+    assert torch.all(model.classifier.bias == 0)
     before = [p.clone() for p in model.parameters()]
     init_weights(model, "pytorch")  # the layers' own defaults: nothing to redo
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -92,13 +92,13 @@ def test_erk_density_one_is_all_dense() -> None:
 
 
 def test_budget_argument_errors() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"density must be in \[0, 1\], got 1.5"):
         layer_budgets([10], 1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs one shape per layer"):
         layer_budgets([10], 0.5, "erk")  # shapes missing
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"shape \(3, 3\) does not have 10 elements"):
         layer_budgets([10], 0.5, "erk", shapes=[(3, 3)])  # 9 != 10
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="init must be .*got 'nope'"):
         layer_budgets([10], 0.5, "nope")
 
 
@@ -108,12 +108,15 @@ def test_budget_argument_errors() -> None:
 def test_random_mask_exact_count_and_reproducible() -> None:
     for k in (0, 1, 17, 60):
         m = random_mask((3, 4, 5), k, torch.Generator().manual_seed(1))
-        assert m.dtype == torch.bool and m.shape == (3, 4, 5) and int(m.sum()) == k
+        assert m.dtype == torch.bool
+        assert m.shape == (3, 4, 5)
+        assert int(m.sum()) == k
     a = random_mask(1000, 50, torch.Generator().manual_seed(7))
     b = random_mask(1000, 50, torch.Generator().manual_seed(7))
     c = random_mask(1000, 50, torch.Generator().manual_seed(8))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    with pytest.raises(ValueError):
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match=r"k=11 must be in \[0, 10\]"):
         random_mask(10, 11)
 
 
@@ -186,11 +189,13 @@ def test_selection_large_random_exact_counts() -> None:
     mask = random_mask(w.shape, 3000, g)
     for k in (0, 1, 1234, 3000):
         new = magnitude_prune(w, mask, k)
-        assert int(new.sum()) == 3000 - k and not (new & ~mask).any()
+        assert int(new.sum()) == 3000 - k
+        assert not (new & ~mask).any()
         if 0 < k < 3000:  # every survivor is at least as large as every pruned weight
             assert w.abs()[new].min() >= w.abs()[mask & ~new].max()
         grown = momentum_regrow(w, mask, k)
-        assert int(grown.sum()) == 3000 + k and not (mask & ~grown).any()
+        assert int(grown.sum()) == 3000 + k
+        assert not (mask & ~grown).any()
         if k:
             assert w.abs()[grown & ~mask].min() >= w.abs()[~grown].max()
 
@@ -242,11 +247,11 @@ def test_redistribute_zero_scores_spread_by_capacity() -> None:
 
 
 def test_redistribute_errors() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot place 11 entries into a total capacity of 10"):
         redistribute(11, _t([0.5, 0.5]), torch.tensor([5, 5]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot place -1 entries"):
         redistribute(-1, _t([0.5, 0.5]), torch.tensor([5, 5]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"scores \(2,\) and capacity \(3,\) must be equal 1-D"):
         redistribute(1, _t([0.5, 0.5]), torch.tensor([5, 5, 5]))
 
 
@@ -281,7 +286,7 @@ def test_cosine_prune_rate_endpoints_and_monotone() -> None:
     assert cosine_prune_rate(-5, total) == pytest.approx(0.5)  # clamped
     assert cosine_prune_rate(5 * total, total) == pytest.approx(0.005)
     assert cosine_prune_rate(0, 10, p0=0.3, p_min=0.01) == pytest.approx(0.3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="total_steps must be >= 1, got 0"):
         cosine_prune_rate(0, 0)
 
 
@@ -308,7 +313,8 @@ def test_random_mask_cover_rows_gives_every_row_an_entry() -> None:
     assert max(empty) > 0
     # Fewer entries than rows: k distinct rows, one entry each.
     m = random_mask((10, 20), 4, torch.Generator().manual_seed(0), cover_rows=True)
-    assert int(m.sum()) == 4 and int(m.any(1).sum()) == 4
+    assert int(m.sum()) == 4
+    assert int(m.any(1).sum()) == 4
     a = random_mask((10, 20), 30, torch.Generator().manual_seed(3), cover_rows=True)
     b = random_mask((10, 20), 30, torch.Generator().manual_seed(3), cover_rows=True)
     assert torch.equal(a, b)
@@ -368,5 +374,5 @@ def test_regrowth_shares_interpolate_between_frozen_and_paper() -> None:
     assert redistribute(
         100, regrowth_shares(s_hat, r, 0.0), torch.tensor([50, 50, 80])
     ).tolist() == [10, 30, 60]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"redistribution must be in \[0, 1\], got 1.5"):
         regrowth_shares(s_hat, r, 1.5)

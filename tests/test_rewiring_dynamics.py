@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +25,7 @@ PAPER = dict(
 )
 
 
+@pytest.mark.slow
 def test_eval_loss_right_after_a_rewiring_stays_close_to_before() -> None:
     data = load_dataset(load_config(None, ["data.name=digits", "data.val_size=200"]).data)
     torch.manual_seed(0)

@@ -36,15 +36,17 @@ def test_t_quantile_tends_to_the_normal_and_inverts_the_cdf() -> None:
     assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
     for df in (1, 2, 7):
         assert t_cdf(t_quantile(0.9, df), df) == pytest.approx(0.9, abs=1e-10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\), got 1.0"):
         t_quantile(1.0, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="degrees of freedom must be positive, got 0"):
         t_quantile(0.9, 0)
 
 
 def test_paired_interval_of_known_differences() -> None:
     d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
-    assert d.n == 3 and d.mean == pytest.approx(2.0) and d.sd == pytest.approx(1.0)
+    assert d.n == 3
+    assert d.mean == pytest.approx(2.0)
+    assert d.sd == pytest.approx(1.0)
     half = 4.3027 / math.sqrt(3)  # t(0.975, 2) · sd / sqrt(n) = 2.484
     assert d.half_width == pytest.approx(half, abs=1e-4)
     assert (d.lo, d.hi) == pytest.approx((2.0 - half, 2.0 + half), abs=1e-4)
@@ -54,10 +56,14 @@ def test_paired_interval_of_known_differences() -> None:
 
 def test_verdicts_follow_the_sign_of_an_interval_that_excludes_zero() -> None:
     ahead = paired_difference([0.50, 0.52, 0.51, 0.53], [0.40, 0.41, 0.40, 0.42])
-    assert ahead.lo is not None and ahead.lo > 0 and ahead.verdict == "A ahead"
+    assert ahead.lo is not None
+    assert ahead.lo > 0
+    assert ahead.verdict == "A ahead"
     assert ahead.says("dnr", "static") == "dnr ahead"
     behind = paired_difference([0.40, 0.41, 0.40, 0.42], [0.50, 0.52, 0.51, 0.53])
-    assert behind.hi is not None and behind.hi < 0 and behind.verdict == "B ahead"
+    assert behind.hi is not None
+    assert behind.hi < 0
+    assert behind.verdict == "B ahead"
     assert behind.says("dnr", "static") == "static ahead"
     # per-seed figures far apart but the pairs move together: pairing shows the difference
     paired = paired_difference([0.30, 0.50, 0.70, 0.40], [0.29, 0.48, 0.69, 0.38])
@@ -67,28 +73,33 @@ def test_verdicts_follow_the_sign_of_an_interval_that_excludes_zero() -> None:
 
 def test_identical_differences_give_no_verdict() -> None:
     d = paired_difference([0.6, 0.7, 0.5], [0.5, 0.6, 0.4])  # +0.1 every seed
-    assert d.half_width == pytest.approx(0.0, abs=1e-9) and d.verdict == "no difference shown"
+    assert d.half_width == pytest.approx(0.0, abs=1e-9)
+    assert d.verdict == "no difference shown"
 
 
 def test_one_pair_gives_no_interval() -> None:
     d = paired_difference([0.6], [0.5])
-    assert d.n == 1 and d.mean == pytest.approx(0.1)
+    assert d.n == 1
+    assert d.mean == pytest.approx(0.1)
     assert d.lo is d.hi is d.half_width is d.sd is None
     assert d.verdict == "no difference shown"
     assert d.to_dict()["diffs"] == [pytest.approx(0.1)]
     empty = paired_difference([], [])
-    assert empty.n == 0 and empty.mean is None
+    assert empty.n == 0
+    assert empty.mean is None
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference([1.0], [1.0, 2.0])
 
 
 def test_pairing_by_key_drops_unpaired_and_missing_figures() -> None:
     keys, d = paired_by_key({0: 0.5, 1: 0.6, 2: None, 3: 0.7}, {1: 0.5, 0: 0.4, 2: 0.3})
-    assert keys == [0, 1] and d.n == 2
+    assert keys == [0, 1]
+    assert d.n == 2
     assert d.diffs == pytest.approx((0.1, 0.1))
 
 
 def test_mean_sd() -> None:
     s = mean_sd([1.0, 2.0, 3.0, 4.0])
     assert (s.n, s.mean, s.sd) == (4, 2.5, pytest.approx(math.sqrt(5 / 3)))
-    assert mean_sd([2.0]).sd is None and mean_sd([]).mean is None
+    assert mean_sd([2.0]).sd is None
+    assert mean_sd([]).mean is None

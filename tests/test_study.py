@@ -40,6 +40,7 @@ def study(tmp_path_factory) -> Study:
     return study
 
 
+@pytest.mark.slow
 def test_every_run_is_measured_part_by_part(study: Study) -> None:
     runs = runs_of(SMALL, (0, 1))
     assert [r.key for r in runs] == [
@@ -55,15 +56,19 @@ def test_every_run_is_measured_part_by_part(study: Study) -> None:
         parts = result["parts"]
         assert parts["pgd20"]["examples"] == TINY.test_subset
         assert parts["final"]["examples"] == TINY.final_subset
-        assert len(result["history"]) == 4 and "train_loss" in result["history"][0]
+        assert len(result["history"]) == 4
+        assert "train_loss" in result["history"][0]
         selected = result["parts"]["train"]["selection"]  # the epoch the weights come from
-        assert selected["by"] == "val_pgd_acc" and 1 <= selected["epoch"] <= 4
+        assert selected["by"] == "val_pgd_acc"
+        assert 1 <= selected["epoch"] <= 4
         assert parts["costs"]["deployed_as"] == "masked dense"
         meta = read_model_meta(result["run_dir"])  # the nonzeros are the mask's at most
         assert 0 < parts["costs"]["weights"] <= meta["sparsity"]["num_active"]
-        assert parts["costs"]["latency_ms"] > 0 and parts["costs"]["macs"] > 0
+        assert parts["costs"]["latency_ms"] > 0
+        assert parts["costs"]["macs"] > 0
 
 
+@pytest.mark.slow
 def test_autoattack_is_a_part_asked_for_later(study: Study) -> None:
     """A study run without AutoAttack gets it by a later ``run --autoattack N``, on the
     selected weights, without training again."""
@@ -78,6 +83,7 @@ def test_autoattack_is_a_part_asked_for_later(study: Study) -> None:
     assert {k: v for k, v in result["parts"].items() if k != "autoattack"} == before["parts"]
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_trained_or_measured_again(study: Study) -> None:
     run = runs_of(SMALL, (0,))[0]
     before = study.result_path(run).stat().st_mtime_ns
@@ -85,6 +91,7 @@ def test_a_finished_run_is_not_trained_or_measured_again(study: Study) -> None:
     assert study.result_path(run).stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_lost_part_is_measured_again_alone(study: Study) -> None:
     run = runs_of(SMALL, (0,))[1]
     path = study.result_path(run)
@@ -98,20 +105,25 @@ def test_a_lost_part_is_measured_again_alone(study: Study) -> None:
     assert again["parts"]["train"] == result["parts"]["train"]
 
 
+@pytest.mark.slow
 def test_an_identical_run_of_another_table_is_shared_not_retrained(study: Study) -> None:
     other = Table("other", "the same run again?", ("dnr",), {"": ("sparsity.density=0.2",)})
     run = runs_of(other, (0,))[0]
     assert study.process(run)
     pointer = json.loads(study.result_path(run).read_text())
-    assert pointer["same_run_as"] == "tiny/small/dnr/seed0.json" and "parts" not in pointer
+    assert pointer["same_run_as"] == "tiny/small/dnr/seed0.json"
+    assert "parts" not in pointer
     original = json.loads((study.results_root / pointer["same_run_as"]).read_text())
     shared = study.load(run)
-    assert shared["parts"] == original["parts"] and shared["table"] == "other"
-    assert study.missing(run) == [] and not study.run_dir(run).exists()
+    assert shared["parts"] == original["parts"]
+    assert shared["table"] == "other"
+    assert study.missing(run) == []
+    assert not study.run_dir(run).exists()
     later = Study(TINY, study.runs_root, study.results_root, study.data_dir, autoattack=2)
     assert later.missing(run) == ["autoattack"]  # a part asked for later lands in the original
 
 
+@pytest.mark.slow
 def test_a_result_made_with_another_config_is_refused(study: Study) -> None:
     run = runs_of(SMALL, (1,))[1]
     path = study.result_path(run)
@@ -126,6 +138,7 @@ def test_a_result_made_with_another_config_is_refused(study: Study) -> None:
         path.write_text(saved)
 
 
+@pytest.mark.slow
 def test_the_report_pairs_seeds_and_shows_the_noise_floor(study: Study) -> None:
     path = write_report(study, SMALL, runs_of(SMALL, (0, 1)))
     summary = json.loads(path.with_suffix(".json").read_text())
@@ -144,10 +157,12 @@ def test_the_report_pairs_seeds_and_shows_the_noise_floor(study: Study) -> None:
         )
         for k in (0, 1)
     ]
-    assert diff["seeds"] == [0, 1] and diff["diffs"] == pytest.approx(by_hand)
+    assert diff["seeds"] == [0, 1]
+    assert diff["diffs"] == pytest.approx(by_hand)
     assert entry["noise_floor"]["pgd20"]["n"] == 2
     text = path.read_text()
-    assert "the noise floor" in text and "Runs measured: 6 of 6 (AutoAttack on " in text
+    assert "the noise floor" in text
+    assert "Runs measured: 6 of 6 (AutoAttack on " in text
     assert path.with_suffix(".png").stat().st_size > 0
 
 
@@ -166,7 +181,8 @@ def test_a_claimed_run_is_left_to_its_worker_and_a_stale_claim_is_taken_over(
          "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == b"held\n"
     with claim(lock) as mine:
         assert not mine
     holder.kill()
@@ -211,6 +227,7 @@ def test_the_plan_lists_every_table_run(tmp_path: Path, capsys) -> None:
     assert all(line.startswith("todo") for line in lines)
 
 
+@pytest.mark.slow
 def test_a_study_stopped_by_sigterm_continues_where_it_stopped(tmp_path: Path) -> None:
     """The device path: a call cut short by a time limit (``timeout -s TERM``) leaves a
     resumable checkpoint; the next call resumes it and finishes the queue."""
@@ -230,7 +247,8 @@ def test_a_study_stopped_by_sigterm_continues_where_it_stopped(tmp_path: Path) -
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
-    assert b"rerun the same study command" in stderr and b"Traceback" not in stderr
+    assert b"rerun the same study command" in stderr
+    assert b"Traceback" not in stderr
     study = Study(TINY, tmp_path / "runs", tmp_path / "results", tmp_path)
     runs = runs_of(TABLES["beta"], (0,))
     assert study.missing(runs[0])[0] == "train"  # stopped inside the first run's training
@@ -263,7 +281,8 @@ def test_packed_data_loads_as_the_same_arrays_and_splits(tmp_path: Path) -> None
     chunk_mib = (src / "a.npz").stat().st_size / 2**20 / 2.5  # a into 3 chunks, b into 2
     pack([src / "a.npz", src / "b.npz"], src / "t.npz", tmp_path / "packed", chunk_mib)
     manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
-    assert len(manifest["train"]) == 5 and len(manifest["test"]) == 1
+    assert len(manifest["train"]) == 5
+    assert len(manifest["test"]) == 1
     scale = Scale("s", "", "vgg16_cifar10", (), None, 0, None, data=(("a.npz", "b.npz"), "t.npz"))
     base = ["data.val_size=50", "data.subset=400"]
     splits = [
@@ -272,5 +291,6 @@ def test_packed_data_loads_as_the_same_arrays_and_splits(tmp_path: Path) -> None
     ]
     for part in ("train", "val", "test"):
         a, b = getattr(splits[0], part), getattr(splits[1], part)
-        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y), part
+        assert torch.equal(a.x, b.x), part
+        assert torch.equal(a.y, b.y), part
     assert main(["pack", "--scale", "tiny", "--out", str(tmp_path / "p")]) == 2  # no files
