@@ -1,4 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv from nothing.
+# `make test-fast`: the tests not marked slow (no end-to-end training), under a minute
+# on one core; `make test` (what CI runs) runs every test, with the linters and mypy.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -13,7 +15,7 @@ TORCH  ?= torch>=2.1
 TYPED_TORCH ?= 2.13.0 2.14.1
 TYPECHECK   ?= auto
 
-.PHONY: demo test typecheck venv clean
+.PHONY: demo test test-fast typecheck venv clean
 
 $(VENV)/.installed: pyproject.toml
 	if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -45,6 +47,9 @@ test: venv typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .venv-newest runs .pytest_cache
