@@ -36,6 +36,7 @@ from dnr.data import (
 from dnr.data.loader import random_crop_flip, split_indices, validation_size
 from dnr.data.source import SourceData, read_source
 from dnr.registry import DATASETS, UnknownNameError
+from helpers import COLORS, WNIDS, images, make_tiny, save_jpeg, save_npz
 
 # --------------------------------------------------------------------------- helpers
 
@@ -144,56 +145,6 @@ def make_cifar100(root: Path) -> Path:
         folder / "meta",
     )
     return folder
-
-
-WNIDS = ["n01443537", "n01629819", "n01641577"]
-WORDS = {
-    "n01443537": "goldfish, Carassius auratus",
-    "n01629819": "European fire salamander",
-    "n01641577": "bullfrog, Rana catesbeiana",
-}
-COLORS = {0: (200, 30, 30), 1: (30, 200, 30), 2: (30, 30, 200)}
-
-
-def save_jpeg(
-    path: Path, color: tuple[int, int, int] | int, mode: str = "RGB", size: int = 64
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, (size, size), color).save(path, "JPEG", quality=95)
-
-
-def make_tiny(folder: Path) -> Path:
-    """3 classes x 3 train images, 4 val images (one grayscale each), the original formats."""
-    (folder).mkdir(parents=True)
-    (folder / "wnids.txt").write_text("".join(w + "\n" for w in WNIDS))
-    lines = ["n00001740\tentity", *(f"{w}\t{WORDS[w]}" for w in WNIDS), "n15299783\tlast one"]
-    (folder / "words.txt").write_text("\n".join(lines))  # no newline after the last line
-    for c, wnid in enumerate(WNIDS):
-        for name in ("0", "1", "10"):  # lexicographic, not numeric, order
-            save_jpeg(folder / "train" / wnid / "images" / f"{wnid}_{name}.JPEG", COLORS[c])
-        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text(
-            "".join(f"{wnid}_{n}.JPEG\t0\t0\t63\t63\n" for n in ("0", "1", "10"))
-        )
-        (folder / "train" / wnid / "images" / ".DS_Store").write_bytes(b"\0junk")
-    save_jpeg(folder / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_1.JPEG", 90, mode="L")
-    val = [("val_0.JPEG", 2), ("val_1.JPEG", 0), ("val_2.JPEG", 1), ("val_3.JPEG", 0)]
-    for name, c in val:
-        save_jpeg(folder / "val" / "images" / name, COLORS[c])
-    save_jpeg(folder / "val" / "images" / "val_3.JPEG", 170, mode="L")
-    (folder / "val" / "val_annotations.txt").write_text(
-        "".join(f"{name}\t{WNIDS[c]}\t1\t2\t60\t61\n" for name, c in val)
-    )
-    save_jpeg(folder / "test" / "images" / "test_0.JPEG", (1, 2, 3))  # unlabelled: ignored
-    return folder
-
-
-def save_npz(path: Path, **arrays: np.ndarray) -> Path:
-    np.savez(path, **arrays)
-    return path
-
-
-def images(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 def one_line(err: pytest.ExceptionInfo[DataError]) -> str:

@@ -14,8 +14,7 @@ from dnr.models import register_model
 from dnr.models.layers import Normalize
 from dnr.registry import MODELS
 from dnr.rundir import RunDir
-from helpers import metrics, tiny_overrides
-from test_data import WNIDS, images, make_tiny, save_npz
+from helpers import WNIDS, images, make_tiny, metrics, save_npz, tiny_overrides
 
 #: Kept small in case an input is wrongly accepted: then it trains for seconds, not hours.
 SMALL = ["train.device=cpu", "train.epochs=1", "model.width=0.0625", "attack.steps=1", "--no-eval"]
