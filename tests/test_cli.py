@@ -181,7 +181,6 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
         (["eval", "{tmp}/no-run", "--device", "cuda:7"], "device: cuda:7 requested"),
         (["eval", "{tmp}/a", "{tmp}/b"], "give one run directory or model file"),
         (["report", "{tmp}/no-run"], "no-run"),
-        (["train", "--resume", "--out", "{tmp}/r"], "no checkpoint to resume"),
         (
             ["train", "--out", "{tmp}/r", "sparsity.regrow_pruned=false", "sparsity.density=0.9"],
             "sparsity.regrow_pruned=false needs room",

@@ -27,6 +27,7 @@ from dnr.training import (
     schedule_warning,
     train,
 )
+from dnr.training.writer import RunWriter
 from helpers import QUIET, assert_same_weights, metrics, strip_timing, tiny_overrides
 
 
@@ -249,8 +250,30 @@ def test_resume_refuses_a_different_config(tmp_path) -> None:
     other = load_config(None, tiny_overrides(train__epochs=1, train__lr=0.2))
     with pytest.raises(ConfigError, match="configuration differs"):
         train(other, tmp_path / "run", resume=True, **QUIET)
-    with pytest.raises(ConfigError, match="no checkpoint to resume"):
-        train(cfg, tmp_path / "empty", resume=True, **QUIET)
+
+
+@pytest.mark.slow
+def test_resume_before_the_first_checkpoint_starts_the_run_from_the_beginning(
+    tmp_path, capsys
+) -> None:
+    # a requeue loop passes --resume every time: also to a run killed before its first
+    # checkpoint (only config.yaml and an epoch's metrics line written) and to a new one
+    cfg = load_config(None, tiny_overrides(train__epochs=1))
+    train(cfg, tmp_path / "fresh", **QUIET)
+    early = RunWriter(tmp_path / "early")
+    early.start(cfg)
+    early.append_metrics({"epoch": 1, "train_loss": 9.0})
+    train(cfg, tmp_path / "early", resume=True, **QUIET)
+    said = capsys.readouterr().err  # on stderr, also with --quiet: it is about the files
+    assert "early holds no checkpoint yet: starting the run from the beginning" in said
+    assert_same_weights(tmp_path / "fresh", tmp_path / "early")
+    assert len(metrics(tmp_path / "early")) == 1  # the stale line is gone
+    train(cfg, tmp_path / "new", resume=True, **QUIET)
+    assert_same_weights(tmp_path / "fresh", tmp_path / "new")
+    other = load_config(None, tiny_overrides(train__epochs=1, train__lr=0.2))
+    RunWriter(tmp_path / "other").start(other)
+    with pytest.raises(ConfigError, match=r"configuration differs .*train\.lr"):
+        train(cfg, tmp_path / "other", resume=True, **QUIET)
 
 
 @pytest.mark.slow

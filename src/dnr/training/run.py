@@ -103,6 +103,11 @@ def open_run(
 ) -> TrainingRun:
     """Model, optimizer, method and state: fresh, from ``train.init_from``, or resumed."""
     resume_state = writer.open(cfg, resume)
+    if resume and dist.agree(resume_state is None) and dist.agree(resume_state is not None):
+        raise ConfigError(
+            f"--resume: some ranks see no checkpoint in {writer.path}: the run directory must "
+            "be on a file system every rank sees"
+        )
     t = cfg.train
     source = t.init_from if resume_state is None else None
     _check_and_describe(cfg, dist, device, log)

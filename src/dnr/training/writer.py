@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from dnr.checkpoints import load_checkpoint, save_checkpoint
@@ -85,6 +86,12 @@ class RunWriter:
                     "--overwrite to replace it, or choose another --out"
                 )
             return None
+        if not self.has_run():  # killed before its first checkpoint, or never started
+            self._check_saved_config(cfg)
+            self._note(
+                f"--resume: {run.path} holds no checkpoint yet: starting the run from the beginning"
+            )
+            return None
         state, source = self._resume_checkpoint()
         saved = as_current(state.get("config"))
         if saved != cfg.to_dict():
@@ -98,6 +105,29 @@ class RunWriter:
                 f"version of torch-dnr (checkpoint format {state.get('version')})"
             )
         return state
+
+    def _check_saved_config(self, cfg: Config) -> None:
+        """A ``config.yaml`` left by an attempt that saved no checkpoint must be ``cfg``'s:
+        ``--resume`` continues that run, not another one."""
+        try:
+            saved = yaml.safe_load(self.run.config.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"--resume: cannot read {self.run.config}: {err}") from None
+        if as_current(saved) != cfg.to_dict():
+            raise ConfigError(
+                f"--resume: the configuration differs from the one {self.run.path} was started "
+                f"with ({config_difference(as_current(saved), cfg.to_dict())}); see "
+                f"{self.run.config}"
+            )
+
+    def _note(self, message: str) -> None:
+        """One line on the run's log (or stderr), from the writing rank only."""
+        if self._log is not None:
+            self._log(message)
+        elif self.enabled:
+            print(message, file=sys.stderr)
 
     def _resume_checkpoint(self) -> tuple[dict[str, Any], Path]:
         """``last.pt``, else (damaged or missing) ``previous.pt`` with a warning."""
