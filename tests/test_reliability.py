@@ -274,6 +274,66 @@ def test_a_resumed_run_with_a_damaged_last_checkpoint_ends_as_an_uninterrupted_o
     assert load_checkpoint(damaged.last_checkpoint)["state"]["epochs_done"] == 2
 
 
+def _full_disk_save(real, fail_on: int, name: str = ""):
+    """A ``torch.save`` that writes part of the file and then fails as torch does when the
+    disk fills up (a RuntimeError, not an OSError), on its ``fail_on``-th call for a file
+    called ``name`` (any file by default; writes go to ``.NAME.*.tmp``)."""
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        hit = Path(f).name.startswith(f".{name}")
+        calls["n"] += hit
+        if hit and calls["n"] == fail_on:
+            Path(f).write_bytes(b"PK\x03\x04 half an archive")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576")
+        return real(obj, f, *args, **kwargs)
+
+    return save
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_says_so(
+    tmp_path, monkeypatch
+) -> None:
+    path, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    save_checkpoint(path, _state(1), previous=previous)
+    monkeypatch.setattr(torch, "save", _full_disk_save(torch.save, fail_on=1))
+    with pytest.raises(ArtifactError, match="cannot write the checkpoint") as err:
+        save_checkpoint(path, _state(2), previous=previous)
+    message = _one_line_naming(err, path)
+    assert "unexpected pos 576" in message
+    assert "MiB free there" in message
+    assert "--resume" in message
+    assert load_checkpoint(path)["epoch"] == 1  # untouched, not rotated
+    assert not previous.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+
+
+@pytest.mark.slow
+def test_a_run_whose_checkpoint_write_fails_stops_in_one_line_and_resumes_to_the_same_bits(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    overrides = tiny_overrides(
+        train__epochs=2, sparsity__method="dnr", sparsity__density=0.3, data__subset=64
+    )
+    argv = ["--quiet", "--no-eval", *overrides]
+    assert main(["train", "--out", str(tmp_path / "straight"), *argv]) == 0
+    with monkeypatch.context() as patch:  # the disk fills up as epoch 2's last.pt is written
+        patch.setattr(torch, "save", _full_disk_save(torch.save, fail_on=2, name="last.pt"))
+        capsys.readouterr()
+        assert main(["train", "--out", str(tmp_path / "full"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "cannot write the checkpoint" in err
+    assert str(RunDir(tmp_path / "full").last_checkpoint) in err
+    full = RunDir(tmp_path / "full")
+    assert load_checkpoint(full.last_checkpoint)["state"]["epochs_done"] == 1
+    assert main(["train", "--resume", "--out", str(full.path), *argv]) == 0
+    a = load_model(tmp_path / "straight").state_dict()
+    b = load_model(full.path).state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 # --------------------------------------------------------------------------- safe loading
 
 

@@ -11,6 +11,7 @@ load unverified.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,24 @@ def save_checkpoint(
         torch.save(state, tmp)
         _seal(tmp)
 
-    atomic_write(path, write, keep_previous=previous)
+    try:
+        atomic_write(path, write, keep_previous=previous)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        raise ArtifactError(_write_error(Path(path), err)) from None
+
+
+def _write_error(path: Path, err: BaseException) -> str:
+    """One line for a checkpoint that could not be written: which file, why, what is left
+    (the write went to a temp file: the checkpoint it was replacing is untouched)."""
+    reason = getattr(err, "strerror", None) or " ".join(str(err).split()) or type(err).__name__
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    return (
+        f"{path}: cannot write the checkpoint ({reason}{free}); the previous checkpoint is "
+        "untouched: free space (or fix the file system) and continue with --resume"
+    )
 
 
 def _load_error(path: Path, err: BaseException) -> ArtifactError:
