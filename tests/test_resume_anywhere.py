@@ -6,8 +6,10 @@ chosen by patching), so nothing after the kill runs: no ``finally``, no flush.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -44,8 +46,12 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
+    import dnr.robustness.engine as engine
+    import dnr.runner as runner
+    import dnr.training.loop as loop
     import dnr.training.setup as setup
     import dnr.training.step as step
+    import dnr.training.writer as writer
     from dnr.config import load_config
     from dnr.training import train
 
@@ -86,15 +92,35 @@ SCRIPT = textwrap.dedent(
             method.on_epoch_end = counted(method.on_epoch_end, after=True)
             return method
         setup.build_sparsity = build
-    resume = os.path.exists(os.path.join(out, "checkpoints", "last.pt"))
-    train(load_config(None, overrides), out, resume=resume, show_progress=False, log=print)
+    elif kind == "start":  # config.yaml written, no checkpoint yet
+        writer.RunWriter.start = counted(writer.RunWriter.start, after=True)
+    elif kind == "validate":  # inside the n-th validation
+        loop.pgd_accuracy = counted(loop.pgd_accuracy)
+    elif kind == "eval":  # inside the final evaluation's n-th PGD call (not validation's)
+        real_evaluate = runner.evaluate_loaded
+        def evaluate_loaded(*args, **kwargs):
+            engine.pgd = counted(engine.pgd)
+            return real_evaluate(*args, **kwargs)
+        runner.evaluate_loaded = evaluate_loaded
+    cfg = load_config(None, overrides)
+    if os.environ.get("CHAOS_EVAL"):  # the user's command: train, then evaluate
+        runner.run_train(cfg, out, resume=True, progress=False, log=print)
+    else:
+        resume = os.path.exists(os.path.join(out, "checkpoints", "last.pt"))
+        train(cfg, out, resume=resume, show_progress=False, log=print)
     """
 )
 
 
-def _python(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _python(
+    script: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -248,3 +274,44 @@ def test_rewirings_inside_an_epoch_survive_a_mid_epoch_resume(tmp_path, monkeypa
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "run")
     assert len(a[1]["rewire"]) == 2  # steps 6 and 8 of epoch 2 (5-8)
     assert strip_timing(a) == strip_timing(b)
+
+
+#: Where a requeued run can die, with how many times a process reaches each point in
+#: OVERRIDES' run from scratch (3 epochs of 4 steps, a step checkpoint every 2 steps, a
+#: method hook per epoch, 3 validations, 5 PGD calls in the final evaluation and its sanity
+#: checks): the chaos test draws its kills from these.
+KILL_POINTS = {"start": 1, "step": 12, "write": 6, "rewire": 3, "validate": 3, "eval": 5}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_at_seeded_random_moments_the_same_resume_command_ends_in_the_same_bits(
+    script: Path, tmp_path, seed: int
+) -> None:
+    """A requeue loop: SIGKILL at random moments (start-up, mid-epoch, mid-checkpoint
+    write, right after a rewiring, in validation, in the final evaluation), each time the
+    same train-and-evaluate command with --resume, until it finishes."""
+    rng = random.Random(seed)
+    env = {"CHAOS_EVAL": "1"}
+    straight = tmp_path / "straight"
+    done = _python(script, "none", str(straight), *OVERRIDES, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    middle = ["rewire", "step", "validate", "write"]
+    kinds = ["start", *rng.sample(middle, len(middle)), "eval"]  # every phase, seeded order
+    out, kills = tmp_path / "run", []
+    for kind in kinds:
+        point = f"{kind}:{rng.randint(1, KILL_POINTS[kind])}"
+        proc = _python(script, point, str(out), *OVERRIDES, env=env)
+        if proc.returncode == -signal.SIGKILL:
+            kills.append(point)
+        else:  # the point lies in work an earlier kill made the run skip: it finished
+            assert proc.returncode == 0, f"{point}: {proc.stderr[-3000:]}"
+    assert kills[:1] == ["start:1"], kills
+    assert kills[-1].startswith("eval:"), kills  # the last one always lands in the evaluation
+    assert len(kills) >= 4, kills  # a point in work a resume skipped does not fire
+    proc = _python(script, "none", str(out), *OVERRIDES, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(straight, out)
+    evaluated = [json.loads((d / "eval.json").read_text())["results"] for d in (straight, out)]
+    for result in (r for results in evaluated for r in results):
+        result.pop("seconds")  # the clock is the one thing a kill may change
+    assert evaluated[0] == evaluated[1]
