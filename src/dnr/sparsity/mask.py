@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, get_args
 import torch
 from torch import Tensor, nn
 
-from dnr.config import ChannelBudget, GrowMomentum, SparsityInit
+from dnr.config import GrowMomentum, SparsityInit
+from dnr.sparsity.channels import BUDGETS
 from dnr.sparsity.rewiring import RewireStats
 from dnr.statedict import canonical_name
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from dnr.config import Config
 
 __all__ = [
-    "BUDGETS",
     "GROW_MOMENTUM",
     "GROW_SIGNALS",
     "INITS",
@@ -51,8 +51,6 @@ GROW_MOMENTUM: tuple[str, ...] = get_args(GrowMomentum)
 #: the last step's dense gradient (RigL-style, FlyingBird's option) or a uniform random draw
 #: from the rewiring's generator (SET-style, FlyingBird's released default).
 GROW_SIGNALS: tuple[str, ...] = ("momentum", "gradient", "random")
-#: What a channel budget counts: the compacted network's weights or its MACs per image.
-BUDGETS: tuple[str, ...] = get_args(ChannelBudget)
 # Optimizer state keys holding a first-moment (momentum) estimate, in lookup order:
 # SGD's buffer; Adam/AdamW's exp_avg as a fallback so the mask classes work with them too.
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
