@@ -406,3 +406,21 @@ def test_a_sparse_export_can_start_another_run(tmp_path) -> None:
     load_init_weights(target, tmp_path / "sparse")
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_an_export_killed_half_way_is_redone_by_the_same_command(tmp_path) -> None:
+    """SIGKILL leaves the temp directories of the swap behind (never a half-written --out):
+    the repeated command removes them and writes the export whole."""
+    make_run(tmp_path / "run", "vgg16", 0.0625, density=0.2)
+    out = tmp_path / "sparse"
+    export_run(tmp_path / "run", "sparse", out)
+    reference = RunDir(out).model_weights.read_bytes()
+    # killed after moving the earlier export aside, before the new one was swapped in
+    (tmp_path / ".sparse.k1.export").mkdir()
+    (tmp_path / ".sparse.k1.export" / "model.json").write_text("{")
+    (tmp_path / ".sparse.k2.old").mkdir()
+    (tmp_path / "sparse").rename(tmp_path / ".sparse.k2.old" / "sparse")
+    (tmp_path / ".other.k3.export").mkdir()  # another export's: not this command's to remove
+    export_run(tmp_path / "run", "sparse", out)
+    assert RunDir(out).model_weights.read_bytes() == reference
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.k3.export", "run", "sparse"]

@@ -147,6 +147,7 @@ def _check_dir_out(fmt: ExportFormat, source: Path, out: Path) -> None:
 def _write_directory(fmt: ExportFormat, source: Path, meta: dict[str, Any], out: Path) -> list[str]:
     """Write into a sibling temp directory, then swap it in for ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
     mask = os.umask(0)
     os.umask(mask)
@@ -167,6 +168,14 @@ def _write_directory(fmt: ExportFormat, source: Path, meta: dict[str, Any], out:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return notes
+
+
+def _remove_leftovers(out: Path) -> None:
+    """The temp directories of an export to ``out`` that was killed (SIGKILL, power cut)
+    before it could remove them: a repeated command cleans up after the one it replaces."""
+    for pattern in (f".{out.name}.*.export", f".{out.name}.*.old"):
+        for leftover in out.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def export_meta(
