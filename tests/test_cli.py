@@ -177,6 +177,7 @@ def test_eval_plain_state_dict_with_wrapper_prefix(trained_run, tmp_path, capsys
             "nope.npz",
         ),
         (["eval", "{tmp}/no-run"], "no-run"),
+        (["train", "--resume", "--out", "{tmp}/r"], "holds no run to resume (no config.yaml)"),
         (["eval", "--weights", "{tmp}/w.pt"], "--weights needs --model and --num-classes"),
         (["eval", "{tmp}/no-run", "--device", "cuda:7"], "device: cuda:7 requested"),
         (["eval", "{tmp}/a", "{tmp}/b"], "give one run directory or model file"),

@@ -416,11 +416,13 @@ def test_an_export_killed_half_way_is_redone_by_the_same_command(tmp_path) -> No
     export_run(tmp_path / "run", "sparse", out)
     reference = RunDir(out).model_weights.read_bytes()
     # killed after moving the earlier export aside, before the new one was swapped in
-    (tmp_path / ".sparse.k1.export").mkdir()
-    (tmp_path / ".sparse.k1.export" / "model.json").write_text("{")
-    (tmp_path / ".sparse.k2.old").mkdir()
-    (tmp_path / "sparse").rename(tmp_path / ".sparse.k2.old" / "sparse")
-    (tmp_path / ".other.k3.export").mkdir()  # another export's: not this command's to remove
+    (tmp_path / ".sparse.k1k1k1k1.export").mkdir()
+    (tmp_path / ".sparse.k1k1k1k1.export" / "model.json").write_text("{")
+    (tmp_path / ".sparse.k2k2k2k2.old").mkdir()
+    (tmp_path / "sparse").rename(tmp_path / ".sparse.k2k2k2k2.old" / "sparse")
+    # another export's (sparse.v2, another --out): not this command's to touch
+    (tmp_path / ".sparse.v2.k3k3k3k3.export").mkdir()
     export_run(tmp_path / "run", "sparse", out)
     assert RunDir(out).model_weights.read_bytes() == reference
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.k3.export", "run", "sparse"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".sparse.v2.k3k3k3k3.export", "run", "sparse"]

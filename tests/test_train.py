@@ -265,7 +265,7 @@ def test_resume_before_the_first_checkpoint_starts_the_run_from_the_beginning(
     early.append_metrics({"epoch": 1, "train_loss": 9.0})
     train(cfg, tmp_path / "early", resume=True, **QUIET)
     said = capsys.readouterr().err  # on stderr, also with --quiet: it is about the files
-    assert "early holds no checkpoint yet: starting the run from the beginning" in said
+    assert "early holds no checkpoint yet: starting the run afresh" in said
     assert_same_weights(tmp_path / "fresh", tmp_path / "early")
     assert len(metrics(tmp_path / "early")) == 1  # the stale line is gone
     train(cfg, tmp_path / "new", resume=True, **QUIET)

@@ -102,23 +102,37 @@ def save_checkpoint(
         torch.save(state, tmp)
         _seal(tmp)
 
+    replacing = Path(path).exists()
     try:
         atomic_write(path, write, keep_previous=previous)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        raise ArtifactError(_write_error(Path(path), err)) from None
+    except OSError as err:
+        raise ArtifactError(_write_error(Path(path), err, replacing)) from err
+    except RuntimeError as err:  # torch.save reports a full disk as a RuntimeError
+        if not _is_write_failure(err):
+            raise
+        raise ArtifactError(_write_error(Path(path), err, replacing)) from err
 
 
-def _write_error(path: Path, err: BaseException) -> str:
+def _is_write_failure(err: RuntimeError) -> bool:
+    """Whether torch.save's RuntimeError is its archive writer failing to write (a full disk,
+    a quota), not another error (a CUDA one) that must surface as itself."""
+    text = str(err)
+    return any(s in text for s in ("unexpected pos", "PytorchStreamWriter", "file write failed"))
+
+
+def _write_error(path: Path, err: BaseException, replacing: bool) -> str:
     """One line for a checkpoint that could not be written: which file, why, what is left
-    (the write went to a temp file: the checkpoint it was replacing is untouched)."""
-    reason = getattr(err, "strerror", None) or " ".join(str(err).split()) or type(err).__name__
+    (the write went to a temp file: a checkpoint it was replacing is untouched)."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    reason = getattr(err, "strerror", None) or first[:200] or type(err).__name__
     try:
         free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
     except OSError:
         free = ""
+    left = "the previous checkpoint is untouched" if replacing else "nothing was written"
     return (
-        f"{path}: cannot write the checkpoint ({reason}{free}); the previous checkpoint is "
-        "untouched: free space (or fix the file system) and continue with --resume"
+        f"{path}: cannot write the checkpoint ({reason}{free}); {left}: free space (or fix "
+        "the file system) and continue with --resume"
     )
 
 

@@ -16,7 +16,7 @@ Exactness: every stored value comes back bit for bit; a weight stored as zero co
 ``+0.0``. The sign of a zero is not kept (a masked weight zeroed by a multiply is ``-0.0``
 when it was negative; keeping that bit would cost one bit per weight, more than the values).
 
-This module sits at the bottom of the dependency graph (torch only), so ``artifacts`` can
+This module sits at the bottom of the dependency graph (torch only), so ``modelfile`` can
 decode what ``dnr.export.sparse`` encodes.
 """
 

@@ -28,8 +28,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.overwrite and args.resume:
         raise ConfigError("--overwrite starts afresh and --resume continues: give one of them")
     config_path = args.config
-    if config_path is None and args.resume and args.out and RunDir(args.out).config.exists():
+    if config_path is None and args.resume and args.out:
         config_path = RunDir(args.out).config  # resume with the run's own config
+        if not config_path.exists():  # a mistyped --out must not start a default run
+            raise ConfigError(
+                f"--resume: {args.out} holds no run to resume (no config.yaml); give --config "
+                "to start the run there"
+            )
     cfg = load_config(config_path, args.overrides)
     if args.print_config:
         import yaml

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from dnr.compare.protocol import NOISE_SEED_OFFSET
 from dnr.compare.rows import read_json_object
-from dnr.config import Config, ConfigError, as_current, load_config, parse_override
+from dnr.config import Config, ConfigError, load_config, parse_override, read_saved_config
 from dnr.registry import SPARSITY_METHODS, UnknownNameError
 from dnr.rundir import RunDir
 from dnr.training.writer import config_difference
@@ -35,7 +33,7 @@ __all__ = [
     "select_methods",
 ]
 
-#: The largest seed train.seed takes (config.py checks the same bound).
+#: The largest seed train.seed takes (config/sections.py checks the same bound).
 _SEED_LIMIT = 2**63
 
 #: What to do with a method's run directory: train afresh, resume it, or reuse it.
@@ -103,10 +101,7 @@ def plan_run(method: str, cfg: Config, run_dir: Path) -> Action:
             f"{method}: {run_dir} is not a run directory (no config.yaml); "
             "remove it or choose another --out"
         )
-    try:
-        saved = as_current(yaml.safe_load(run.config.read_text()))
-    except yaml.YAMLError:
-        saved = None
+    saved = read_saved_config(run.config)
     if saved != cfg.to_dict():
         raise ConfigError(
             f"{method}: {run_dir} was trained with another configuration "

@@ -21,6 +21,7 @@ from dnr.config.loading import (
     load_config,
     normalize_names,
     parse_override,
+    read_saved_config,
     resolve_config_path,
     save_config,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "parse_override",
     "range_fields",
     "resolve_config_path",
+    "read_saved_config",
     "save_config",
     "validate",
 ]

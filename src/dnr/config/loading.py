@@ -23,6 +23,7 @@ __all__ = [
     "PRESET_DIR",
     "apply_overrides",
     "as_current",
+    "read_saved_config",
     "from_dict",
     "list_presets",
     "load_config",
@@ -190,6 +191,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return from_dict(tree, overrides)
+
+
+def read_saved_config(path: str | Path) -> Any:
+    """The config a run saved (``config.yaml``) as a plain tree in today's keys
+    (:func:`as_current`); ``None`` if the file is not YAML (an OSError propagates)."""
+    try:
+        return as_current(yaml.safe_load(Path(path).read_text()))
+    except yaml.YAMLError:
+        return None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -10,6 +10,7 @@ never replaces a directory that ``dnr export`` did not write.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -172,10 +173,16 @@ def _write_directory(fmt: ExportFormat, source: Path, meta: dict[str, Any], out:
 
 def _remove_leftovers(out: Path) -> None:
     """The temp directories of an export to ``out`` that was killed (SIGKILL, power cut)
-    before it could remove them: a repeated command cleans up after the one it replaces."""
-    for pattern in (f".{out.name}.*.export", f".{out.name}.*.old"):
-        for leftover in out.parent.glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
+    before it could remove them: a repeated command cleans up after the one it replaces.
+    Killed between its two renames, that export left the previous one only in its ``.old``
+    directory: it goes back to ``out`` first, so a failure now still leaves an export."""
+    pattern = re.compile(re.escape(f".{out.name}.") + r"[A-Za-z0-9_]{8}\.(export|old)")
+    for leftover in sorted(out.parent.iterdir()):
+        if not (pattern.fullmatch(leftover.name) and leftover.is_dir()):
+            continue
+        if leftover.suffix == ".old" and (leftover / out.name).is_dir() and not out.exists():
+            os.replace(leftover / out.name, out)
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def export_meta(

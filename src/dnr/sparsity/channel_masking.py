@@ -75,7 +75,7 @@ class ChannelMasking:
         **options: Any,
     ) -> None:
         self.settings = settings_of(settings, options)
-        self.check_settings(self.settings)
+        self.check_init(self.settings.init)
         self.model = model
         self.optimizer = optimizer
         self.layout = ChannelLayout(model, list(self.settings.exclude), self.settings.budget)
@@ -99,9 +99,9 @@ class ChannelMasking:
         self._set_masks(self.masks)
 
     @staticmethod
-    def check_settings(settings: MaskSettings) -> None:
+    def check_init(init: str) -> None:
         """Channel mode starts from a uniform channel fraction (ERK is a per-weight rule)."""
-        if settings.init != "uniform":
+        if init != "uniform":
             raise ValueError(
                 "channel mode starts from a uniform channel fraction; set init=uniform "
                 "(ERK is a per-weight rule)"
@@ -109,9 +109,9 @@ class ChannelMasking:
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
-        """:meth:`check_settings` on ``cfg.sparsity``, early (config validation)."""
+        """:meth:`check_init` on ``sparsity.init``, early (config validation)."""
         try:
-            cls.check_settings(MaskSettings.from_config(cfg.sparsity))
+            cls.check_init(cfg.sparsity.init)
         except ValueError as err:
             raise ConfigError(f"sparsity.init: {err}") from None
 
@@ -365,7 +365,7 @@ class ChannelMasking:
                 f"channel masks were saved under a {settings.budget} budget, "
                 f"this run counts {self.layout.budget}"
             )
-        self.check_settings(settings)
+        self.check_init(settings.init)
         self.density_target = settings.density
         self.target_active = self.layout.target(settings.density)
         self.adopt(state)

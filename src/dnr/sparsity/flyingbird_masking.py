@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from dnr.sparsity.mask import MOMENTUM_KEYS, growth_signals
+from dnr.sparsity.mask import first_moment, growth_signals
 from dnr.sparsity.masking import Masking
 from dnr.sparsity.rewiring import (
     RewireStats,
@@ -78,12 +78,9 @@ class FlyingBirdMasking(Masking):
             return
         self.follow_devices()
         for name, p in self.params.items():
-            state = self.optimizer.state.get(p, {})
-            for key in MOMENTUM_KEYS:  # none before the first step (or without momentum)
-                buf = state.get(key)
-                if isinstance(buf, Tensor) and buf.shape == p.shape:
-                    buf.mul_(self.masks[name])
-                    break
+            buf = first_moment(self.optimizer, p)  # none before the first step
+            if buf is not None:
+                buf.mul_(self.masks[name])
 
     def protected_counts(self) -> dict[str, int]:
         """Per layer, the active entries ``protect_channels`` exempts from pruning (each

@@ -35,6 +35,7 @@ __all__ = [
     "LEGACY_SETTINGS",
     "MaskSet",
     "MaskSettings",
+    "first_moment",
     "gradient_signal",
     "growth_signals",
     "momentum_buffer",
@@ -204,19 +205,23 @@ class MaskSet(Protocol):
     def adopt(self, state: Mapping[str, Any]) -> None: ...
 
 
-def momentum_buffer(optimizer: torch.optim.Optimizer | None, param: Tensor) -> Tensor:
-    """The optimizer's first-moment buffer of ``param`` (SGD's, or Adam's ``exp_avg``).
-
-    No buffer yet (before the first step): a zero signal; growth then falls back to the
-    deterministic lowest-index tie-break, and ŝ to uniform. The returned buffer is the
-    optimizer's own tensor, so zeroing entries of it resets their momentum.
-    """
+def first_moment(optimizer: torch.optim.Optimizer | None, param: Tensor) -> Tensor | None:
+    """The optimizer's own first-moment buffer of ``param`` (SGD's ``momentum_buffer``, or
+    Adam's ``exp_avg``), or ``None`` before the first step (or without momentum)."""
     state = optimizer.state.get(param, {}) if optimizer is not None else {}
     for key in MOMENTUM_KEYS:
         buf = state.get(key)
         if isinstance(buf, Tensor) and buf.shape == param.shape:
             return buf
-    return torch.zeros_like(param)
+    return None
+
+
+def momentum_buffer(optimizer: torch.optim.Optimizer | None, param: Tensor) -> Tensor:
+    """:func:`first_moment`, or a zero signal before there is one: growth then falls back to
+    the deterministic lowest-index tie-break, and ŝ to uniform. The returned buffer is the
+    optimizer's own tensor, so zeroing entries of it resets their momentum."""
+    buf = first_moment(optimizer, param)
+    return buf if buf is not None else torch.zeros_like(param)
 
 
 def settings_of(settings: MaskSettings | None, options: Mapping[str, Any]) -> MaskSettings:

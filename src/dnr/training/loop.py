@@ -180,7 +180,7 @@ def _train_epoch(run: TrainingRun, prog: Progress, show: bool) -> dict[str, Any]
         watch.update(out.loss, i)
         if bar.advance(i):
             if not run.dist.enabled:  # .item() syncs here anyway (rank 0 alone shows a bar)
-                _check_finite(run, watch, prog.epoch)
+                _check_loss_finite(run, watch, prog.epoch)
             bar.figures(i, out.loss, lr)
         stop = run.dist.agree(run.stop.signum is not None)
         if cursor.save_due(i, prog.step, stop):
@@ -188,7 +188,7 @@ def _train_epoch(run: TrainingRun, prog: Progress, show: bool) -> dict[str, Any]
             if stop:
                 _stopped(run, f"epoch {prog.epoch + 1}, after batch {i + 1}/{cursor.steps}")
     bar.close()
-    _check_finite(run, watch, prog.epoch)
+    _check_loss_finite(run, watch, prog.epoch)
     return _train_record(run, prog, cursor.close(), lr)
 
 
@@ -244,7 +244,7 @@ def _save_mid_epoch(
     run: TrainingRun, cursor: EpochCursor, watch: FiniteWatch, batches: int, step: int
 ) -> None:
     """A step checkpoint after ``batches`` batches of the epoch (never of a non-finite loss)."""
-    _check_finite(run, watch, cursor.epoch)
+    _check_loss_finite(run, watch, cursor.epoch)
     cursor.park(batches, step)
     # Rank 0's BN statistics on every rank, as a resume will have them: a resumed
     # run goes on exactly as this one does
@@ -321,7 +321,7 @@ def _stop_collapsed(
     )
 
 
-def _check_finite(run: TrainingRun, watch: FiniteWatch, epoch: int) -> None:
+def _check_loss_finite(run: TrainingRun, watch: FiniteWatch, epoch: int) -> None:
     """Stop before a non-finite loss's state is saved."""
     watch.check(run.dist, epoch, run.writer.run.last_checkpoint)
 

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from dnr.checkpoints import load_checkpoint, save_checkpoint
-from dnr.config import Config, ConfigError, as_current, save_config
+from dnr.config import Config, ConfigError, as_current, read_saved_config, save_config
 from dnr.fileio import append_jsonl, atomic_write_text, read_jsonl, temp_files
 from dnr.modelfile import save_model
 from dnr.rundir import ArtifactError, RunDir
@@ -33,10 +32,6 @@ CHECKPOINT_VERSION = 2
 
 class RunExistsError(ConfigError):
     """The output directory already holds a run and --resume was not given."""
-
-
-def _stderr_warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class RunWriter:
@@ -65,6 +60,9 @@ class RunWriter:
     def path(self) -> Path:
         return self.run.path
 
+    def has_model(self) -> bool:
+        return self.run.model_weights.exists()
+
     def has_run(self) -> bool:
         """Whether the directory holds a run's checkpoints or model (not just a config)."""
         run = self.run
@@ -86,11 +84,11 @@ class RunWriter:
                     "--overwrite to replace it, or choose another --out"
                 )
             return None
+        self._remove_temp_files()
         if not self.has_run():  # killed before its first checkpoint, or never started
             self._check_saved_config(cfg)
-            self._note(
-                f"--resume: {run.path} holds no checkpoint yet: starting the run from the beginning"
-            )
+            message = f"--resume: {run.path} holds no checkpoint yet: starting the run afresh"
+            self._warn(message, prefix="")
             return None
         state, source = self._resume_checkpoint()
         saved = as_current(state.get("config"))
@@ -109,31 +107,32 @@ class RunWriter:
     def _check_saved_config(self, cfg: Config) -> None:
         """A ``config.yaml`` left by an attempt that saved no checkpoint must be ``cfg``'s:
         ``--resume`` continues that run, not another one."""
-        try:
-            saved = yaml.safe_load(self.run.config.read_text())
-        except FileNotFoundError:
+        if not self.run.config.is_file():
             return
-        except (OSError, yaml.YAMLError) as err:
+        try:
+            saved = read_saved_config(self.run.config)
+        except OSError as err:
             raise ConfigError(f"--resume: cannot read {self.run.config}: {err}") from None
-        if as_current(saved) != cfg.to_dict():
+        if saved != cfg.to_dict():
             raise ConfigError(
                 f"--resume: the configuration differs from the one {self.run.path} was started "
-                f"with ({config_difference(as_current(saved), cfg.to_dict())}); see "
-                f"{self.run.config}"
+                f"with ({config_difference(saved, cfg.to_dict())}); see {self.run.config}"
             )
 
-    def _note(self, message: str) -> None:
-        """One line on the run's log (or stderr), from the writing rank only."""
-        if self._log is not None:
-            self._log(message)
-        elif self.enabled:
-            print(message, file=sys.stderr)
+    def _remove_temp_files(self) -> None:
+        """Temp files of writes a kill cut short (a checkpoint's can be as large as it):
+        a repeated ``--resume`` must not pile them up. The writing rank only."""
+        if self.enabled:
+            for path in self.run.artifacts():
+                for leftover in temp_files(path):
+                    leftover.unlink(missing_ok=True)
 
     def _resume_checkpoint(self) -> tuple[dict[str, Any], Path]:
         """``last.pt``, else (damaged or missing) ``previous.pt`` with a warning."""
         last, previous = self.run.last_checkpoint, self.run.previous_checkpoint
         if not last.exists() and not previous.exists():
-            raise ConfigError(f"--resume: no checkpoint to resume in {self.run.checkpoints}")
+            done = " (its model is there: the training is done)" if self.has_model() else ""
+            raise ConfigError(f"--resume: no checkpoint to resume in {self.run.checkpoints}{done}")
         problem = f"{last} is missing"
         if last.exists():
             try:
@@ -158,12 +157,13 @@ class RunWriter:
         )
         return state, previous
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, message: str, prefix: str = "warning: ") -> None:
+        """One line on the run's log, else on stderr (the writing rank only)."""
         self.warnings.append(message)
         if self._log is not None:
-            self._log(f"warning: {message}")
+            self._log(f"{prefix}{message}")
         elif self.enabled:
-            _stderr_warning(message)
+            print(f"{prefix}{message}", file=sys.stderr, flush=True)
 
     def clear(self) -> list[Path]:
         """Delete an earlier run's files (``dnr train --overwrite``) and return them.
