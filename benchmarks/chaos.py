@@ -2,13 +2,14 @@
 random moments, each time followed by the same command, until it finishes.
 
 What a cluster does to a pre-empted job: kill it without warning (SIGKILL, no handler runs)
-and start the same command line again. Each command is first run once uninterrupted; then
-afresh in another directory, killed after a delay drawn uniformly from the uninterrupted
-run's wall time (so kills land in start-up, training, checkpoint writes, validation,
-evaluation, a compare between its runs, an export's swap), again and again until its kill
-budget is spent, and then left to finish. The result must be the same bits: final weights
-and masks, the metrics, the evaluation (timings aside), every compared run's, the exported
-file. Writes ``results/chaos.json`` and ``results/chaos.md``.
+and start the same command line again. Each command is first run once uninterrupted. Then
+episodes, each in a fresh directory: the command is killed after a delay drawn uniformly
+from the uninterrupted run's wall time (so kills land in start-up, training, checkpoint
+writes, validation, evaluation, a compare between its runs, an export's swap) and launched
+again, until a launch finishes; episodes go on until the kill budget is spent. Every
+episode must end in the same bits: final weights and masks, the metrics, the evaluation
+(timings aside), every compared run's, the exported file. Writes ``results/chaos.json``
+and ``results/chaos.md``.
 
     python benchmarks/chaos.py --kills 30 10 10 --seed 0 --out runs/chaos
 """
@@ -49,7 +50,7 @@ TIMING = {"seconds", "wall_seconds", "train_seconds", "images_per_sec"}
 
 
 def commands(config: Path, root: Path) -> dict[str, list[str]]:
-    """The three commands, each writing under ``root`` (``{train}``: the run it exports)."""
+    """The three commands; export exports ``root/train`` (the caller may point it elsewhere)."""
     dnr = [sys.executable, "-m", "dnr"]
     return {
         "train": [*dnr, "train", "--config", str(config), "--resume", "--quiet", "--out"],
@@ -68,25 +69,44 @@ def run_once(cmd: list[str], out: Path) -> float:
     return time.perf_counter() - started
 
 
-def under_fire(cmd: list[str], out: Path, kills: int, span: float, rng: random.Random) -> dict:
-    """Kill ``cmd`` ``kills`` times at random moments, then let it finish."""
-    delays: list[float] = []
-    attempts = 0
-    while True:
-        attempts += 1
-        delay = rng.uniform(0.0, span) if len(delays) < kills else None
-        proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            _, err = proc.communicate(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate()
+def attempt(cmd: list[str], out: Path, delay: float | None) -> bool:
+    """One launch of ``cmd``: True if SIGKILLed after ``delay`` seconds, False if it
+    finished first (a failure stops the benchmark)."""
+    proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        return True
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} {out} failed: {err.decode()[-2000:]}")
+    return False
+
+
+def under_fire(
+    name: str, cmd: list[str], root: Path, kills: int, span: float, rng: random.Random
+) -> dict[str, Any]:
+    """Episodes, each in a fresh directory: launch ``cmd``, SIGKILL it after a random delay,
+    launch it again, ... until one launch finishes; then compare with the uninterrupted
+    output. Episodes go on until ``kills`` kills have been dealt."""
+    episodes: list[dict[str, Any]] = []
+    dealt = 0
+    reference = fingerprint(name, root.parent / "straight" / name)
+    while dealt < kills:
+        out = root / f"{name}{len(episodes)}"
+        delays: list[float] = []
+        while attempt(cmd, out, delay := rng.uniform(0.0, span) if dealt < kills else None):
             delays.append(round(delay or 0.0, 2))
-            continue
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} {out} failed: {err.decode()[-2000:]}")
-        if len(delays) >= kills:
-            return {"kills": len(delays), "attempts": attempts, "kill_after_seconds": delays}
+            dealt += 1
+        same = fingerprint(name, out) == reference
+        episodes.append({"kills": len(delays), "kill_after_seconds": delays, "identical": same})
+    return {
+        "kills": dealt,
+        "episodes": len(episodes),
+        "identical": all(e["identical"] for e in episodes),
+        "per_episode": episodes,
+    }
 
 
 def digest(path: Path) -> str:
@@ -124,11 +144,11 @@ def fingerprint(name: str, out: Path) -> dict[str, Any]:
 def render(record: dict[str, Any]) -> str:
     """The Markdown report: kills, attempts and the verdict per command."""
     rows = [
-        [name, r["kills"], r["attempts"], f"{r['straight_seconds']:.1f}", r["identical"]]
+        [name, r["kills"], r["episodes"], f"{r['straight_seconds']:.1f}", r["identical"]]
         for name, r in record["commands"].items()
     ]
     table = markdown_table(
-        ["command", "SIGKILLs", "attempts", "uninterrupted s", "same bits"], rows
+        ["command", "SIGKILLs", "episodes", "uninterrupted s", "same bits (every episode)"], rows
     )
     return "\n".join(
         [
@@ -162,9 +182,10 @@ def main() -> None:
     for (name, cmd), kills in zip(commands(config, straight).items(), args.kills):
         span = run_once(cmd, straight / name)
         fire_cmd = commands(config, chaos)[name]  # export: the chaos run's model
-        result = under_fire(fire_cmd, chaos / name, kills, span, rng)
-        same = fingerprint(name, straight / name) == fingerprint(name, chaos / name)
-        record["commands"][name] = {**result, "straight_seconds": span, "identical": same}
+        if name == "export":  # the model the episodes export: the train episodes' first
+            fire_cmd = [*fire_cmd[:4], str(chaos / "train0"), *fire_cmd[5:]]
+        result = under_fire(name, fire_cmd, chaos, kills, span, rng)
+        record["commands"][name] = {**result, "straight_seconds": span}
         print(name, json.dumps(record["commands"][name]), flush=True)
     record["total_kills"] = sum(r["kills"] for r in record["commands"].values())
     record["identical"] = all(r["identical"] for r in record["commands"].values())
