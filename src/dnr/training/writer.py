@@ -87,8 +87,7 @@ class RunWriter:
         self._remove_temp_files()
         if not self.has_run():  # killed before its first checkpoint, or never started
             self._check_saved_config(cfg)
-            message = f"--resume: {run.path} holds no checkpoint yet: starting the run afresh"
-            self._warn(message, prefix="")
+            self._say(f"--resume: {run.path} holds no checkpoint yet: starting the run afresh")
             return None
         state, source = self._resume_checkpoint()
         saved = as_current(state.get("config"))
@@ -157,13 +156,16 @@ class RunWriter:
         )
         return state, previous
 
-    def _warn(self, message: str, prefix: str = "warning: ") -> None:
-        """One line on the run's log, else on stderr (the writing rank only)."""
+    def _warn(self, message: str) -> None:
         self.warnings.append(message)
+        self._say(f"warning: {message}")
+
+    def _say(self, line: str) -> None:
+        """One line on the run's log, else on stderr (the writing rank only)."""
         if self._log is not None:
-            self._log(f"{prefix}{message}")
+            self._log(line)
         elif self.enabled:
-            print(f"{prefix}{message}", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     def clear(self) -> list[Path]:
         """Delete an earlier run's files (``dnr train --overwrite``) and return them.
