@@ -25,7 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	# every later install keeps the torch just chosen (a torchvision or timm would otherwise
+	# pull the newest torch over a user's own build)
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-pin.txt -e ".[test]"
+	# torchvision and timm (the `models` extra) only where a build for this torch imports: the
+	# index's torchvision wheels link CUDA torch, so a local CPU-only torch build has none, and
+	# the tests that need them then say so and skip (CI's newest-torch leg runs them)
+	$(PY) -m pip install --quiet -c $(VENV)/torch-pin.txt -e ".[models]" \
+		&& $(PY) -c "import torchvision, timm" 2>/dev/null \
+		|| { echo "note: no torchvision build imports with this torch; its tests will skip"; \
+			$(PY) -m pip uninstall --quiet -y torchvision timm; }
 	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 	touch $@
 
