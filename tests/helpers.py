@@ -5,12 +5,15 @@ Kept apart from conftest.py (fixtures only) so that a test imports a helper by n
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -30,6 +33,19 @@ REFERENCE_DNR: dict[str, object] = {
 
 # The record fields that measure time: they differ between two runs of the same bits.
 TIMING_KEYS = ("wall_seconds", "train_seconds", "images_per_sec")
+
+
+def optional_import(name: str) -> ModuleType:
+    """Import an optional extra (torchvision, timm), or skip the test saying why.
+
+    Any exception counts, not only ImportError: the index's torchvision wheels link CUDA
+    torch, so beside a CPU-only torch build ``import torchvision`` raises a RuntimeError.
+    Every such test has a twin on a project model that runs everywhere.
+    """
+    try:
+        return importlib.import_module(name)
+    except Exception as err:  # noqa: BLE001 - any failure means the extra is not usable here
+        pytest.skip(f"{name} does not import here ({type(err).__name__}: {err})")
 
 
 def tiny_overrides(**extra: object) -> list[str]:
