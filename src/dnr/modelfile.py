@@ -21,6 +21,7 @@ from torch import nn
 
 from dnr.checkpoints import load_checkpoint
 from dnr.fileio import atomic_write, atomic_write_json
+from dnr.foreign import foreign_kind
 from dnr.models import create_model
 from dnr.rundir import ArtifactError, RunDir
 from dnr.statedict import canonical_name
@@ -189,14 +190,34 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     return model.to(map_location).eval()
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load non-strictly, then refuse any mismatch with one line naming ``source``."""
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ArtifactError(
-            f"{source}: weights do not match the architecture "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between a model's state dict and a checkpoint's, in words:
+    a key one lacks, or a tensor whose shapes differ (``None`` when they match)."""
+    for key, want in expected.items():
+        if key not in state:
+            return f"{key} {tuple(want.shape)} is missing from the checkpoint"
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return (
+                f"{key} has shape {tuple(got.shape)} in the checkpoint, "
+                f"{tuple(want.shape)} in the model"
+            )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        return (
+            f"the checkpoint has {extra[0]} {tuple(state[extra[0]].shape)}, which the model lacks"
         )
+    return None
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load the weights, or refuse a mismatch with one line naming ``source``, the first
+    differing key and its shapes (the check runs first: torch's own error is pages long)."""
+    difference = state_mismatch(model.state_dict(), state)
+    if difference is not None:
+        name = getattr(model, "arch_config", {}).get("name", type(model).__name__)
+        raise ArtifactError(f"{source}: weights do not match model {name!r}: {difference}")
+    model.load_state_dict(state)
 
 
 def _unwrap_state_dict(obj: Any, source: Path) -> dict[str, torch.Tensor]:
@@ -228,6 +249,11 @@ def load_plain_weights(
     weights = Path(weights)
     if not weights.is_file():
         raise ArtifactError(f"weights file not found: {weights}")
+    if foreign_kind(weights) == "torchscript":
+        raise ArtifactError(
+            f"{weights} is a TorchScript archive, which holds its own architecture: "
+            f"evaluate it as `dnr eval {weights} data.name=...` (no --weights or --model)"
+        )
     if weights.suffix == ".safetensors":
         state = read_safetensors(weights)
     else:

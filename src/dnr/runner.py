@@ -27,6 +27,7 @@ from dnr.data import DataError, DatasetSplits, load_dataset
 from dnr.devices import resolve_device
 from dnr.distributed import Distributed
 from dnr.fileio import atomic_write_json
+from dnr.foreign import ForeignModel, foreign_kind, load_foreign
 from dnr.modelfile import load_model, load_plain_weights, read_model_meta
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
@@ -166,6 +167,9 @@ def run_eval(
             width=target.width,
         )
         data_cfg = data_config_from_meta({}, overrides)
+    elif target.path is not None and foreign_kind(target.path):
+        model = load_foreign(target.path)  # classes and input size: from the test data below
+        data_cfg = data_config_from_meta({}, overrides)
     elif target.path is not None:
         model = load_model(target.path)
         data_cfg = data_config_from_meta(read_model_meta(target.path), overrides)
@@ -174,6 +178,8 @@ def run_eval(
     else:
         raise ConfigError("nothing to evaluate: give a run directory, a model file or --weights")
     data = load_dataset(replace(data_cfg, subset=None))
+    if isinstance(model, ForeignModel):
+        model.describe(data.test.x[:2])
     num_outputs = getattr(model, "arch_config", {}).get("num_classes")
     if data.meta.num_classes != num_outputs:
         raise ConfigError(

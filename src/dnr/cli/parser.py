@@ -100,6 +100,7 @@ protocols (--protocol):
 {format_entries(entries("PROTOCOLS"))}
 models (--model): {names("MODELS")}
 data.* overrides select the test data, e.g. data.name=npz data.test=test.npz
+models from elsewhere: dnr eval model.onnx data.name=cifar10   (also .pt2, TorchScript .pt)
 """
 
 
@@ -146,13 +147,19 @@ def _add_eval(sub: Subcommands) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate clean / FGSM / PGD / AutoAttack accuracy",
-        description="Evaluate a run directory, a model.json/model.safetensors pair, or a plain "
-        "state dict of a registered model (--model/--num-classes/--weights).",
+        description="Evaluate a run directory, a model.json/model.safetensors pair, a plain\n"
+        "state dict of a registered model (--model/--num-classes/--weights), or a model from\n"
+        "elsewhere that holds its own architecture: a torch.export program (.pt2), a\n"
+        "TorchScript archive or an .onnx file, taking [0,1] images (data.* gives its test data).",
         epilog_factory=_eval_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         intermixed=True,
     )
-    p.add_argument("target", nargs="?", help="run directory, model.json or model.safetensors")
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="run directory, model.json, model.safetensors, or a .pt2/TorchScript/.onnx model",
+    )
     p.add_argument(
         "--protocol",
         default="dnr",

@@ -182,7 +182,13 @@ def default_batch_size(
         if isinstance(output, Tensor):
             elements += output.numel()
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    # TorchScript modules take no hooks: a scripted model from elsewhere is measured by
+    # what its non-scripted parts produce, or not at all (then the batch is 512)
+    leaves = [
+        m
+        for m in model.modules()
+        if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)
+    ]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with fp32_eval(model, device) as m, torch.no_grad():
