@@ -88,8 +88,7 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     events = accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0})
     events.Reload()
     return {
-        tag: [(e.step, e.value) for e in events.Scalars(tag)]
-        for tag in events.Tags()["scalars"]
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
     }
 
 
@@ -99,7 +98,8 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 def test_epoch_event_is_a_dict_whose_str_is_the_console_line() -> None:
     event = epoch_event(RECORD, epochs=3)
     assert isinstance(event, dict)
-    assert event["kind"] == "epoch" and event["epochs"] == 3
+    assert event["kind"] == "epoch"
+    assert event["epochs"] == 3
     assert epoch_record(event) == RECORD
     assert str(event) == epoch_line(RECORD, 3)
     assert str(event).startswith("epoch 1/3 | loss 2.500 | train clean 25.0% adv -")
@@ -143,7 +143,8 @@ def test_csv_has_one_row_per_epoch_and_a_header_that_grows_for_late_columns(
     rows = _csv_rows(run.metrics_csv)
     assert list(rows[0]) == ["epoch", "train_loss", "val_pgd_acc", "density"]
     assert [float(r["train_loss"]) for r in rows] == [0.1 + 0.2, 1 / 3]  # exact round trip
-    assert rows[0]["val_pgd_acc"] == "" and rows[0]["density"] == ""
+    assert rows[0]["val_pgd_acc"] == ""
+    assert rows[0]["density"] == ""
     assert rows[1]["density"] == "0.2"
 
 
@@ -189,7 +190,9 @@ def test_missing_tensorboard_is_one_line_naming_the_extra(
     overrides = tiny_overrides(train__loggers="[tensorboard]", train__epochs=1)
     assert main(["train", "--quiet", "--out", str(out), *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "torch-dnr[track]" in err[0] and "Traceback" not in err[0]
+    assert len(err) == 1
+    assert "torch-dnr[track]" in err[0]
+    assert "Traceback" not in err[0]
     assert not RunDir(out).metrics.exists()  # failed before training
 
 
@@ -212,7 +215,8 @@ def test_curves_png_has_a_density_panel_for_sparse_runs_only(tmp_path: Path) -> 
     sparse_png = write_training_curves(tmp_path / "sparse")
     dense_png = write_training_curves(tmp_path / "dense")
     assert sparse_png == RunDir(tmp_path / "sparse").curves_plot
-    assert sparse_png is not None and dense_png is not None
+    assert sparse_png is not None
+    assert dense_png is not None
     assert _png_size(sparse_png) == (3 * width, height)
     assert _png_size(dense_png) == (2 * width, height)
     _write_metrics(tmp_path / "empty", [])
@@ -271,10 +275,10 @@ def test_tensorboard_scalars_equal_the_records(tracked_run: tuple[Path, list[Eve
         assert scalars[tag] == expected, tag
     layer = "layer_density/features.0.weight"
     assert scalars[layer] == [
-        (r["epoch"], float(np.float32(r["layer_density"]["features.0.weight"])))
-        for r in records
+        (r["epoch"], float(np.float32(r["layer_density"]["features.0.weight"]))) for r in records
     ]
-    assert "epoch" not in scalars and "rewire" not in scalars
+    assert "epoch" not in scalars
+    assert "rewire" not in scalars
 
 
 @pytest.mark.slow
