@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from dnr.cli import main
 from dnr.config import ConfigError, load_config
 from dnr.plots import CURVES_DPI, PANEL_INCHES, write_training_curves
+from dnr.registry import LOGGERS
 from dnr.rundir import RunDir
 from dnr.training import RunWriter, train
 from dnr.training.display import epoch_line
@@ -31,11 +33,12 @@ from dnr.training.loggers import (
 )
 from helpers import QUIET, TIMING_KEYS, metrics, strip_timing, tiny_overrides
 
-# A sparse (DNR) run, so records carry per-layer densities: 3 epochs, csv and tensorboard.
+# A sparse (DNR) run, so records carry per-layer densities: 3 epochs, csv, tensorboard and
+# a logger registered by the test (tracked_run).
 TRACKED = {
     "sparsity__method": "dnr",
     "sparsity__density": 0.2,
-    "train__loggers": "[csv,tensorboard]",
+    "train__loggers": "[csv,tensorboard,test-recorder]",
 }
 
 RECORD = {
@@ -226,15 +229,49 @@ def test_curves_png_has_a_density_panel_for_sparse_runs_only(tmp_path: Path) -> 
 # --- end to end ----------------------------------------------------------------------------
 
 
+class _Recorder:
+    """A logger registered from outside the package: what it was given, in order."""
+
+    runs: ClassVar[list[_Recorder]] = []
+
+    def __init__(self, run: RunDir) -> None:
+        self.run, self.calls = run, []
+        _Recorder.runs.append(self)
+
+    def start(self, history: list[dict[str, Any]]) -> None:
+        self.calls.append(("start", history))
+
+    def log(self, event: Event) -> None:
+        self.calls.append(("log", event))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+
 @pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Event]]:
-    """A 3-epoch DNR run with csv and tensorboard, and every event its log= hook got."""
+def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[Event]]]:
+    """A 3-epoch DNR run with csv, tensorboard and a registered recorder, and every event
+    its log= hook got."""
     pytest.importorskip("torch.utils.tensorboard", reason="tensorboard does not import here")
+    LOGGERS.register(_Recorder, name="test-recorder")
     out = tmp_path_factory.mktemp("tracked") / "run"
     events: list[Event] = []
     cfg = load_config(None, tiny_overrides(**TRACKED))
     train(cfg, out, show_progress=False, log=events.append)
-    return out, events
+    yield out, events
+    LOGGERS.unregister("test-recorder")
+
+
+@pytest.mark.slow
+def test_a_registered_logger_gets_the_hooks_events(tracked_run: tuple[Path, list[Event]]) -> None:
+    out, events = tracked_run
+    recorder = _Recorder.runs[0]
+    assert recorder.run == RunDir(out)
+    assert recorder.calls[0] == ("start", [])
+    assert recorder.calls[-1] == ("close", None)
+    logged = [e for kind, e in recorder.calls if kind == "log"]
+    assert [epoch_record(e) for e in logged] == metrics(out)
+    assert logged == [e for e in events if e["kind"] == "epoch"]
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ Everything a training run reports is an :class:`Event`, a dict with a ``kind``:
 ``str(event)`` is the line the console shows (:func:`dnr.training.display.event_line`), so a
 ``log`` that prints, as the CLI's does, prints what it always printed.
 
-The loggers (registry ``LOGGERS``, chosen by ``train.loggers``) receive the same events and
-keep the epochs': ``jsonl`` (always on), ``csv``, ``tensorboard`` (extra ``track``). They are
+The loggers (registry ``LOGGERS``, chosen by ``train.loggers``) receive the same ``epoch``
+events: ``jsonl`` (always on), ``csv``, ``tensorboard`` (extra ``track``). They are
 built before any data is read (a missing package fails at once), started with the epochs a
 resume keeps (so that a replayed epoch never appears twice) and closed when training ends
 or stops. Only the writing process (rank 0 under torchrun) builds any.
@@ -107,7 +107,7 @@ class Logger(Protocol):
         """The records of the epochs already done (a resumed run's; empty when fresh)."""
 
     def log(self, event: Event) -> None:
-        """One event (the built-ins keep the ``epoch`` ones)."""
+        """An epoch's event (written before the checkpoint that counts the epoch)."""
 
     def close(self) -> None:
         """Training ended or stopped: flush and let go of files."""
@@ -228,7 +228,7 @@ class RunLoggers:
 
     def start(self, history: list[dict[str, Any]]) -> None:
         for logger in self.loggers:
-            logger.start(history)
+            logger.start(list(history))  # a copy: the run's own history grows
 
     def log(self, event: Event) -> None:
         for logger in self.loggers:
