@@ -370,3 +370,18 @@ def test_resume_after_a_kill_gives_the_straight_runs_csv_and_tensorboard(
     scalars = _tensorboard_scalars(ours.tensorboard)
     assert [step for step, _ in scalars["train_loss"]] == [1, 2, 3]
     assert scalars["val_pgd_acc"] == _tensorboard_scalars(theirs.tensorboard)["val_pgd_acc"]
+
+
+def test_overwrite_clears_the_trackers_files_and_nothing_else(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.tensorboard.mkdir()
+    events = run.tensorboard / "events.out.tfevents.1.host.1.0"
+    events.write_bytes(b"x")
+    mine = tmp_path / "mine.csv"
+    for path in (run.metrics_csv, run.curves_plot, mine):
+        path.write_text("x")
+    assert {events, run.metrics_csv, run.curves_plot} <= set(run.artifacts())
+    removed = RunWriter(tmp_path).clear()
+    assert {events, run.metrics_csv, run.curves_plot} <= set(removed)
+    assert not run.tensorboard.exists()
+    assert mine.read_text() == "x"
