@@ -342,6 +342,7 @@ def test_list_prints_every_registered_name(capsys) -> None:
         DATASETS,
         EXPORT_FORMATS,
         GRANULARITIES,
+        LOGGERS,
         MODELS,
         PROTOCOLS,
         SPARSITY_METHODS,
@@ -363,6 +364,7 @@ def test_list_prints_every_registered_name(capsys) -> None:
         "datasets": DATASETS.names(),
         "granularities": GRANULARITIES.names(),
         "export-formats": EXPORT_FORMATS.names(),
+        "loggers": LOGGERS.names(),
     }
     for argv, names in (
         (["list", "models"], MODELS.names()),

@@ -196,7 +196,9 @@ def test_step_checkpoints_lose_at_most_checkpoint_every_steps(tmp_path, monkeypa
     armed["on"] = False
     calls["n"] = 0
     lines: list[str] = []
-    train(cfg, tmp_path / "run", resume=True, show_progress=False, log=lines.append)
+    train(
+        cfg, tmp_path / "run", resume=True, show_progress=False, log=lambda e: lines.append(str(e))
+    )
     assert calls["n"] == 12 - 6
     assert any("after batch 2" in line for line in lines)
 

@@ -102,7 +102,7 @@ def test_a_method_registered_outside_the_package_trains_through_dnr_train(
         None, tiny_overrides(sparsity__method="toy-frozen-first", train__epochs=3, data__subset=128)
     )
     lines: list[str] = []
-    result = train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
+    result = train(cfg, tmp_path / "run", show_progress=False, log=lambda e: lines.append(str(e)))
 
     (method,) = built
     steps = result.history[-1]["step"]

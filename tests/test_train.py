@@ -377,7 +377,7 @@ def test_dnr_without_any_rewiring_inside_the_window_is_warned_about(tmp_path) ->
         None, tiny_overrides(sparsity__method="dnr", train__epochs=2, sparsity__rewire_until=0.4)
     )
     lines: list[str] = []
-    train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
+    train(cfg, tmp_path / "run", show_progress=False, log=lambda e: lines.append(str(e)))
     assert any("no rewiring falls before sparsity.rewire_until=0.4" in line for line in lines)
     assert all("rewire" not in r for r in metrics(tmp_path / "run"))
 
@@ -407,7 +407,7 @@ def test_a_schedule_that_never_decays_is_warned_about(tmp_path) -> None:
     )
     assert "never decays" in schedule_warning(cfg)
     lines: list[str] = []
-    train(cfg, tmp_path / "run", show_progress=False, log=lines.append)
+    train(cfg, tmp_path / "run", show_progress=False, log=lambda e: lines.append(str(e)))
     assert any(line.startswith("warning: the learning rate never decays") for line in lines)
 
 

@@ -319,7 +319,7 @@ def test_a_collapse_of_validation_pgd_stops_single_step_training(tmp_path, monke
     monkeypatch.setattr(loop_module, "_validate", fake_validate)
     cfg = _config(sparsity__method="dnr", attack__train_mode="fgsm_rs", train__epochs=5)
     lines: list[str] = []
-    result = train(cfg, tmp_path / "fgsm", show_progress=False, log=lines.append)
+    result = train(cfg, tmp_path / "fgsm", show_progress=False, log=lambda e: lines.append(str(e)))
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.best_epoch == 2
     assert any("catastrophic overfitting" in line for line in lines)

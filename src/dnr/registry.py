@@ -102,6 +102,8 @@ SPARSITY_METHODS: Registry = Registry("sparsity method", builtins=("dnr.sparsity
 DATASETS: Registry = Registry("dataset", builtins=("dnr.data",))
 PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.robustness",))
 EXPORT_FORMATS: Registry = Registry("export format", builtins=("dnr.export",))
+#: Where a training run's records go besides the console (``train.loggers``).
+LOGGERS: Registry = Registry("logger", builtins=("dnr.training.loggers",))
 #: What a masked method removes: single weights or whole output channels (mask classes,
 #: each satisfying :class:`dnr.sparsity.mask.MaskSet`).
 GRANULARITIES: Registry[type[MaskSet]] = Registry(

@@ -1,4 +1,8 @@
-"""Human-readable summaries of a run: compression table, cost, evaluation, density plot."""
+"""Human-readable summaries of a run: compression table, cost, evaluation, training curves.
+
+The figures themselves are drawn by :mod:`dnr.plots` (re-exported here for the callers of
+``plot_layer_density``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,20 @@ import torch
 from torch import nn
 
 from dnr.costs import Costs, measure_latency, model_costs
-from dnr.fileio import atomic_write, atomic_write_text, read_jsonl
+from dnr.fileio import atomic_write_text, read_jsonl
 from dnr.markdown import markdown_table
 from dnr.modelfile import load_model, read_model_meta
+from dnr.plots import plot_layer_density, write_training_curves
 from dnr.rundir import ArtifactError, RunDir
+
+__all__ = [
+    "compression_table",
+    "cost_section",
+    "plot_layer_density",
+    "summarize_run",
+    "write_report",
+    "write_training_curves",
+]
 
 #: Batch sizes timed by the cost section, and the timed passes (median) for each.
 LATENCY_REPEATS: dict[int, int] = {1: 20, 64: 5}
@@ -193,6 +207,8 @@ def summarize_run(run_dir: str | Path, *, latency: bool = False) -> str:
             f"{len(history)} epochs; last epoch {last.get('images_per_sec', 0):.0f} images/s, "
             f"train loss {last.get('train_loss', float('nan')):.4f}.",
         ]
+    if run.curves_plot.exists():
+        parts += ["", f"![training curves]({run.curves_plot.name})"]
     return "\n".join(parts) + "\n"
 
 
@@ -201,36 +217,3 @@ def write_report(run_dir: str | Path, *, latency: bool = False) -> Path:
     run = RunDir(Path(run_dir))
     atomic_write_text(run.report_md, summarize_run(run.path, latency=latency))
     return run.report_md
-
-
-def plot_layer_density(run_dir: str | Path) -> Path | None:
-    """Per-layer density over epochs (the paper's figure); None for dense runs."""
-    run = RunDir(Path(run_dir))
-    history = [r for r in read_jsonl(run.metrics) if "layer_density" in r]
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    names = list(history[0]["layer_density"])
-    if "layer_density_init" in history[0]:  # the initial masks, before any rewiring
-        history = [{"epoch": 0, "layer_density": history[0]["layer_density_init"]}, *history]
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    cmap = plt.get_cmap("viridis", max(len(names), 2))
-    for i, name in enumerate(names):
-        ax.plot(epochs, [r["layer_density"][name] for r in history], color=cmap(i), label=name)
-    ax.set_xlabel("epoch (0 = initial masks)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("layer density (after rewiring)")
-    ax.set_title("Per-layer density over training")
-    ax.grid(alpha=0.3)
-    if len(names) <= 24:
-        ax.legend(fontsize=6, ncol=2, loc="upper right")
-    fig.tight_layout()
-    atomic_write(run.layer_density_plot, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return run.layer_density_plot

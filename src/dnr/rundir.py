@@ -4,6 +4,9 @@ Layout (one directory per run, nothing written elsewhere)::
 
     RUN_DIR/config.yaml            resolved configuration
     RUN_DIR/metrics.jsonl          one JSON line per epoch
+    RUN_DIR/metrics.csv            one row per epoch (train.loggers=[csv])
+    RUN_DIR/tensorboard/           TensorBoard event files (train.loggers=[tensorboard])
+    RUN_DIR/curves.png             loss, accuracies and per-layer density per epoch
     RUN_DIR/checkpoints/last.pt    resume state (model, optimizer, masks, epoch, RNG)
     RUN_DIR/checkpoints/previous.pt  the resume state before it (the fallback if last.pt
                                    is damaged)
@@ -46,6 +49,18 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def curves_plot(self) -> Path:
+        return self.path / "curves.png"
 
     @property
     def checkpoints(self) -> Path:
@@ -92,9 +107,12 @@ class RunDir:
         weights) last: what ``dnr train --overwrite`` may delete, and nothing else."""
         return [
             self.report_md,
+            self.curves_plot,
             self.layer_density_plot,
             self.eval_md,
             self.eval_json,
+            *sorted(self.tensorboard.glob("events.out.tfevents.*")),
+            self.metrics_csv,
             self.metrics,
             self.config,
             self.model_meta,

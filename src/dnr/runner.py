@@ -42,7 +42,7 @@ def run_train(
     resume: bool = False,
     progress: bool | None = None,
     evaluate: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[Any], None] = print,  # training's records (dnr.training.loggers.Event)
 ) -> tuple[TrainResult, EvalReport | None]:
     """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report."""
     data = _load_for_training(cfg.data)

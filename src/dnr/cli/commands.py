@@ -134,11 +134,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from dnr.report import plot_layer_density, write_report
+    from dnr.report import plot_layer_density, write_report, write_training_curves
 
     plot_layer_density(args.run_dir)
+    curves = write_training_curves(args.run_dir)
     path = write_report(args.run_dir, latency=not args.no_latency)
     print(path.read_text(), end="")
+    if curves is not None:
+        print(f"training curves: {curves}")
     return 0
 
 

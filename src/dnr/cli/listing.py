@@ -61,6 +61,7 @@ LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "datasets": lambda: entries("DATASETS"),
     "granularities": lambda: entries("GRANULARITIES"),
     "export-formats": lambda: entries("EXPORT_FORMATS"),
+    "loggers": lambda: entries("LOGGERS"),
 }
 _KIND_ALIASES = {
     "sparsity": "sparsity-methods",

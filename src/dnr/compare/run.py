@@ -86,7 +86,7 @@ def _train_runs(plan: ComparePlan, progress: bool | None, log: Callable[[str], N
             run_dir,
             resume=action == "resume",
             progress=progress,
-            log=log,
+            log=lambda event: log(str(event)),  # training's records, as their console lines
         )
 
 

@@ -35,12 +35,13 @@ def _check_names(cfg: Config) -> None:
     """Every name field holds a name its registry knows (in any case)."""
     for key, registry in name_fields().items():
         value = _value(cfg, key)
-        if value not in registry:
-            names = registry.names()
-            raise ConfigError(
-                f"{key}: {value!r} is not allowed{did_you_mean(str(value).lower(), names)}; "
-                f"choose one of {', '.join(names)}"
-            )
+        for item in value if isinstance(value, list) else [value]:
+            if item not in registry:
+                names = registry.names()
+                raise ConfigError(
+                    f"{key}: {item!r} is not allowed{did_you_mean(str(item).lower(), names)}; "
+                    f"choose one of {', '.join(names)}"
+                )
 
 
 def _check_finite(key: str, value: Any) -> None:

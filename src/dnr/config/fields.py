@@ -13,12 +13,17 @@ from typing import Any
 from dnr.errors import ConfigError
 from dnr.registry import Registry
 
-__all__ = ["Range", "checked", "named"]
+__all__ = ["Range", "checked", "named", "named_list"]
 
 
 def named(default: str, registry: Registry) -> Any:
     """A name field whose allowed values are the registry's (checked by ``validate``)."""
     return field(default=default, metadata={"registry": registry})
+
+
+def named_list(registry: Registry) -> Any:
+    """A list field (empty by default) each of whose items the registry must know."""
+    return field(default_factory=list, metadata={"registry": registry})
 
 
 def _bound(text: str) -> int | float:

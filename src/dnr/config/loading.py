@@ -93,7 +93,9 @@ def normalize_names(cfg: Config) -> None:
         section_name, name = key.split(".")
         section = getattr(cfg, section_name)
         value = getattr(section, name)
-        if value in registry:
+        if isinstance(value, list):  # a list of names (train.loggers)
+            setattr(section, name, [v.lower() if v in registry else v for v in value])
+        elif value in registry:
             setattr(section, name, value.lower())
 
 
@@ -110,7 +112,7 @@ def from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Confi
 #: config without one reads as holding its default, so such a run still resumes and is still
 #: reused. Any other key missing from a saved config is a difference (its default may not be
 #: what the older version did).
-NEUTRAL_NEW_KEYS: tuple[str, ...] = ("sparsity.budget",)
+NEUTRAL_NEW_KEYS: tuple[str, ...] = ("sparsity.budget", "train.loggers")
 
 
 def as_current(tree: Any) -> Any:

@@ -13,8 +13,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dnr.config.fields import Range, checked, named
-from dnr.registry import DATASETS, GRANULARITIES, MODELS, PROTOCOLS, SPARSITY_METHODS, Registry
+from dnr.config.fields import Range, checked, named, named_list
+from dnr.registry import (
+    DATASETS,
+    GRANULARITIES,
+    LOGGERS,
+    MODELS,
+    PROTOCOLS,
+    SPARSITY_METHODS,
+    Registry,
+)
 
 __all__ = [
     "AttackConfig",
@@ -136,6 +144,9 @@ class TrainConfig:
     dist_backend: DistBackend = "auto"  # auto: nccl on CUDA, gloo on CPU
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only); else per-rank BN batches
     check_ranks: bool = True  # checksum masks and weights across ranks after every epoch
+    # where each epoch's record also goes, besides metrics.jsonl (always written): csv
+    # (metrics.csv), tensorboard (tensorboard/, extra `track`); see `dnr list`
+    loggers: list[str] = named_list(LOGGERS)
 
 
 @dataclass

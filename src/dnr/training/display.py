@@ -1,14 +1,19 @@
-"""What a training run shows: the epoch's progress bar and the line logged after each epoch."""
+"""What a training run shows: the epoch's progress bar, and the console line of each record.
+
+The run's log receives structured records (:class:`dnr.training.loggers.Event`); the text a
+console shows for one is :func:`event_line`, so the CLI prints what it always printed.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["EpochBar", "epoch_line", "percent"]
+__all__ = ["EpochBar", "epoch_line", "event_line", "percent"]
 
 
 class EpochBar:
@@ -51,7 +56,14 @@ def percent(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def epoch_line(record: dict[str, Any], epochs: int) -> str:
+def event_line(event: Mapping[str, Any]) -> str:
+    """The console line of a record of the run's log: an epoch's figures, else its text."""
+    if event.get("kind") == "epoch":
+        return epoch_line(event, event["epochs"])
+    return str(event.get("text", ""))
+
+
+def epoch_line(record: Mapping[str, Any], epochs: int) -> str:
     """The one line an epoch logs: its losses and accuracies, density and speed."""
     parts = [
         f"epoch {record['epoch']}/{epochs}",

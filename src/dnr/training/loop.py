@@ -31,12 +31,14 @@ from dnr.attacks import start_noise
 from dnr.config import Config, normalize_names, validate
 from dnr.data import DatasetSplits
 from dnr.distributed import Distributed
+from dnr.plots import write_training_curves
 from dnr.robustness import clean_accuracy, pgd_accuracy
 from dnr.seeding import derive_seed
 from dnr.sparsity import Progress, SparsityMethod
 from dnr.training.cursor import EpochCursor, EpochTotals
-from dnr.training.display import EpochBar, epoch_line, percent
+from dnr.training.display import EpochBar, percent
 from dnr.training.guards import FiniteWatch, TrainingStopped
+from dnr.training.loggers import Event, RunLoggers, epoch_event, open_loggers, say_to, stage_event
 from dnr.training.run import TrainingRun, open_run
 from dnr.training.schedule import step_learning_rate
 from dnr.training.setup import model_meta
@@ -67,10 +69,14 @@ def train(
     *,
     resume: bool = False,
     show_progress: bool | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[Event], None] = print,
     data: DatasetSplits | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.rundir``.
+
+    ``log`` receives the run's structured records (:class:`~dnr.training.loggers.Event`:
+    dicts with a ``kind``; an epoch's carries its ``metrics.jsonl`` fields); ``str()`` of
+    one is its console line, so ``print`` shows what ``dnr train`` shows.
 
     ``show_progress``: a progress bar per epoch (default: when stderr is a terminal); not to
     be confused with the :class:`~dnr.sparsity.Progress` the method's hooks receive.
@@ -92,7 +98,7 @@ def _train(
     device: torch.device,
     resume: bool,
     show_progress: bool | None,
-    log: Callable[[str], None],
+    log: Callable[[Event], None],
     data: DatasetSplits | None,
 ) -> TrainResult:
     """Open the run, count progress where it stands, run the epochs, deploy the best one."""
@@ -100,7 +106,10 @@ def _train(
     if not dist.is_main:
         log = _silent
     writer = RunWriter(out_dir, enabled=dist.is_main)  # warnings to stderr, also with --quiet
-    run = open_run(cfg, writer, dist, device, resume, data, log)
+    # before any data is read: a logger whose package is missing fails at once
+    loggers = open_loggers(cfg.train.loggers, writer.path, enabled=dist.is_main)
+    run = open_run(cfg, writer, dist, device, resume, data, say_to(log))
+    loggers.start(run.state.history)
     t, state = cfg.train, run.state
     prog = Progress(
         step=state.step,
@@ -108,19 +117,30 @@ def _train(
         epochs=t.epochs,
         steps_per_epoch=len(run.loader) * train_mode(cfg).replays(cfg),
         batches=run.loader.epoch,
-        log=log,
+        log=say_to(log),
         seed=t.seed,
     )
-    with run.stop.installed():
-        _epochs(run, prog, show, log)
+    try:
+        with run.stop.installed():
+            _epochs(run, prog, show, log, loggers)
+    finally:
+        loggers.close()
+    if dist.is_main:
+        write_training_curves(writer.path)
     return _finish(run)
 
 
-def _silent(_line: str) -> None:
+def _silent(_event: Event) -> None:
     """The log of ranks other than 0."""
 
 
-def _epochs(run: TrainingRun, prog: Progress, show: bool, log: Callable[[str], None]) -> None:
+def _epochs(
+    run: TrainingRun,
+    prog: Progress,
+    show: bool,
+    log: Callable[[Event], None],
+    loggers: RunLoggers,
+) -> None:
     """Every epoch still to do: train, then close it (validate, select, the method's hook),
     save, log; stop early on a catastrophic overfitting or a signal."""
     state, epochs = run.state, run.cfg.train.epochs
@@ -136,19 +156,20 @@ def _epochs(run: TrainingRun, prog: Progress, show: bool, log: Callable[[str], N
         _close_epoch(run, prog, record, epoch)
         record["wall_seconds"] = time.perf_counter() - started + record.pop("resumed_seconds")
         state.epochs_done, state.step = epoch + 1, prog.step
-        run.writer.append_metrics(record)
+        event = epoch_event(record, epochs)
+        loggers.log(event)  # metrics.jsonl (and csv...) before the checkpoint that counts it
         state.history.append(record)
         run.writer.save_last(run.resume_state())
-        log(epoch_line(record, epochs))
+        log(event)
         if _collapsed(run, record) and epoch < epochs - 1:
-            _stop_collapsed(run, record, epoch, log)
+            _stop_collapsed(run, record, epoch, say_to(log))
             break
         if run.dist.agree(run.stop.signum is not None) and epoch < epochs - 1:
             _stopped(run, f"the end of epoch {epoch + 1}")
 
 
 def _enter_epoch(
-    run: TrainingRun, prog: Progress, epoch: int, staged: bool, log: Callable[[str], None]
+    run: TrainingRun, prog: Progress, epoch: int, staged: bool, log: Callable[[Event], None]
 ) -> None:
     """Point ``prog`` at ``epoch``; the first epoch of a stage begins the stage."""
     prog.epoch = epoch
@@ -157,7 +178,7 @@ def _enter_epoch(
     if epoch == prog.stage_start and run.state.batch == 0:
         if staged:
             end = prog.stage_start + prog.stage.epochs
-            log(f"stage {prog.stage.name}: epochs {prog.stage_start + 1}-{end}")
+            log(stage_event(prog.stage.name, prog.stage_start + 1, end))
         run.method.begin_stage(prog.stage, prog)
 
 

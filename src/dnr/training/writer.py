@@ -183,10 +183,11 @@ class RunWriter:
             if path.is_file() or path.is_symlink():
                 path.unlink()
                 removed.append(path)
-        try:
-            self.run.checkpoints.rmdir()  # only if nothing else is in it
-        except OSError:
-            pass
+        for folder in (self.run.checkpoints, self.run.tensorboard):
+            try:
+                folder.rmdir()  # only if nothing else is in it
+            except OSError:
+                pass
         return removed
 
     def start(self, cfg: Config) -> None:
