@@ -206,9 +206,9 @@ def test_adamw_dnr_trains_end_to_end(tmp_path) -> None:
         sparsity__density=0.3,
     )
     result = train(cfg, tmp_path / "run", **QUIET)
-    losses = [r["train_loss"] for r in result.history]
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[0]
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    rewirings = [w for r in result.history for w in r.get("rewire") or []]
+    assert sum(sum(w["regrown"].values()) for w in rewirings) > 0  # grown by exp_avg
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["training"]["optimizer"] == "adamw"
     assert meta["sparsity"]["achieved_density"] == pytest.approx(0.3, abs=0.01)
