@@ -75,7 +75,8 @@ def test_trades_loss_with_x_adv_equal_to_x_is_clean_cross_entropy() -> None:
     cfg = _config(train__loss="trades", train__trades_beta=6.0)
     out = OBJECTIVES.get("trades").loss(model, x, x.clone(), y, cfg)
     assert float(out.loss) == pytest.approx(float(F.cross_entropy(model(x), y)), abs=1e-6)
-    assert out.logits_clean is not None and out.logits_adv is not None
+    assert out.logits_clean is not None
+    assert out.logits_adv is not None
 
 
 def test_trades_kl_target_is_not_detached_as_in_the_release() -> None:
@@ -142,7 +143,8 @@ def test_kl_pgd_raises_the_kl_stays_in_the_ball_and_leaves_the_model_alone() -> 
     noise = start_noise(x.shape, torch.Generator().manual_seed(1))
     x_adv = kl_pgd(model, x, y, eps=eps, step_size=2 / 255, steps=5, noise=noise)
     assert (x_adv - x).abs().max() <= eps + 1e-6
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert x_adv.min() >= 0
+    assert x_adv.max() <= 1
     model.eval()
     start = gaussian_start(x, 0.001, None, noise)
     assert _kl(model, x, x_adv) > 10 * _kl(model, x, start)
@@ -150,7 +152,8 @@ def test_kl_pgd_raises_the_kl_stays_in_the_ball_and_leaves_the_model_alone() -> 
     for key, value in before.items():  # BN statistics untouched (eval mode inside)
         assert torch.equal(model.state_dict()[key], value), key
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
-    assert model.training and model.bn.training
+    assert model.training
+    assert model.bn.training
 
 
 def test_kl_pgd_ignores_labels_and_draws_from_the_generator_as_from_given_noise() -> None:
@@ -158,11 +161,15 @@ def test_kl_pgd_ignores_labels_and_draws_from_the_generator_as_from_given_noise(
     model = _Tiny().eval()
     x = torch.rand(4, 3, 8, 8)
     kw: dict[str, Any] = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3}
-    a = kl_pgd(model, x, torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(5), **kw)
+    a = kl_pgd(
+        model, x, torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(5), **kw
+    )
     noise = start_noise(x.shape, torch.Generator().manual_seed(5))
     b = kl_pgd(model, x, torch.ones(4, dtype=torch.long), noise=noise, **kw)
     assert torch.equal(a, b)
-    assert torch.equal(kl_pgd(model, x, torch.zeros(4, dtype=torch.long), eps=0.0, step_size=0.1, steps=3), x)
+    assert torch.equal(
+        kl_pgd(model, x, torch.zeros(4, dtype=torch.long), eps=0.0, step_size=0.1, steps=3), x
+    )
 
 
 def test_small_start_pgd_raises_cross_entropy_within_the_ball() -> None:
@@ -203,7 +210,9 @@ def test_hybrid_is_the_default_and_its_step_is_the_hybrid_loss() -> None:
 def test_trades_and_mart_steps_train_on_their_own_attack(loss: str) -> None:
     cfg = _config(train__loss=loss)
     mode = train_mode(cfg)
-    assert mode.name == loss and mode.draws_start(cfg) and not mode.single_step
+    assert mode.name == loss
+    assert mode.draws_start(cfg)
+    assert not mode.single_step
     assert attacks_in_training(cfg)
     torch.manual_seed(0)
     model = _Tiny().train()
@@ -238,7 +247,9 @@ def test_trades_and_mart_refuse_the_fast_train_modes(loss: str, mode: str) -> No
 
 
 def test_an_unknown_loss_is_refused_naming_the_choices() -> None:
-    with pytest.raises(ConfigError, match="train.loss: 'hinge' is not allowed.*hybrid, mart, trades"):
+    with pytest.raises(
+        ConfigError, match="train.loss: 'hinge' is not allowed.*hybrid, mart, trades"
+    ):
         _config(train__loss="hinge")
 
 
@@ -248,7 +259,8 @@ def test_a_refused_combination_is_one_line_and_exit_2(capsys) -> None:
     code = main(["train", "--print-config", "train.loss=trades", "attack.train_mode=free"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "train.loss=trades" in err
+    assert len(err.splitlines()) == 1
+    assert "train.loss=trades" in err
 
 
 def test_a_registered_objective_trains_through_the_step() -> None:
@@ -285,7 +297,8 @@ def test_trades_and_mart_train_end_to_end(tmp_path, loss: str) -> None:
     result = train(cfg, tmp_path / loss, **QUIET)
     record = result.history[-1]
     assert math.isfinite(record["train_loss"])
-    assert record["train_adv_acc"] is not None and record["train_clean_acc"] is not None
+    assert record["train_adv_acc"] is not None
+    assert record["train_clean_acc"] is not None
     meta = json.loads((tmp_path / loss / "model.json").read_text())
     assert meta["training"]["loss"] == loss
     assert meta["training"][f"{loss}_beta"] == 6.0

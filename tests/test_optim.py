@@ -46,7 +46,9 @@ def _one_step(model: nn.Module, opt: torch.optim.Optimizer, seed: int = 0) -> No
 
 
 def test_sgd_is_built_as_configured() -> None:
-    cfg = _config(train__lr=0.2, train__momentum=0.8, train__weight_decay=1e-3, train__nesterov=True)
+    cfg = _config(
+        train__lr=0.2, train__momentum=0.8, train__weight_decay=1e-3, train__nesterov=True
+    )
     opt = build_optimizer(cfg, _Tiny())
     assert type(opt) is torch.optim.SGD
     group = opt.param_groups[0]
@@ -133,7 +135,9 @@ def test_grow_momentum_zero_resets_exp_avg_of_grown_weights_and_keeps_exp_avg_sq
         assert torch.equal(opt.state[p]["exp_avg_sq"], state[name]["exp_avg_sq"]), name
 
 
-def _segment(cfg: Config, model: nn.Module, opt: Any, method: Any, prog: Progress, steps: range) -> None:
+def _segment(
+    cfg: Config, model: nn.Module, opt: Any, method: Any, prog: Progress, steps: range
+) -> None:
     for i in steps:
         g = torch.Generator().manual_seed(100 + i)
         x, y = torch.rand(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)

@@ -70,7 +70,9 @@ def _hybrid_adversarial(cfg: Config) -> bool:
     return cfg.train.beta < 1.0 and a.eps > 0 and (a.steps > 0 or not mode.uses_steps)
 
 
-def _hybrid(model: nn.Module, x: Tensor, x_adv: Tensor | None, y: Tensor, cfg: Config) -> StepOutput:
+def _hybrid(
+    model: nn.Module, x: Tensor, x_adv: Tensor | None, y: Tensor, cfg: Config
+) -> StepOutput:
     # looked up on the module at call time: tests replace step.hybrid_loss to count or
     # interrupt steps, and the replacement must be what trains
     return step.hybrid_loss(model, x, x_adv, y, cfg.train.beta)
