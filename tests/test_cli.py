@@ -343,6 +343,8 @@ def test_list_prints_every_registered_name(capsys) -> None:
         EXPORT_FORMATS,
         GRANULARITIES,
         MODELS,
+        OBJECTIVES,
+        OPTIMIZERS,
         PROTOCOLS,
         SPARSITY_METHODS,
     )
@@ -363,6 +365,8 @@ def test_list_prints_every_registered_name(capsys) -> None:
         "datasets": DATASETS.names(),
         "granularities": GRANULARITIES.names(),
         "export-formats": EXPORT_FORMATS.names(),
+        "objectives": OBJECTIVES.names(),
+        "optimizers": OPTIMIZERS.names(),
     }
     for argv, names in (
         (["list", "models"], MODELS.names()),
@@ -371,6 +375,8 @@ def test_list_prints_every_registered_name(capsys) -> None:
         (["list", "presets"], list_presets()),
         (["list", "granularity"], ["channel", "weight"]),
         (["list", "export"], ["compact", "onnx", "sparse"]),
+        (["list", "loss"], ["hybrid", "mart", "trades"]),
+        (["list", "optimizer"], ["adamw", "sgd"]),
     ):
         assert main(argv) == 0
         assert capsys.readouterr().out.splitlines() == names

@@ -61,6 +61,8 @@ LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "datasets": lambda: entries("DATASETS"),
     "granularities": lambda: entries("GRANULARITIES"),
     "export-formats": lambda: entries("EXPORT_FORMATS"),
+    "objectives": lambda: entries("OBJECTIVES"),
+    "optimizers": lambda: entries("OPTIMIZERS"),
 }
 _KIND_ALIASES = {
     "sparsity": "sparsity-methods",
@@ -70,6 +72,8 @@ _KIND_ALIASES = {
     "granularity": "granularities",
     "export": "export-formats",
     "formats": "export-formats",
+    "loss": "objectives",
+    "losses": "objectives",
 }
 
 
