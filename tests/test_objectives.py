@@ -230,7 +230,7 @@ def test_trades_and_mart_steps_train_on_their_own_attack(loss: str) -> None:
     x_adv = attack(reference, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps, noise=noise)
     formula = trades_loss if loss == "trades" else mart_loss
     expected = formula(reference(x), reference(x_adv), y, 6.0)
-    assert float(out.loss) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert prog.step == 1
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
 
