@@ -56,7 +56,7 @@ class Training:
     """The run whose checkpoints are timed: its parts and one timed train step."""
 
     model: nn.Module
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     method: SparsityMethod
     progress: Progress
     step: Callable[[], None]

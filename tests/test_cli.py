@@ -344,6 +344,8 @@ def test_list_prints_every_registered_name(capsys) -> None:
         GRANULARITIES,
         LOGGERS,
         MODELS,
+        OBJECTIVES,
+        OPTIMIZERS,
         PROTOCOLS,
         SPARSITY_METHODS,
     )
@@ -365,6 +367,8 @@ def test_list_prints_every_registered_name(capsys) -> None:
         "granularities": GRANULARITIES.names(),
         "export-formats": EXPORT_FORMATS.names(),
         "loggers": LOGGERS.names(),
+        "objectives": OBJECTIVES.names(),
+        "optimizers": OPTIMIZERS.names(),
     }
     for argv, names in (
         (["list", "models"], MODELS.names()),
@@ -373,6 +377,8 @@ def test_list_prints_every_registered_name(capsys) -> None:
         (["list", "presets"], list_presets()),
         (["list", "granularity"], ["channel", "weight"]),
         (["list", "export"], ["compact", "onnx", "sparse"]),
+        (["list", "loss"], ["hybrid", "mart", "trades"]),
+        (["list", "optimizer"], ["adamw", "sgd"]),
     ):
         assert main(argv) == 0
         assert capsys.readouterr().out.splitlines() == names

@@ -1,6 +1,6 @@
-"""ℓ∞ adversarial attacks (FGSM, FGSM-RS, PGD) in [0,1] pixel space.
+"""ℓ∞ adversarial attacks (FGSM, FGSM-RS, PGD, TRADES's KL-PGD) in [0,1] pixel space.
 
-The attacks are used inside training (crafting x̂ for the hybrid loss) and in evaluation,
+The attacks are used inside training (crafting x̂ for the training objective) and in evaluation,
 so they must leave the model exactly as they found it:
 
 * only the gradient w.r.t. the input is computed (``torch.autograd.grad``, never
@@ -19,7 +19,8 @@ restart (to stop early once every example is already misclassified).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
 import torch
@@ -28,7 +29,17 @@ from torch import Tensor, nn
 
 LossName = Literal["ce", "cw"]
 
-__all__ = ["attack_mode", "attack_loss", "fgsm", "fgsm_rs", "pgd", "start_noise"]
+__all__ = [
+    "attack_mode",
+    "attack_loss",
+    "fgsm",
+    "fgsm_rs",
+    "gaussian_start",
+    "kl_pgd",
+    "pgd",
+    "small_start_pgd",
+    "start_noise",
+]
 
 
 @contextlib.contextmanager
@@ -292,3 +303,115 @@ def pgd(
                 break
     result = x_adv if best is None else best.x
     return result.detach().to(x.dtype)
+
+
+# ------------------------------------------------- the TRADES / MART releases' attacks
+
+
+def gaussian_start(
+    x0: Tensor, scale: float, generator: torch.Generator | None, noise: Tensor | None
+) -> Tensor:
+    """``x0 + scale * N(0, 1)``, unclamped, as the TRADES and MART releases start.
+
+    The normal draws are the inverse normal CDF of uniform [0, 1) draws (:func:`start_noise`
+    from ``generator``, or the given ``noise``), so that distributed ranks, which receive
+    their slice of the global batch's uniform draws, start exactly as one process would.
+    """
+    draws = start_noise(x0.shape, generator) if noise is None else noise
+    tiny = torch.finfo(torch.float32).eps  # keep erfinv finite at a draw of exactly 0
+    u = draws.to(device=x0.device, dtype=torch.float32).clamp(tiny, 1.0 - tiny)
+    normal = torch.special.erfinv(2.0 * u - 1.0) * math.sqrt(2.0)
+    return x0 + scale * normal.to(x0.dtype)
+
+
+Objective = Callable[[Tensor, Tensor], Tensor]
+
+
+def _ce_sum(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+def _kl_from_clean(model: nn.Module, x0: Tensor) -> Objective:
+    """TRADES's attack objective: the batch's summed KL(f(x) || f(x_adv)); f(x) is fixed
+    (BN in eval mode makes it the same at every step, as the release recomputes it)."""
+    with torch.no_grad():
+        clean = F.softmax(model(x0).float(), dim=1)
+
+    def kl(logits: Tensor, _y: Tensor) -> Tensor:
+        return F.kl_div(F.log_softmax(logits.float(), dim=1), clean, reduction="sum")
+
+    return kl
+
+
+def _release_pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    objective: Callable[[nn.Module, Tensor], Objective],
+    settings: tuple[float, float, int, float],
+    generator: torch.Generator | None,
+    noise: Tensor | None,
+    amp: bool,
+) -> Tensor:
+    """The releases' loop: from ``x + scale * N(0, 1)`` (unclamped), ``steps`` signed
+    ascent steps, each projected into the ε-ball and [0, 1]."""
+    eps, step_size, steps, scale = settings
+    eps = _check_eps(eps)
+    _check_noise(x, noise, restarts=1)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if eps == 0:
+        return x.detach().clone()
+    with _attacking(model, x, amp):
+        x0 = x.detach().to(_work_dtype(x))
+        loss = objective(model, x0)
+        bounds = _box(x0, eps)
+        x_adv = gaussian_start(x0, scale, generator, noise)
+        for _ in range(steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss(model(x_adv), y), x_adv)
+            x_adv = torch.clamp(x_adv.detach() + float(step_size) * grad.sign(), *bounds)
+        x_adv = x_adv.clamp(0.0, 1.0)
+    return x_adv.detach().to(x.dtype)
+
+
+def kl_pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    start_scale: float = 0.001,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    amp: bool = False,
+) -> Tensor:
+    """TRADES's attack (Zhang et al. 2019, released ``trades_loss``): maximise
+    KL(f(x) || f(x_adv)) by signed steps from ``x + start_scale * N(0, 1)``.
+
+    ``y`` plays no part. The start must be random: at ``x_adv == x`` the KL's gradient is
+    zero. Same guarantees as :func:`pgd` (BN in eval mode, input gradient only).
+    """
+    settings = (eps, step_size, steps, start_scale)
+    return _release_pgd(model, x, y, _kl_from_clean, settings, generator, noise, amp)
+
+
+def small_start_pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    start_scale: float = 0.001,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    amp: bool = False,
+) -> Tensor:
+    """MART's attack (Wang et al. 2020, released ``mart_loss``): PGD on cross-entropy from
+    ``x + start_scale * N(0, 1)`` instead of :func:`pgd`'s uniform start in the ε-ball."""
+    settings = (eps, step_size, steps, start_scale)
+    return _release_pgd(model, x, y, lambda _m, _x: _ce_sum, settings, generator, noise, amp)

@@ -1,8 +1,9 @@
 """Name -> object registries: the one place each user-facing name is defined.
 
-Models, sparsity methods, datasets, evaluation protocols and export formats each live in a
-:class:`Registry`. Config validation, CLI help, ``dnr list`` and error messages read the
-names from here, so a new entry is a new decorated function or class, nothing else.
+Models, sparsity methods, datasets, evaluation protocols, export formats, training
+objectives and optimizers each live in a :class:`Registry`. Config validation, CLI help,
+``dnr list`` and error messages read the names from here, so a new entry is a new decorated
+function or class, nothing else.
 
 The built-in entries register themselves when their package is imported; a registry
 imports those packages (by name, on first lookup) the way entry points are loaded, so this
@@ -104,6 +105,10 @@ PROTOCOLS: Registry = Registry("evaluation protocol", builtins=("dnr.robustness"
 EXPORT_FORMATS: Registry = Registry("export format", builtins=("dnr.export",))
 #: Where a training run's records go besides the console (``train.loggers``).
 LOGGERS: Registry = Registry("logger", builtins=("dnr.training.loggers",))
+#: Training losses with the attack that makes their examples (``train.loss``).
+OBJECTIVES: Registry = Registry("training objective", builtins=("dnr.training.objectives",))
+#: Optimizers by name (``train.optimizer``), each with the first moment DNR grows by.
+OPTIMIZERS: Registry = Registry("optimizer", builtins=("dnr.training.optim",))
 #: What a masked method removes: single weights or whole output channels (mask classes,
 #: each satisfying :class:`dnr.sparsity.mask.MaskSet`).
 GRANULARITIES: Registry[type[MaskSet]] = Registry(

@@ -62,6 +62,8 @@ LIST_KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "granularities": lambda: entries("GRANULARITIES"),
     "export-formats": lambda: entries("EXPORT_FORMATS"),
     "loggers": lambda: entries("LOGGERS"),
+    "objectives": lambda: entries("OBJECTIVES"),
+    "optimizers": lambda: entries("OPTIMIZERS"),
 }
 _KIND_ALIASES = {
     "sparsity": "sparsity-methods",
@@ -71,6 +73,8 @@ _KIND_ALIASES = {
     "granularity": "granularities",
     "export": "export-formats",
     "formats": "export-formats",
+    "loss": "objectives",
+    "losses": "objectives",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from dnr.config.sections import Config, name_fields, range_fields
 from dnr.devices import is_device_name
 from dnr.errors import ConfigError, did_you_mean
-from dnr.registry import GRANULARITIES, MODELS, SPARSITY_METHODS
+from dnr.registry import GRANULARITIES, MODELS, OBJECTIVES, OPTIMIZERS, SPARSITY_METHODS
 
 __all__ = ["check", "validate"]
 
@@ -169,6 +169,17 @@ def _method_options_and_granularity(cfg: Config) -> None:
     )
 
 
+def _objective_accepts_the_settings(cfg: Config) -> None:
+    """``train.loss``'s objective owns its rules (TRADES and MART: PGD examples only)."""
+    OBJECTIVES.get(cfg.train.loss).check(cfg)
+
+
+def _optimizer_accepts_the_settings(cfg: Config) -> None:
+    """``train.optimizer``'s own rules (nesterov is SGD's). DNR's need for a first moment
+    (train.momentum > 0) is the method's rule, in its ``check_config``."""
+    OPTIMIZERS.get(cfg.train.optimizer).check(cfg)
+
+
 #: The rules that join several fields, in the order they are checked.
 CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     _npz_needs_test_files,
@@ -180,6 +191,8 @@ CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     _macs_budget_needs_channels,
     _granularity_accepts_the_settings,
     _method_options_and_granularity,
+    _objective_accepts_the_settings,
+    _optimizer_accepts_the_settings,
 )
 
 

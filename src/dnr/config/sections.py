@@ -19,6 +19,8 @@ from dnr.registry import (
     GRANULARITIES,
     LOGGERS,
     MODELS,
+    OBJECTIVES,
+    OPTIMIZERS,
     PROTOCOLS,
     SPARSITY_METHODS,
     Registry,
@@ -117,17 +119,24 @@ class TrainConfig:
 
     epochs: int = checked(200, ">= 1")
     batch_size: int = checked(128, ">= 1")
+    # sgd (momentum, nesterov below) or adamw (betas 0.9/0.999; usual lr ~1e-3, wd ~0.05);
+    # DNR grows by its first moment: SGD's momentum buffer, AdamW's exp_avg
+    optimizer: str = named("sgd", OPTIMIZERS)
     lr: float = checked(0.1, "> 0")
-    momentum: float = checked(0.9, "[0, 1)")
-    weight_decay: float = checked(5e-4, ">= 0")
-    nesterov: bool = False
+    momentum: float = checked(0.9, "[0, 1)")  # sgd only
+    weight_decay: float = checked(5e-4, ">= 0")  # sgd: L2 in the gradient; adamw: decoupled
+    nesterov: bool = False  # sgd only
     schedule: Schedule = "multistep"
     # LR x gamma at each milestone: a fraction of the run (< 1) or an absolute epoch (>= 1).
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = checked(0.1, "(0, 1]")
     warmup_epochs: float = 1.0  # linear LR warm-up from ~0 (fractional epochs allowed)
+    # the training objective: hybrid (the paper's), trades or mart (docs/method.md)
+    loss: str = named("hybrid", OBJECTIVES)
     # hybrid loss: beta * CE(clean) + (1 - beta) * CE(adversarial)
     beta: float = checked(0.5, "[0, 1]")
+    trades_beta: float = checked(6.0, ">= 0")  # trades: CE(clean) + trades_beta * KL
+    mart_beta: float = checked(6.0, ">= 0")  # mart: boosted CE(adv) + mart_beta * weighted KL
     bf16: bool = False  # bf16 autocast for training passes and training attacks (eval: fp32)
     channels_last: bool = False  # NHWC memory format for the model and its inputs
     compile: bool = False  # torch.compile the model for training (masks never recompile it)

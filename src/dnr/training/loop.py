@@ -42,7 +42,13 @@ from dnr.training.loggers import Event, RunLoggers, epoch_event, open_loggers, s
 from dnr.training.run import TrainingRun, open_run
 from dnr.training.schedule import step_learning_rate
 from dnr.training.setup import model_meta
-from dnr.training.step import StepOutput, attacks_in_training, train_mode, train_step
+from dnr.training.step import (
+    StepOutput,
+    attacks_in_training,
+    clean_logits_in_training,
+    train_mode,
+    train_step,
+)
 from dnr.training.writer import RunWriter
 
 __all__ = ["TrainResult", "train"]
@@ -287,9 +293,7 @@ def _train_record(
             cfg, prog, 0, len(run.loader)
         ),  # a stage's warm-up (or none)
         "train_loss": totals.loss_sum / count,
-        "train_clean_acc": (
-            totals.clean_sum / count if (cfg.train.beta > 0 or not attacked) else None
-        ),
+        "train_clean_acc": totals.clean_sum / count if clean_logits_in_training(cfg) else None,
         "train_adv_acc": totals.adv_sum / count if attacked else None,
         "train_images": count,  # examples trained on this epoch (for equal-budget comparisons)
         "images_per_sec": count / totals.seconds,

@@ -22,6 +22,7 @@ from dnr.models import create_model, init_weights
 from dnr.rundir import ArtifactError, RunDir
 from dnr.seeding import derive_seed
 from dnr.sparsity import SparsityMethod, build_sparsity
+from dnr.training.optim import build_optimizer
 
 __all__ = [
     "TrainingParts",
@@ -55,24 +56,12 @@ def model_for(cfg: Config, data: DatasetSplits) -> nn.Module:
     return init_weights(model, cfg.model.init)
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
-    """SGD as configured; the loop sets each step's learning rate itself (``schedule``)."""
-    t = cfg.train
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        nesterov=t.nesterov,
-    )
-
-
 @dataclass
 class TrainingParts:
     """What a run trains: the model, its optimizer, and the sparsity method over both."""
 
     model: nn.Module
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     method: SparsityMethod
 
 
@@ -177,7 +166,11 @@ def model_meta(
         },
         "sparsity": {"method": method.name, "mode": method.granularity, **method.stats()},
         "training": {
+            "loss": cfg.train.loss,
             "beta": cfg.train.beta,
+            "trades_beta": cfg.train.trades_beta,
+            "mart_beta": cfg.train.mart_beta,
+            "optimizer": cfg.train.optimizer,
             "epochs": cfg.train.epochs,
             "init_from": cfg.train.init_from,
             "attack": {

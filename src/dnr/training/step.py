@@ -1,16 +1,19 @@
-"""One training step, public: attack, hybrid loss, update, sparsity hook.
+"""One training step, public: attack, objective's loss, update, sparsity hook.
 
 Benchmarks and tests call :func:`train_step` directly; the epoch loop is this plus
 bookkeeping. Per step::
 
     x_adv = attack(model, x, y)                     # BN frozen, input gradient only
-    loss  = beta * CE(model(x), y) + (1 - beta) * CE(model(x_adv), y) [+ method's term]
+    loss  = objective(model, x, x_adv, y) [+ method's term]
     loss.backward(); optimizer.step(); method.after_step(progress)
 
-The attack is the training mode's (``attack.train_mode``, :data:`TRAIN_MODES`): PGD, or
-FGSM from a random start. ``free`` training instead replays the batch ``attack.replays``
-times, each replay one such step whose backward pass also yields the input gradient that
-moves the perturbation (no separate attack pass at all).
+The objective is ``train.loss``'s (:mod:`dnr.training.objectives`, registered in
+``dnr.registry.OBJECTIVES``); the default, the paper's hybrid, trains
+beta * CE(model(x), y) + (1 - beta) * CE(model(x_adv), y) on the training mode's examples
+(``attack.train_mode``, :data:`TRAIN_MODES`): PGD, or FGSM from a random start. ``free``
+training instead replays the batch ``attack.replays`` times, each replay one such step
+whose backward pass also yields the input gradient that moves the perturbation (no
+separate attack pass at all). TRADES and MART bring their own attacks.
 
 Momentum-driven rewiring reads the optimizer's momentum, which accumulates the gradients of
 whatever loss is trained: with a fast mode, the momentum that decides DNR's regrowth comes
@@ -31,15 +34,18 @@ from torch import Tensor, nn
 from dnr.attacks import fgsm_rs, pgd
 from dnr.config import Config
 from dnr.distributed import unwrap
+from dnr.registry import OBJECTIVES
 from dnr.sparsity import Progress, SparsityMethod
 
 __all__ = [
     "TRAIN_MODES",
+    "Adversary",
     "StepOutput",
     "StepState",
     "TrainMode",
     "accumulate",
     "attacks_in_training",
+    "clean_logits_in_training",
     "hybrid_loss",
     "train_mode",
     "train_step",
@@ -156,14 +162,20 @@ TRAIN_MODES: dict[str, TrainMode] = {
 
 
 def train_mode(cfg: Config) -> TrainMode:
-    """The :class:`TrainMode` that ``attack.train_mode`` names."""
-    return TRAIN_MODES[cfg.attack.train_mode]
+    """How ``train.loss``'s objective makes its examples: for the hybrid loss the
+    :class:`TrainMode` that ``attack.train_mode`` names; TRADES and MART their own."""
+    return OBJECTIVES.get(cfg.train.loss).mode(cfg)
+
+
+def clean_logits_in_training(cfg: Config) -> bool:
+    """Whether a training step classifies the clean batch (its training clean accuracy)."""
+    return not attacks_in_training(cfg) or bool(OBJECTIVES.get(cfg.train.loss).sees_clean(cfg))
 
 
 def attacks_in_training(cfg: Config) -> bool:
-    """Whether training examples are adversarial (beta < 1 and a non-trivial attack)."""
-    a, mode = cfg.attack, train_mode(cfg)
-    return cfg.train.beta < 1.0 and a.eps > 0 and (a.steps > 0 or not mode.uses_steps)
+    """Whether training examples are adversarial (the objective's call: for the hybrid
+    loss, beta < 1 and a non-trivial attack)."""
+    return bool(OBJECTIVES.get(cfg.train.loss).adversarial(cfg))
 
 
 @torch.no_grad()
@@ -233,14 +245,15 @@ def _update(
     method: SparsityMethod,
     progress: Progress,
 ) -> StepOutput:
-    """Hybrid loss (+ the method's term), backward, optimizer step, the method's hook."""
+    """The objective's loss (+ the method's term), backward, optimizer step, the method's
+    hook."""
     autocast = (
         torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
         if cfg.train.bf16
         else contextlib.nullcontext()
     )
     with autocast:
-        out = hybrid_loss(model, x, x_adv, y, cfg.train.beta)
+        out = OBJECTIVES.get(cfg.train.loss).loss(model, x, x_adv, y, cfg)
         extra = method.loss_term(plain)
         if extra is not None:
             out.loss = out.loss + extra
