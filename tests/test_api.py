@@ -24,6 +24,7 @@ from dnr.config import ConfigError, load_config
 from dnr.seeding import derive_seed
 from dnr.sparsity import Progress, build_sparsity, cosine_prune_rate
 from dnr.sparsity.rewirer import Rewirer
+from dnr.sparsity.schedules import RewireSchedule
 from helpers import optional_import
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -465,3 +466,22 @@ def test_evaluate_is_the_protocol_evaluation() -> None:
     assert report.num_examples == 8
     assert report.result("pgd7").settings["eps"] == pytest.approx(8 / 255)
     assert report.result("pgd7").accuracy <= report.result("clean").accuracy
+
+
+def test_rewire_schedule_known_answers() -> None:
+    """The schedule both drivers share, by known answers: window, due steps, rates."""
+    every = RewireSchedule(prune_rate=0.4, prune_rate_min=0.0, rewire_every=5, rewire_until=0.5)
+    assert every.window(100) == 50
+    assert [s for s in range(1, 101) if every.due_after_step(s, 100)] == list(range(5, 50, 5))
+    assert not any(every.due_at_epoch_end(s, 100) for s in range(101))
+    assert every.rate(0, 100) == pytest.approx(0.4)
+    assert every.rate(25, 100) == pytest.approx(0.2)
+    assert every.rate(50, 100) == pytest.approx(0.0)
+    epochs = RewireSchedule(rewire_until=0.75)
+    assert [s for s in (10, 20, 30, 40) if epochs.due_at_epoch_end(s, 40)] == [10, 20]
+    assert epochs.never_rewires(steps_per_epoch=30, total_steps=40)
+    assert not epochs.never_rewires(steps_per_epoch=10, total_steps=40)
+    with pytest.raises(ValueError, match="prune_rate_min"):
+        RewireSchedule(prune_rate=0.1, prune_rate_min=0.2)
+    with pytest.raises(ValueError, match="rewire_until"):
+        RewireSchedule(rewire_until=0.0)
