@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dnr.sparsity.dnr as dnr_module
+import dnr.sparsity.rewirer as rewirer_module
 import dnr.training.step as step_module
 from dnr.checkpoints import load_checkpoint
 from dnr.config import ConfigError, load_config
@@ -150,14 +150,14 @@ def test_bn_refresh_runs_after_each_rewiring_with_the_configured_batches(
     tmp_path, monkeypatch
 ) -> None:
     calls: list[int] = []
-    real = dnr_module.refresh_batchnorm_stats
+    real = rewirer_module.refresh_batchnorm_stats
 
     def spy(model, batches):
         used = real(model, batches)
         calls.append(used)
         return used
 
-    monkeypatch.setattr(dnr_module, "refresh_batchnorm_stats", spy)
+    monkeypatch.setattr(rewirer_module, "refresh_batchnorm_stats", spy)
     cfg = load_config(
         None,
         tiny_overrides(

@@ -3,6 +3,7 @@
 Public API::
 
     from dnr import load_config, train, evaluate_model, create_model, load_model
+    from dnr import DNR, evaluate        # DNR in your own training loop (dnr.api)
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "DNR",
     "Config",
+    "evaluate",
     "load_config",
     "create_model",
     "load_model",
@@ -22,6 +25,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "DNR": "dnr.api",
+    "evaluate": "dnr.api",
     "Config": "dnr.config",
     "load_config": "dnr.config",
     "create_model": "dnr.models",

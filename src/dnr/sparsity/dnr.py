@@ -2,19 +2,19 @@
 
 Rewiring happens at the end of each epoch (or every ``sparsity.rewire_every`` steps) until
 ``sparsity.rewire_until`` of the run, with a prune rate that anneals over that window; after
-each rewiring BatchNorm statistics are re-estimated on a few seeded clean batches.
+each rewiring BatchNorm statistics are re-estimated on a few seeded clean batches. The
+schedule itself is :class:`~dnr.sparsity.rewirer.Rewirer`'s, shared with ``dnr.DNR``.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dnr.errors import ConfigError
-from dnr.models.batchnorm import refresh_batchnorm_stats
 from dnr.sparsity.base import Progress, Stage, register_method
-from dnr.sparsity.schedules import cosine_prune_rate
+from dnr.sparsity.rewirer import BatchSource, GeneratorSource, Rewirer
+from dnr.sparsity.schedules import RewireSchedule
 from dnr.sparsity.static import MaskedMethod
 
 if TYPE_CHECKING:
@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 def rewire_window(cfg: Config, total_steps: int) -> int:
     """The step before which masks may move (exclusive); the prune rate anneals over it."""
-    return max(1, int(round(cfg.sparsity.rewire_until * total_steps)))
+    return RewireSchedule.from_config(cfg.sparsity).window(total_steps)
 
 
 def rewiring_warning(cfg: Config, steps_per_epoch: int) -> str | None:
     """A message if no rewiring falls inside the window: DNR would silently train a static mask."""
     s = cfg.sparsity
     total = steps_per_epoch * cfg.train.epochs
-    if (s.rewire_every or steps_per_epoch) < rewire_window(cfg, total):
+    if not RewireSchedule.from_config(s).never_rewires(steps_per_epoch, total):
         return None
     return (
         f"warning: no rewiring falls before sparsity.rewire_until={s.rewire_until} of "
@@ -48,7 +48,13 @@ class DNR(MaskedMethod):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.schedule = RewireSchedule.from_config(self.cfg.sparsity)
         self._pending: list[dict[str, Any]] = []  # rewirings since the last epoch end
+
+    @property
+    def rewirer(self) -> Rewirer:
+        """The schedule over this run's masks: the same code ``dnr.DNR`` runs in a user's loop."""
+        return Rewirer(self.model, self.masking, self.schedule)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -60,29 +66,20 @@ class DNR(MaskedMethod):
         if warning:
             progress.log(warning)
 
-    def _rewire(self, progress: Progress) -> dict[str, Any]:
-        s = self.cfg.sparsity
-        rate = cosine_prune_rate(
-            progress.step,
-            rewire_window(self.cfg, progress.total_steps),
-            s.prune_rate,
-            s.prune_rate_min,
-        )
-        stats = self.masking.rewire(rate, progress.generator("rewire"))  # draws grown channels
-        if s.bn_refresh_batches > 0 and progress.batches is not None:
-            # clean batches of the next epoch: seeded, no RNG drawn
-            batches = (x for x, _ in progress.batches(progress.epoch + 1))
-            refresh_batchnorm_stats(self.model, itertools.islice(batches, s.bn_refresh_batches))
-        return {"prune_rate": stats.prune_rate, "lost": stats.lost, "regrown": stats.regrown}
-
-    def _in_window(self, progress: Progress) -> bool:
-        return progress.step < rewire_window(self.cfg, progress.total_steps)
+    def _drive(self, progress: Progress) -> tuple[int, int, GeneratorSource, BatchSource]:
+        """The rewirer's view of ``progress``: step, run length, a rewiring's generator and
+        the BN refresh batches (clean batches of the next epoch: seeded, no RNG drawn)."""
+        batches = progress.batches
+        source: BatchSource = None
+        if batches is not None:
+            epoch = progress.epoch + 1
+            source = lambda: (x for x, _ in batches(epoch))  # noqa: E731
+        return progress.step, progress.total_steps, lambda: progress.generator("rewire"), source
 
     def after_step(self, progress: Progress) -> None:
-        super().after_step(progress)
-        every = self.cfg.sparsity.rewire_every
-        if every > 0 and progress.step % every == 0 and self._in_window(progress):
-            self._pending.append(self._rewire(progress))
+        done = self.rewirer.after_step(*self._drive(progress))
+        if done is not None:
+            self._pending.append(done.record())
 
     def state_dict(self) -> dict[str, Any]:
         # the epoch's rewirings so far (rewire_every > 0): a step-level checkpoint inside the
@@ -94,7 +91,8 @@ class DNR(MaskedMethod):
         self._pending = [dict(r) for r in state.get("pending_rewires", [])]
 
     def epoch_end_update(self, progress: Progress) -> dict[str, Any]:
-        if self.cfg.sparsity.rewire_every == 0 and self._in_window(progress):
-            self._pending.append(self._rewire(progress))
+        done = self.rewirer.at_epoch_end(*self._drive(progress))
+        if done is not None:
+            self._pending.append(done.record())
         records, self._pending = self._pending, []
         return {"rewire": records} if records else {}

@@ -39,6 +39,7 @@ __all__ = [
     "gradient_signal",
     "growth_signals",
     "momentum_buffer",
+    "missing_first_moment",
     "random_signal",
     "saved_masks",
     "settings_of",
@@ -213,6 +214,33 @@ def first_moment(optimizer: torch.optim.Optimizer | None, param: Tensor) -> Tens
         buf = state.get(key)
         if isinstance(buf, Tensor) and buf.shape == param.shape:
             return buf
+    return None
+
+
+def missing_first_moment(
+    optimizer: torch.optim.Optimizer, params: Mapping[str, Tensor]
+) -> str | None:
+    """Why ``optimizer`` will keep no first moment of ``params`` for momentum growth to read,
+    or ``None`` when it will (judged before the first step, from its settings).
+
+    Without one, :func:`momentum_buffer` hands regrowth a zero signal and it picks by index:
+    a silent failure the callers refuse instead. SGD and RMSprop keep ``momentum_buffer``
+    when ``momentum > 0``; the Adam family keeps ``exp_avg`` when ``betas[0] > 0``.
+    """
+    kind = type(optimizer).__name__
+    for group in optimizer.param_groups:
+        if "betas" in group:
+            if float(group["betas"][0]) == 0.0:
+                return f"{kind} has betas[0]=0 (no exp_avg)"
+        elif "momentum" in group:
+            if float(group["momentum"]) == 0.0:
+                return f"{kind} has momentum=0 (no momentum_buffer)"
+        else:
+            return f"{kind} keeps no first moment ({' or '.join(MOMENTUM_KEYS)})"
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    outside = [name for name, p in params.items() if id(p) not in stepped]
+    if outside:
+        return f"{kind} does not step {', '.join(outside[:3])}" + (", ..." if outside[3:] else "")
     return None
 
 
