@@ -15,7 +15,13 @@ from typing import Any
 from dnr.config.sections import Config, name_fields, range_fields
 from dnr.devices import is_device_name
 from dnr.errors import ConfigError, did_you_mean
-from dnr.registry import GRANULARITIES, MODELS, SPARSITY_METHODS
+from dnr.registry import (
+    GRANULARITIES,
+    MODELS,
+    SPARSITY_METHODS,
+    UnknownNameError,
+    UnresolvableNameError,
+)
 
 __all__ = ["check", "validate"]
 
@@ -35,12 +41,16 @@ def _check_names(cfg: Config) -> None:
     """Every name field holds a name its registry knows (in any case)."""
     for key, registry in name_fields().items():
         value = _value(cfg, key)
-        if value not in registry:
+        try:
+            registry.get(value)
+        except UnresolvableNameError as err:  # e.g. a model factory that does not import
+            raise ConfigError(f"{key}: {err}") from None
+        except UnknownNameError:
             names = registry.names()
             raise ConfigError(
                 f"{key}: {value!r} is not allowed{did_you_mean(str(value).lower(), names)}; "
                 f"choose one of {', '.join(names)}"
-            )
+            ) from None
 
 
 def _check_finite(key: str, value: Any) -> None:
