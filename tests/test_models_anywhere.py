@@ -174,6 +174,16 @@ def test_factory_names_keep_their_case_and_resolve_through_the_registry() -> Non
     assert load_config(None, tiny_overrides(model__name="VGG16")).model.name == "vgg16"
 
 
+def test_an_unknown_name_lists_the_built_ins_and_the_factory_forms() -> None:
+    expected = (
+        r"choose one of resnet18, vgg16, wrn28_10, wrn34_10, package.module:callable, timm:<name>"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, tiny_overrides(model__name="alexnet"))
+    with pytest.raises(ValueError, match=expected):
+        create_model("alexnet", num_classes=10)
+
+
 def test_model_kwargs_are_checked_against_the_factory_signature() -> None:
     base = tiny_overrides(model__name=TINY, model__width=1.0)
     with pytest.raises(ConfigError, match="model.kwargs.depth: model factories:tiny_net has no"):

@@ -46,6 +46,7 @@ class Registry(Generic[T]):
         self._loaded = False
         self._entries: dict[str, T] = {}
         self._resolvers: list[Callable[[str], T | None]] = []
+        self._forms: list[str] = []
 
     def _load_builtins(self) -> None:
         if not self._loaded:
@@ -76,15 +77,21 @@ class Registry(Generic[T]):
 
         return decorator(obj) if obj is not None else decorator
 
-    def add_resolver(self, resolver: Callable[[str], T | None]) -> None:
+    def add_resolver(self, resolver: Callable[[str], T | None], forms: tuple[str, ...]) -> None:
         """Let names outside the table resolve, e.g. ``package.module:callable`` factories.
 
         ``resolver(name)`` returns the entry for a name of its form, None for a name it does
         not handle, and raises :class:`UnresolvableNameError` (saying why) for a name of its
         form that does not resolve. Resolved names are case-sensitive and kept as written.
+        ``forms`` describe those names in messages (``"timm:<name>"``).
         """
         if resolver not in self._resolvers:
             self._resolvers.append(resolver)
+            self._forms.extend(forms)
+
+    def choices(self) -> str:
+        """The registered names, then the forms resolvers accept: for messages."""
+        return ", ".join([*self.names(), *self._forms])
 
     def canonical(self, name: str) -> str:
         """How a known name is written in configs and artifacts: a table name lower-cased,
@@ -112,9 +119,7 @@ class Registry(Generic[T]):
             entry = resolve(str(name))
             if entry is not None:
                 return entry
-        raise UnknownNameError(
-            f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}"
-        )
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; choose one of {self.choices()}")
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):

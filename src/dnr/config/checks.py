@@ -49,7 +49,7 @@ def _check_names(cfg: Config) -> None:
             names = registry.names()
             raise ConfigError(
                 f"{key}: {value!r} is not allowed{did_you_mean(str(value).lower(), names)}; "
-                f"choose one of {', '.join(names)}"
+                f"choose one of {registry.choices()}"
             ) from None
 
 

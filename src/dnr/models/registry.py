@@ -19,7 +19,7 @@ from typing import Any, TypeVar, overload
 
 from torch import nn
 
-from dnr.models.foreign import resolve_foreign
+from dnr.models.foreign import TIMM_PREFIX, resolve_foreign
 from dnr.models.layers import CIFAR_MEAN, CIFAR_STD
 from dnr.registry import MODELS, UnknownNameError
 
@@ -30,7 +30,7 @@ F = TypeVar("F", bound=ModelFn)
 #: architecture states its own minimum, e.g. VGG16's five pools need 32).
 MAX_INPUT_SIZE = 4096
 
-MODELS.add_resolver(resolve_foreign)
+MODELS.add_resolver(resolve_foreign, ("package.module:callable", f"{TIMM_PREFIX}<name>"))
 
 
 @overload
