@@ -63,7 +63,8 @@ def create_model(
     std: Sequence[float] = CIFAR_STD,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model that takes [0,1] images and returns logits.
+    """Build a registered (or foreign, ``package.module:callable`` / ``timm:<name>``) model
+    that takes [0,1] images of ``input_size`` pixels a side and returns logits.
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or an invalid
     argument. Extra ``kwargs`` go to the architecture's constructor unchanged (timm-style).
