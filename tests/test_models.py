@@ -150,8 +150,10 @@ def test_unknown_name_lists_known_models():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(input_size=48), "input_size must be one of 32, 64, got 48"),
-        (dict(input_size=224), "input_size must be one of 32, 64, got 224"),
+        (dict(input_size=16), r"input_size must be at least 32 for VGG \(5 2x2 pools\), got 16"),
+        (dict(input_size=0), r"input_size must be an integer in \[1, 4096\], got 0"),
+        (dict(input_size=8192), r"input_size must be an integer in \[1, 4096\], got 8192"),
+        (dict(input_size=32.0), r"input_size must be an integer in \[1, 4096\], got 32.0"),
         (dict(num_classes=0), "num_classes must be a positive integer, got 0"),
         (dict(width=0.0), "width must be a positive number, got 0.0"),
         (dict(width=-1.0), "width must be a positive number, got -1.0"),

@@ -136,7 +136,7 @@ def test_channel_granularity_on_a_model_without_convolutions(
 
 def test_an_input_size_the_architecture_does_not_support(tmp_path, capsys) -> None:
     for name in ("train", "test"):
-        save_npz(tmp_path / f"{name}.npz", x=images(8, size=48), y=np.arange(8) % 2)
+        save_npz(tmp_path / f"{name}.npz", x=images(8, size=16), y=np.arange(8) % 2)
     overrides = [
         "data.name=npz",
         f"data.train={tmp_path / 'train.npz'}",
@@ -145,7 +145,7 @@ def test_an_input_size_the_architecture_does_not_support(tmp_path, capsys) -> No
         *SMALL,
     ]
     code, err = _run_cli(["train", "--out", str(tmp_path / "r"), "--quiet", *overrides], capsys)
-    _assert_user_error(code, err, "model.name=vgg16", "input_size", "48")
+    _assert_user_error(code, err, "model.name=vgg16", "input_size", "16")
 
 
 def test_an_out_that_is_a_file_or_inside_one(tmp_path, capsys) -> None:

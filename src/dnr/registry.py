@@ -28,6 +28,11 @@ class UnknownNameError(ConfigError):
     """A name that is not in its registry (the message lists the registered ones)."""
 
 
+class UnresolvableNameError(UnknownNameError):
+    """A name of a form a resolver handles (``package.module:callable``) that it cannot
+    resolve; the message says why (the module does not import, no such attribute, ...)."""
+
+
 class Registry(Generic[T]):
     """A case-insensitive mapping from names to objects of one kind.
 
@@ -41,6 +46,8 @@ class Registry(Generic[T]):
         self._builtins = builtins
         self._loaded = False
         self._entries: dict[str, T] = {}
+        self._resolvers: list[Callable[[str], T | None]] = []
+        self._forms: list[str] = []
 
     def _load_builtins(self) -> None:
         if not self._loaded:
@@ -71,6 +78,29 @@ class Registry(Generic[T]):
 
         return decorator(obj) if obj is not None else decorator
 
+    def add_resolver(self, resolver: Callable[[str], T | None], forms: tuple[str, ...]) -> None:
+        """Let names outside the table resolve, e.g. ``package.module:callable`` factories.
+
+        ``resolver(name)`` returns the entry for a name of its form, None for a name it does
+        not handle, and raises :class:`UnresolvableNameError` (saying why) for a name of its
+        form that does not resolve. Resolved names are case-sensitive and kept as written.
+        ``forms`` describe those names in messages (``"timm:<name>"``).
+        """
+        if resolver not in self._resolvers:
+            self._resolvers.append(resolver)
+            self._forms.extend(forms)
+
+    def choices(self) -> str:
+        """The registered names, then the forms resolvers accept: for messages."""
+        return ", ".join([*self.names(), *self._forms])
+
+    def canonical(self, name: str) -> str:
+        """How a known name is written in configs and artifacts: a table name lower-cased,
+        a resolved one as written."""
+        self._load_builtins()
+        key = str(name).lower()
+        return key if key in self._entries else str(name)
+
     def unregister(self, name: str) -> None:
         """Remove an entry (tests that register a toy entry clean up after themselves)."""
         self._entries.pop(name.lower(), None)
@@ -84,15 +114,22 @@ class Registry(Generic[T]):
         """The entry for ``name``; :class:`UnknownNameError` listing the choices otherwise."""
         self._load_builtins()
         key = str(name).lower()
-        if key not in self._entries:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}"
-            )
-        return self._entries[key]
+        if key in self._entries:
+            return self._entries[key]
+        for resolve in self._resolvers:
+            entry = resolve(str(name))
+            if entry is not None:
+                return entry
+        raise UnknownNameError(f"unknown {self.kind} {name!r}; choose one of {self.choices()}")
 
     def __contains__(self, name: object) -> bool:
-        self._load_builtins()
-        return isinstance(name, str) and name.lower() in self._entries
+        if not isinstance(name, str):
+            return False
+        try:
+            self.get(name)
+        except UnknownNameError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

@@ -15,7 +15,15 @@ from typing import Any
 from dnr.config.sections import Config, name_fields, range_fields
 from dnr.devices import is_device_name
 from dnr.errors import ConfigError, did_you_mean
-from dnr.registry import GRANULARITIES, MODELS, OBJECTIVES, OPTIMIZERS, SPARSITY_METHODS
+from dnr.registry import (
+    GRANULARITIES,
+    MODELS,
+    OBJECTIVES,
+    OPTIMIZERS,
+    SPARSITY_METHODS,
+    UnknownNameError,
+    UnresolvableNameError,
+)
 
 __all__ = ["check", "validate"]
 
@@ -36,12 +44,16 @@ def _check_names(cfg: Config) -> None:
     for key, registry in name_fields().items():
         value = _value(cfg, key)
         for item in value if isinstance(value, list) else [value]:
-            if item not in registry:
+            try:
+                registry.get(item)
+            except UnresolvableNameError as err:  # e.g. a model factory that does not import
+                raise ConfigError(f"{key}: {err}") from None
+            except UnknownNameError:
                 names = registry.names()
                 raise ConfigError(
                     f"{key}: {item!r} is not allowed{did_you_mean(str(item).lower(), names)}; "
-                    f"choose one of {', '.join(names)}"
-                )
+                    f"choose one of {registry.choices()}"
+                ) from None
 
 
 def _check_finite(key: str, value: Any) -> None:

@@ -85,7 +85,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def normalize_names(cfg: Config) -> None:
-    """Lower-case every registry name the registry knows (``VGG16`` -> ``vgg16``), in place.
+    """Lower-case every registry name the registry knows (``VGG16`` -> ``vgg16``), in place;
+    a resolved name (``package.module:callable``) stays as written.
 
     A name no registry knows is left as written, so that ``validate`` quotes it verbatim.
     """
@@ -94,9 +95,9 @@ def normalize_names(cfg: Config) -> None:
         section = getattr(cfg, section_name)
         value = getattr(section, name)
         if isinstance(value, list):  # a list of names (train.loggers)
-            setattr(section, name, [v.lower() if v in registry else v for v in value])
+            setattr(section, name, [registry.canonical(v) if v in registry else v for v in value])
         elif value in registry:
-            setattr(section, name, value.lower())
+            setattr(section, name, registry.canonical(value))
 
 
 def from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Config:

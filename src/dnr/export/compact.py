@@ -4,10 +4,12 @@ A channel-mode run keeps a pruned channel silent (zero filter, zero BN scale and
 consumer slices), so its output after BN+ReLU is exactly 0 and it adds nothing to any
 logit. Removing it is therefore exact: the narrow model is the registry architecture built
 with ``channels={producer: kept}`` (recorded in ``arch_config``, so ``model.json`` rebuilds
-it without pickled modules), and every tensor is the masked model's, sliced along the
-output channels of producers and BatchNorms and the input channels of consumers.
-Own surgery rather than torch-pruning's dependency graph: the models declare their channel
-groups (``dnr.models.channels``), which is all VGG16 and ResNet-18 need.
+it without pickled modules; a foreign model's groups are cut in place by
+``dnr.models.narrow``), and every tensor is the masked model's, sliced along the output
+channels of producers and BatchNorms and the input channels of consumers.
+Own surgery rather than torch-pruning's dependency graph: the groups are declared by the
+model or derived from its ``torch.fx`` graph (``dnr.models.channels``), which is all the
+conv/BN chains channel mode prunes need.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _indices(name: str, kept: Sequence[int], size: int) -> Tensor:
 def compact_model(model: nn.Module, kept: Mapping[str, Sequence[int]]) -> nn.Module:
     """The narrower model that keeps channels ``kept[producer]`` of each channel group.
 
-    ``model`` is the full-width (masked) model built by ``dnr.create_model``; groups not in
+    ``model`` is the full-width (masked) model built by ``dnr.create_model`` (a built-in or
+    a foreign ``package.module:callable`` / ``timm:`` model); groups not in
     ``kept`` keep all their channels. Returns a new model in eval mode, on ``model``'s
     device and dtype, whose logits equal ``model``'s. ``ArtifactError`` if a removed
     channel is not silent (BN scale or shift nonzero): then removing it would change them.

@@ -5,6 +5,10 @@ Constructors are registered with :func:`register_model` and take keyword argumen
 arguments once, for every architecture, and records them on the model as
 ``model.arch_config`` so that ``create_model(**model.arch_config)`` rebuilds the same
 architecture (artifacts write it to ``model.json``).
+
+Besides the registered names, ``MODELS`` resolves two forms of foreign model (see
+``foreign.py``): ``package.module:callable``, any importable factory called with
+``num_classes=``, and ``timm:<name>``, a timm model (when timm is installed).
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ from typing import Any, TypeVar, overload
 
 from torch import nn
 
+from dnr.models.foreign import TIMM_PREFIX, resolve_foreign
 from dnr.models.layers import CIFAR_MEAN, CIFAR_STD
 from dnr.registry import MODELS, UnknownNameError
 
 ModelFn = Callable[..., nn.Module]
 F = TypeVar("F", bound=ModelFn)
 
-#: Input resolutions the architectures are defined for (CIFAR and Tiny-ImageNet).
-INPUT_SIZES: tuple[int, ...] = (32, 64)
+#: The largest image side create_model accepts (a guard against a mistyped size; each
+#: architecture states its own minimum, e.g. VGG16's five pools need 32).
+MAX_INPUT_SIZE = 4096
+
+MODELS.add_resolver(resolve_foreign, ("package.module:callable", f"{TIMM_PREFIX}<name>"))
 
 
 @overload
@@ -55,7 +63,8 @@ def create_model(
     std: Sequence[float] = CIFAR_STD,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model that takes [0,1] images and returns logits.
+    """Build a registered (or foreign, ``package.module:callable`` / ``timm:<name>``) model
+    that takes [0,1] images of ``input_size`` pixels a side and returns logits.
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or an invalid
     argument. Extra ``kwargs`` go to the architecture's constructor unchanged (timm-style).
@@ -66,12 +75,16 @@ def create_model(
         constructor = MODELS.get(name)
     except UnknownNameError as err:
         raise ValueError(str(err)) from None
-    key = str(name).lower()
+    key = MODELS.canonical(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if isinstance(input_size, bool) or input_size not in INPUT_SIZES:
+    if (
+        isinstance(input_size, bool)
+        or not isinstance(input_size, int)
+        or not 1 <= input_size <= MAX_INPUT_SIZE
+    ):
         raise ValueError(
-            f"input_size must be one of {', '.join(map(str, INPUT_SIZES))}, got {input_size!r}"
+            f"input_size must be an integer in [1, {MAX_INPUT_SIZE}], got {input_size!r}"
         )
     width = float(width)
     if not (math.isfinite(width) and width > 0):

@@ -28,7 +28,8 @@ class VGG(nn.Module):
     For 32x32 inputs the five pools leave a 1x1 map, which is flattened into the head
     exactly as in the paper. For 64x64 (Tiny-ImageNet) the map is 2x2; we global-average
     pool it (decision) so the head stays ``Linear(final_channels -> num_classes)`` and the
-    prunable weights are identical across datasets, instead of a 4x wider head.
+    prunable weights are identical across datasets, instead of a 4x wider head. Any other
+    size from 32 up is pooled the same way.
 
     ``width`` multiplies every conv's channel count (rounded, at least 1); ``channels``
     (``{"features.<i>": count}``) sets single convs' counts, as a compact export does.
@@ -48,6 +49,12 @@ class VGG(nn.Module):
         channels: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
+        pools = sum(v == "M" for v in cfg)
+        if input_size < 2**pools:
+            raise ValueError(
+                f"input_size must be at least {2**pools} for VGG ({pools} 2x2 pools), "
+                f"got {input_size}"
+            )
         self.normalize = Normalize(mean, std)
         defaults: dict[str, int] = {}
         index = 0  # position in `features`: conv, BN, ReLU take 3 slots, a pool 1
