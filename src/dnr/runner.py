@@ -173,19 +173,31 @@ def run_eval(
             out_dir = target.path
     else:
         raise ConfigError("nothing to evaluate: give a run directory, a model file or --weights")
-    data = load_dataset(replace(data_cfg, subset=None))
-    num_outputs = getattr(model, "arch_config", {}).get("num_classes")
-    if data.meta.num_classes != num_outputs:
-        raise ConfigError(
-            f"the model has {num_outputs} outputs but dataset "
-            f"{data_cfg.name} has {data.meta.num_classes} classes"
-        )
+    data = load_dataset(replace(data_cfg, subset=None), test_only=True)  # no train files
+    _fit_classes(data, getattr(model, "arch_config", {}).get("num_classes"), data_cfg.name)
     report = evaluate_loaded(
         model, data, options, device=device, out_dir=out_dir, progress=progress
     )
     if out_dir is not None and RunDir(Path(out_dir)).model_meta.exists():
         write_report(out_dir)
     return report
+
+
+def _fit_classes(data: DatasetSplits, num_outputs: Any, name: str) -> None:
+    """The model's outputs must be the dataset's classes; a test set whose classes were
+    only inferred from its labels (max + 1) may lack the top ones, so a model with more
+    outputs fits it, and is evaluated over all of them."""
+    meta = data.meta
+    if meta.num_classes == num_outputs:
+        return
+    if meta.classes_inferred and isinstance(num_outputs, int) and meta.num_classes < num_outputs:
+        data.meta = replace(
+            meta, num_classes=num_outputs, classes=[str(i) for i in range(num_outputs)]
+        )
+        return
+    raise ConfigError(
+        f"the model has {num_outputs} outputs but dataset {name} has {meta.num_classes} classes"
+    )
 
 
 #: The demo's rows: the dense upper reference, the control, the method.

@@ -1,0 +1,76 @@
+"""Per-channel mean and standard deviation: given in the config, the dataset's own, or computed.
+
+The model normalises its input with them (``dnr.models.layers.Normalize``), so they belong to
+the dataset a model is trained on: CIFAR's values for a photo set of another kind shift every
+first-layer activation. Computed statistics come from the training split only (after the
+validation hold-out), so no validation or test pixel leaks into the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from dnr.config import DataConfig
+from dnr.data.source import DataError, DatasetMeta
+
+__all__ = ["channel_stats", "resolve_stats"]
+
+_CHUNK = 4096  # images per step: bounds the float copy of a large set
+
+
+Triple = tuple[float, float, float]
+
+
+def _triple(values: list[float] | torch.Tensor) -> Triple:
+    v = [float(a) for a in values]
+    return (v[0], v[1], v[2])
+
+
+def channel_stats(x: torch.Tensor) -> tuple[Triple, Triple]:
+    """Mean and (population) std per channel of uint8 (N, 3, H, W) images, in [0, 1] units.
+
+    Accumulated in float64 over chunks, so a 50,000-image set needs no float copy of itself.
+    """
+    if len(x) == 0:
+        raise DataError("cannot compute data.mean/data.std: the training split is empty")
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for lo in range(0, len(x), _CHUNK):
+        chunk = x[lo : lo + _CHUNK].to(torch.float64).div_(255)
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = x.numel() // x.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return _triple(mean), _triple(std)
+
+
+def _choose(given: list[float] | str | None, own: Triple, known: bool, computed: Triple | None) -> Triple:
+    """The configured values, else the computed ones where asked or needed, else the dataset's."""
+    if isinstance(given, list):
+        return _triple(given)
+    if computed is not None and (given == "compute" or not known):
+        return computed
+    return own
+
+
+def resolve_stats(meta: DatasetMeta, train_x: torch.Tensor, cfg: DataConfig) -> DatasetMeta:
+    """``meta`` with the statistics the model will use: ``cfg.mean``/``cfg.std`` when given,
+    computed from ``train_x`` for ``compute`` or when the dataset has none; else its own.
+
+    With no training images (a test set alone, for ``dnr eval``) unknown statistics stay
+    unknown: an evaluated model carries its own.
+    """
+    known = meta.has_stats
+    wanted = [g for g in (cfg.mean, cfg.std) if g == "compute" or (g is None and not known)]
+    computed = channel_stats(train_x) if wanted and len(train_x) else None
+    mean = _choose(cfg.mean, meta.mean, known, computed[0] if computed else None)
+    std = _choose(cfg.std, meta.std, known, computed[1] if computed else None)
+    if min(std) <= 0:
+        raise DataError(
+            f"{meta.name}: a colour channel of the training images is constant (std {std}); "
+            "set data.std to 3 values above 0"
+        )
+    return replace(meta, mean=mean, std=std)
