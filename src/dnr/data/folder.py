@@ -69,7 +69,7 @@ def decode_image(path: Path, size: int | None) -> np.ndarray:
         w, h = rgb.size
         scale = size / min(w, h)
         new = (max(size, round(w * scale)), max(size, round(h * scale)))
-        rgb = rgb.resize(new, Image.BILINEAR)
+        rgb = rgb.resize(new, Image.Resampling.BILINEAR)
         left, top = (new[0] - size) // 2, (new[1] - size) // 2
         rgb = rgb.crop((left, top, left + size, top + size))
     return np.asarray(rgb).transpose(2, 0, 1)
@@ -81,7 +81,9 @@ def _decode_all(files: list[Path], size: int | None) -> list[np.ndarray]:
         return list(pool.map(lambda p: decode_image(p, size), files))
 
 
-def _stack(images: list[np.ndarray], files: list[Path], first: tuple[Path, tuple[int, ...]]) -> np.ndarray:
+def _stack(
+    images: list[np.ndarray], files: list[Path], first: tuple[Path, tuple[int, ...]]
+) -> np.ndarray:
     """One uint8 N x 3 x S x S array; any image of another (or a non-square) size is named."""
     ref_path, ref = first
     for path, image in zip(files, images):
@@ -113,7 +115,9 @@ def read_folder(cfg: DataConfig, *, test_only: bool = False) -> SourceData:
         raise DataError(f"folder: {train_dir} not found (expected {_LAYOUT})")
     classes = _class_dirs(train_dir if train_dir.is_dir() else test_dir)
     test_files, y_test = _listing(test_dir, classes)
-    train_files, y_train = ([], np.zeros(0, np.int64)) if test_only else _listing(train_dir, classes)
+    train_files, y_train = (
+        ([], np.zeros(0, np.int64)) if test_only else _listing(train_dir, classes)
+    )
     size = cfg.image_size
     x_test_list = _decode_all(test_files, size)
     x_train_list = _decode_all(train_files, size)

@@ -9,11 +9,10 @@ starts. Splitting (validation hold-out, subsets) happens in :mod:`dnr.data.loade
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import inspect
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch

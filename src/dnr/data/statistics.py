@@ -8,6 +8,7 @@ validation hold-out), so no validation or test pixel leaks into the model.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import torch
@@ -16,6 +17,8 @@ from dnr.config import DataConfig
 from dnr.data.source import DataError, DatasetMeta
 
 __all__ = ["channel_stats", "resolve_stats"]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 4096  # images per step: bounds the float copy of a large set
 
@@ -47,7 +50,9 @@ def channel_stats(x: torch.Tensor) -> tuple[Triple, Triple]:
     return _triple(mean), _triple(std)
 
 
-def _choose(given: list[float] | str | None, own: Triple, known: bool, computed: Triple | None) -> Triple:
+def _choose(
+    given: list[float] | str | None, own: Triple, known: bool, computed: Triple | None
+) -> Triple:
     """The configured values, else the computed ones where asked or needed, else the dataset's."""
     if isinstance(given, list):
         return _triple(given)
@@ -68,9 +73,11 @@ def resolve_stats(meta: DatasetMeta, train_x: torch.Tensor, cfg: DataConfig) -> 
     computed = channel_stats(train_x) if wanted and len(train_x) else None
     mean = _choose(cfg.mean, meta.mean, known, computed[0] if computed else None)
     std = _choose(cfg.std, meta.std, known, computed[1] if computed else None)
-    if min(std) <= 0:
-        raise DataError(
-            f"{meta.name}: a colour channel of the training images is constant (std {std}); "
-            "set data.std to 3 values above 0"
+    if computed is not None and std is computed[1] and min(std) <= 0:
+        # A constant channel carries nothing to learn from: centre it, but do not divide by 0.
+        log.warning(
+            "%s: a colour channel of the training images is constant; its std is set to 1",
+            meta.name,
         )
+        std = (std[0] or 1.0, std[1] or 1.0, std[2] or 1.0)
     return replace(meta, mean=mean, std=std)

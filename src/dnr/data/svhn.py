@@ -61,7 +61,9 @@ def _loadmat(path: Path) -> tuple[Any, Any]:
     try:
         contents = loadmat(str(path), variable_names=("X", "y"))
     except Exception as err:  # a corrupt file fails in scipy in many ways; all mean the same
-        raise DataError(f"{path}: cannot read as a MATLAB file ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"{path}: cannot read as a MATLAB file ({type(err).__name__}: {err})"
+        ) from None
     if "X" not in contents or "y" not in contents:
         raise DataError(f"{path}: expected variables X and y")
     return contents["X"], contents["y"]
