@@ -3,6 +3,8 @@ each built in its real format inside tmp_path."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import subprocess
 import sys
 import tarfile
@@ -15,7 +17,7 @@ from PIL import Image
 
 from dnr.config import ConfigError, DataConfig, load_config
 from dnr.constants import CIFAR_MEAN, CIFAR_STD
-from dnr.data import DataError, from_datasets, load_dataset, split_dataset
+from dnr.data import DataError, from_datasets, load_dataset, safety, split_dataset, svhn
 from dnr.data.convert import convert_cifar
 from dnr.data.convert import main as convert_main
 from dnr.data.folder import decode_image
@@ -185,6 +187,34 @@ def test_svhn_official_mat_files(tmp_path: Path) -> None:
         load_dataset(DataConfig(name="svhn", root=str(tmp_path)))
 
 
+def test_svhn_download_is_md5_checked_and_kept(tmp_path: Path, monkeypatch) -> None:
+    sio = pytest.importorskip("scipy.io", reason="scipy (the svhn extra) is not installed")
+    payloads = {}
+    for name, seed in (("train_32x32.mat", 3), ("test_32x32.mat", 4)):
+        buf = io.BytesIO()
+        x, y = svhn_mat_arrays(6, seed)
+        sio.savemat(buf, {"X": x, "y": y})
+        payloads[name] = buf.getvalue()
+    requested: list[str] = []
+
+    def fake_urlopen(url: str, timeout: float = 0) -> io.BytesIO:
+        requested.append(url)
+        return io.BytesIO(payloads[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(safety.urllib.request, "urlopen", fake_urlopen)
+    root = tmp_path / "svhn"
+    with pytest.raises(DataError, match="md5"):  # the official md5 cannot match our file
+        load_dataset(DataConfig(name="svhn", root=str(root), download=True))
+    for name, payload in payloads.items():
+        monkeypatch.setitem(svhn.SVHN_FILES, name, hashlib.md5(payload).hexdigest())
+    data = load_dataset(DataConfig(name="svhn", root=str(root), download=True, val_size=0))
+    assert (len(data.train), len(data.test)) == (6, 6)
+    assert requested[-1] == "http://ufldl.stanford.edu/housenumbers/train_32x32.mat"
+    assert (root / "train_32x32.mat").read_bytes() == payloads["train_32x32.mat"]
+    load_dataset(DataConfig(name="svhn", root=str(root), download=True))
+    assert len(requested) == 3  # one failed, then test + train once each: the files are kept
+
+
 def test_svhn_missing_file_and_missing_scipy_are_one_line(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(DataError, match="test_32x32.mat not found; pass data.download=true"):
         load_dataset(DataConfig(name="svhn", root=str(tmp_path)))
@@ -288,6 +318,18 @@ def test_mean_std_given_computed_or_the_datasets_own(tmp_path: Path) -> None:
     assert (digits.meta.mean, digits.meta.std) == (CIFAR_MEAN, CIFAR_STD)
     digits_c = load_dataset(DataConfig(val_size=64, mean="compute", std="compute"))
     assert (digits_c.meta.mean, digits_c.meta.std) == channel_stats(digits_c.train.x)
+
+
+def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path: Path, caplog) -> None:
+    x = images(20, 0)
+    x[..., 2] = 77  # the blue plane is constant
+    save_npz(tmp_path / "a.npz", x=x, y=np.arange(20) % 2)
+    cfg = DataConfig(name="npz", train=[str(tmp_path / "a.npz")], test=[str(tmp_path / "a.npz")])
+    data = load_dataset(replace_cfg(cfg, val_size=0))
+    assert data.meta.std[2] == 1.0
+    assert data.meta.mean[2] == pytest.approx(77 / 255)
+    assert 0 < data.meta.std[0] < 1
+    assert "constant" in caplog.text
 
 
 def replace_cfg(cfg: DataConfig, **changes: object) -> DataConfig:

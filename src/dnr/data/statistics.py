@@ -9,6 +9,7 @@ validation hold-out), so no validation or test pixel leaks into the model.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 import torch
@@ -20,7 +21,7 @@ __all__ = ["channel_stats", "resolve_stats"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 4096  # images per step: bounds the float copy of a large set
+_CHUNK = 4096  # images per step: bounds the copy of a large set
 
 
 Triple = tuple[float, float, float]
@@ -34,19 +35,23 @@ def _triple(values: list[float] | torch.Tensor) -> Triple:
 def channel_stats(x: torch.Tensor) -> tuple[Triple, Triple]:
     """Mean and (population) std per channel of uint8 (N, 3, H, W) images, in [0, 1] units.
 
-    Accumulated in float64 over chunks, so a 50,000-image set needs no float copy of itself.
+    From each channel's histogram of the 256 pixel values, so sums are exact integers (a
+    constant channel has a std of exactly 0) and a large set needs no wide copy of itself.
     """
     if len(x) == 0:
         raise DataError("cannot compute data.mean/data.std: the training split is empty")
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    hist = torch.zeros(x.shape[1], 256, dtype=torch.int64)
     for lo in range(0, len(x), _CHUNK):
-        chunk = x[lo : lo + _CHUNK].to(torch.float64).div_(255)
-        total += chunk.sum(dim=(0, 2, 3))
-        squares += chunk.square().sum(dim=(0, 2, 3))
-    count = x.numel() // x.shape[1]
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+        chunk = x[lo : lo + _CHUNK].transpose(0, 1).reshape(x.shape[1], -1)
+        for c in range(x.shape[1]):
+            hist[c] += torch.bincount(chunk[c], minlength=256)
+    values = torch.arange(256, dtype=torch.int64)
+    n = x.numel() // x.shape[1]
+    sums = (hist * values).sum(1).tolist()
+    squares = (hist * values * values).sum(1).tolist()
+    mean = [s / (255 * n) for s in sums]
+    # n * sum(x^2) - sum(x)^2 = n^2 * variance, exact in Python integers
+    std = [math.sqrt(n * q - s * s) / (255 * n) for s, q in zip(sums, squares)]
     return _triple(mean), _triple(std)
 
 

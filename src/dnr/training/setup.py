@@ -174,6 +174,7 @@ def model_meta(
             "root": cfg.data.root,
             "train": cfg.data.train,
             "test": cfg.data.test,
+            "image_size": cfg.data.image_size,  # folder: dnr eval RUN resizes the same way
         },
         "sparsity": {"method": method.name, "mode": method.granularity, **method.stats()},
         "training": {
