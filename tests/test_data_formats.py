@@ -23,7 +23,7 @@ from dnr.data.convert import main as convert_main
 from dnr.data.folder import decode_image
 from dnr.data.statistics import channel_stats
 from dnr.data.svhn import svhn_arrays
-from helpers import images, save_npz
+from helpers import images, optional_import, save_npz
 from test_data import make_cifar10
 
 
@@ -399,3 +399,20 @@ def test_convert_command_line_errors_are_one_line(tmp_path: Path, capsys) -> Non
     )
     assert run.returncode == 0, run.stderr
     assert "cifar10_train.npz" in run.stdout
+
+
+def test_from_datasets_reads_a_torchvision_dataset() -> None:
+    """The twin of the PairDataset tests on a real torchvision Dataset (PIL images)."""
+    datasets = optional_import("torchvision.datasets")
+    transforms = optional_import("torchvision.transforms")
+    train = datasets.FakeData(20, (3, 16, 16), num_classes=4, random_offset=0)
+    test = datasets.FakeData(8, (3, 16, 16), num_classes=4, random_offset=100)
+    source = from_datasets(train, test, num_classes=4)
+    first, label = train[0]
+    assert np.array_equal(source.x_train[0].numpy(), np.asarray(first).transpose(2, 0, 1))
+    assert int(source.y_train[0]) == int(label)
+    assert (len(source.y_train), len(source.y_test), source.meta.num_classes) == (20, 8, 4)
+    as_tensor = datasets.FakeData(
+        20, (3, 16, 16), num_classes=4, random_offset=0, transform=transforms.ToTensor()
+    )
+    assert torch.equal(from_datasets(as_tensor, test, num_classes=4).x_train, source.x_train)

@@ -173,3 +173,47 @@ def test_train_on_a_python_dataset_and_the_host_loader_gives_the_same_run(tmp_pa
     mean, std = channel_stats(train_x)
     assert model.normalize.mean.flatten().tolist() == pytest.approx(mean, abs=1e-6)
     assert model.normalize.std.flatten().tolist() == pytest.approx(std, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_train_on_a_folder_then_eval_the_run_resizes_test_images_the_same_way(
+    tmp_path: Path, capsys
+) -> None:
+    """Images of mixed sizes, data.image_size=32: the run trains; ``dnr eval RUN`` reads
+    the recorded image_size and test/ alone, and reproduces the run's own test accuracy."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 24), ("test", 8)):
+        for c, colour in enumerate(((220, 40, 40), (40, 220, 40), (40, 40, 220))):
+            folder = tmp_path / "imgs" / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                side = int(rng.integers(34, 46))
+                noise = rng.integers(-30, 30, (side, side + 3, 3))
+                pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    overrides = tiny_overrides(
+        data__name="folder",
+        data__root=str(tmp_path / "imgs"),
+        data__image_size=32,
+        data__subset="null",
+        data__val_size=12,
+        train__epochs=1,
+        eval__subset="null",
+        eval__protocol="pgd20",
+        eval__sanity="false",
+    )
+    argv = ["train", "--out", str(out), "--quiet", *overrides]
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    ours = json.loads((out / "eval.json").read_text())["results"][0]
+    evaluate = ["eval", str(out), "--protocol", "pgd20", "--no-sanity", "--json"]
+    assert main([*evaluate, "--out", str(tmp_path / "e")]) == 0
+    again = json.loads(capsys.readouterr().out)["results"][0]
+    assert again["num_examples"] == ours["num_examples"] == 24
+    assert again["accuracy"] == ours["accuracy"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["dataset"]["image_size"] == 32
+    assert meta["classes"] == ["c0", "c1", "c2"]
