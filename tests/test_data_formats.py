@@ -17,7 +17,15 @@ from PIL import Image
 
 from dnr.config import ConfigError, DataConfig, load_config
 from dnr.constants import CIFAR_MEAN, CIFAR_STD
-from dnr.data import DataError, from_datasets, load_dataset, safety, split_dataset, svhn
+from dnr.data import (
+    DataError,
+    folder,
+    from_datasets,
+    load_dataset,
+    safety,
+    split_dataset,
+    svhn,
+)
 from dnr.data.convert import convert_cifar
 from dnr.data.convert import main as convert_main
 from dnr.data.folder import decode_image
@@ -142,6 +150,34 @@ def test_folder_test_only_decodes_no_training_image(tmp_path: Path, monkeypatch)
     assert len(data.val) == 0
     assert data.test.y.tolist() == [0, 2]
     assert data.meta.classes == ["cat", "dog", "eel"]  # train/'s folders still name them
+
+
+def test_folder_pixels_are_cached_per_split_and_keyed_by_the_files(
+    tmp_path: Path, monkeypatch
+) -> None:
+    make_folder(tmp_path)
+    cfg = DataConfig(name="folder", root=str(tmp_path), val_size=0)
+    first = load_dataset(cfg)
+    assert len(list(tmp_path.glob("dnr-folder-*.npz"))) == 2  # train and test, next to them
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded an image although it was cached")
+
+    monkeypatch.setattr(folder.Image, "open", no_decoding)
+    second = load_dataset(cfg)
+    assert torch.equal(first.train.x, second.train.x)
+    assert torch.equal(first.test.x, second.test.x)
+    assert torch.equal(load_dataset(cfg, test_only=True).test.x, first.test.x)  # dnr eval
+    monkeypatch.undo()
+
+    save_png(tmp_path / "train" / "dog" / "9.png", np.zeros((16, 16, 3), np.uint8))
+    third = load_dataset(cfg)  # a new file: train is decoded again, test still cached
+    assert len(third.train) == 5
+    assert third.train.y.tolist() == [0, 0, 1, 1, 2]
+    assert len(list(tmp_path.glob("dnr-folder-*.npz"))) == 3
+    resized = load_dataset(replace_cfg(cfg, image_size=8))  # another size: another cache
+    assert tuple(resized.train.x.shape[1:]) == (3, 8, 8)
+    assert len(list(tmp_path.glob("dnr-folder-*.npz"))) == 5
 
 
 # --------------------------------------------------------------------------- svhn

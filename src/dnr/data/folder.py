@@ -4,12 +4,17 @@ Class indices are the sorted names of ``train/``'s sub-folders, so train and tes
 mapping; a class may have no test images, but a test class unknown to ``train/`` is an
 error. ``val/`` stands in for a missing ``test/``. Images are decoded with Pillow, converted
 to RGB and, with ``data.image_size``, resized (shorter side) and center-cropped to that
-square; without it they must all be one square size already.
+square; without it they must all be one square size already. Each split's decoded pixels
+are cached as ``.npz`` next to the data (or in the user's cache dir), keyed by its file
+list, sizes, modification times, labels and ``data.image_size``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +23,11 @@ from PIL import Image
 
 from dnr.config import DataConfig
 from dnr.data.source import UNKNOWN_STATS, DataError, DatasetMeta, SourceData
+from dnr.data.tiny_imagenet import cache_dir_for, user_cache_dir
+from dnr.fileio import atomic_write
 from dnr.registry import DATASETS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_SUFFIXES", "read_folder"]
 
@@ -27,6 +36,7 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 )
 _LAYOUT = "root/train/<class>/<image> and root/test/<class>/<image>"
+_CACHE_VERSION = 1
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -81,20 +91,70 @@ def _decode_all(files: list[Path], size: int | None) -> list[np.ndarray]:
         return list(pool.map(lambda p: decode_image(p, size), files))
 
 
-def _stack(
-    images: list[np.ndarray], files: list[Path], first: tuple[Path, tuple[int, ...]]
-) -> np.ndarray:
+def _stack(images: list[np.ndarray], files: list[Path]) -> np.ndarray:
     """One uint8 N x 3 x S x S array; any image of another (or a non-square) size is named."""
-    ref_path, ref = first
+    ref = images[0].shape
     for path, image in zip(files, images):
         if image.shape != ref or ref[1] != ref[2]:
             what = f"{image.shape[2]}x{image.shape[1]}"
-            other = f", but {ref_path} is {ref[2]}x{ref[1]}" if image.shape != ref else ""
+            other = f", but {files[0]} is {ref[2]}x{ref[1]}" if image.shape != ref else ""
             raise DataError(
                 f"{path}: image is {what}{other}; set data.image_size=N to resize and "
                 "center-crop every image to N x N"
             )
-    return np.stack(images) if images else np.zeros((0, *ref), np.uint8)
+    return np.stack(images)
+
+
+def _cache_name(
+    root: Path, split: str, files: list[Path], labels: np.ndarray, size: int | None
+) -> str:
+    """Changes whenever a file is added, removed, rewritten or relabelled, or the size."""
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}\t{size}\n".encode())
+    for path, label in zip(files, labels.tolist()):
+        stat = path.stat()
+        name = path.relative_to(root).as_posix()
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+    return f"dnr-folder-{split}-{digest.hexdigest()[:20]}.npz"
+
+
+def _load_cached(path: Path, n: int) -> np.ndarray | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x = z["x"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        log.warning("ignoring unreadable cache %s (%s)", path, err)
+        return None
+    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != n:
+        log.warning("ignoring cache %s: it does not match the image list", path)
+        return None
+    return x
+
+
+def _save_cached(path: Path, x: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append '.npz' to a name
+            np.savez(handle, x=x)
+
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        log.warning("could not write the cache %s (%s)", path, err)
+
+
+def _split_pixels(
+    root: Path, split: str, files: list[Path], labels: np.ndarray, size: int | None
+) -> np.ndarray:
+    """A split's images, from the cache when it matches the file list, else decoded."""
+    name = _cache_name(root, split, files, labels, size)
+    for directory in (root, user_cache_dir()):
+        if (directory / name).is_file():
+            cached = _load_cached(directory / name, len(files))
+            if cached is not None:
+                return cached
+    log.warning("decoding %d images in %s once; they are cached as %s", len(files), root, name)
+    x = _stack(_decode_all(files, size), files)
+    _save_cached(cache_dir_for(root) / name, x)
+    return x
 
 
 @DATASETS.register(name="folder")
@@ -118,14 +178,17 @@ def read_folder(cfg: DataConfig, *, test_only: bool = False) -> SourceData:
     train_files, y_train = (
         ([], np.zeros(0, np.int64)) if test_only else _listing(train_dir, classes)
     )
-    size = cfg.image_size
-    x_test_list = _decode_all(test_files, size)
-    x_train_list = _decode_all(train_files, size)
-    first = (test_files[0], x_test_list[0].shape)
-    if size is None and train_files:
-        first = (train_files[0], x_train_list[0].shape)
-    x_train = _stack(x_train_list, train_files, first)
-    x_test = _stack(x_test_list, test_files, first)
+    x_test = _split_pixels(root, "test", test_files, y_test, cfg.image_size)
+    if test_only:
+        x_train = np.zeros((0, *x_test.shape[1:]), np.uint8)
+    else:
+        x_train = _split_pixels(root, "train", train_files, y_train, cfg.image_size)
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise DataError(
+                f"{test_files[0]}: test images are {x_test.shape[3]}x{x_test.shape[2]}, "
+                f"train images {x_train.shape[3]}x{x_train.shape[2]}; set data.image_size=N "
+                "to resize and center-crop every image to N x N"
+            )
     meta = DatasetMeta(
         name="folder",
         classes=classes,

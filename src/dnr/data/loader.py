@@ -239,17 +239,14 @@ class BatchLoader:
 class HostBatchLoader(BatchLoader):
     """:class:`BatchLoader`'s batches for a set too large for the device.
 
-    The uint8 set stays in host memory (pinned when the device is CUDA, so each batch's copy
-    can overlap the previous step's compute); each batch is gathered there and moved, then
+    The uint8 set stays in host memory, where it is (no copy); each batch is gathered there,
+    pinned when the device is CUDA (so its copy can overlap the GPU's work), moved, then
     cropped and flipped on the device. Order and augmentation come from the same seeded
     generator, so on one device both loaders yield the same batches, bit for bit.
     """
 
     def _store(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = split.x.contiguous(), split.y.contiguous()
-        if self.device.type == "cuda":
-            x, y = x.pin_memory(), y.pin_memory()
-        return x, y
+        return split.x, split.y
 
     def _gather(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = self.x[rows], self.y[rows]
