@@ -147,7 +147,9 @@ def test_eval_same_accuracy_from_test_alone_as_with_train(tmp_path: Path, capsys
 
 
 @pytest.mark.slow
-def test_train_on_a_python_dataset_and_the_host_loader_gives_the_same_run(tmp_path: Path) -> None:
+def test_train_on_a_python_dataset_and_the_host_loader_gives_the_same_run(
+    tmp_path: Path, capsys
+) -> None:
     """``train(data=from_datasets(...))`` trains; its model normalises with the training
     split's own statistics; data.resident=false trains the same bits as resident."""
     from dnr.training import train
@@ -164,6 +166,12 @@ def test_train_on_a_python_dataset_and_the_host_loader_gives_the_same_run(tmp_pa
         runs[resident] = out
         assert result.model is not None
     assert_same_weights(runs["true"], runs["false"])
+    # dnr eval RUN cannot find a Python dataset again: it asks for the test data
+    assert main(["eval", str(runs["true"]), "--protocol", "pgd20", "--no-sanity"]) == 2
+    assert "trained on a dataset given from Python" in capsys.readouterr().err
+    argv = ["eval", str(runs["true"]), "--protocol", "pgd20", "--no-sanity", "--json"]
+    assert main([*argv, "data.name=digits", "--out", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["num_examples"] == 360
     assert strip_timing(metrics(runs["true"])) == strip_timing(metrics(runs["false"]))
     model = load_model(runs["true"])
     cfg = load_config(None, tiny_overrides()).data

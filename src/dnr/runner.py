@@ -28,6 +28,7 @@ from dnr.devices import resolve_device
 from dnr.distributed import Distributed
 from dnr.fileio import atomic_write_json
 from dnr.modelfile import load_model, load_plain_weights, read_model_meta
+from dnr.registry import DATASETS
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
 from dnr.rundir import RunDir, write_eval
@@ -125,6 +126,14 @@ def evaluate_loaded(
 def data_config_from_meta(meta: dict[str, Any], overrides: list[str]) -> DataConfig:
     """The test data a saved model was trained for, with ``data.*`` overrides applied."""
     dataset = {k: v for k, v in meta.get("dataset", {}).items() if v not in (None, [])}
+    if dataset.get("name", "digits") not in DATASETS:
+        if not any(o.startswith("data.name=") for o in overrides):
+            raise ConfigError(
+                f"the model was trained on a dataset given from Python ({dataset['name']}), "
+                "which no reader can find again: name its test data, e.g. data.name=npz "
+                "data.test=test.npz"
+            )
+        dataset = {}
     cfg = from_dict({"data": dataset})
     return apply_overrides(cfg, overrides, sections=("data",)).data
 
