@@ -500,7 +500,14 @@ def test_npz_multiple_files_and_classes(tmp_path: Path) -> None:
     )  # relative names resolve under root
     data = load_dataset(cfg)
     names = ["cat", "dog", "eel", "fox"]
-    assert data.meta == DatasetMeta("npz", names, 4, 32, CIFAR_MEAN, CIFAR_STD)
+    # mean/std: not CIFAR's, but the training split's own (after the hold-out), per channel
+    pixels = data.train.x.double().div(255).transpose(0, 1).reshape(3, -1)
+    mean = tuple(pixels.mean(1).tolist())
+    std = tuple(pixels.std(1, unbiased=False).tolist())
+    assert data.meta.mean == pytest.approx(mean, abs=1e-12)
+    assert data.meta.std == pytest.approx(std, abs=1e-12)
+    assert data.meta == DatasetMeta("npz", names, 4, 32, data.meta.mean, data.meta.std)
+    assert data.meta.mean != CIFAR_MEAN
     assert len(data.train) == 40
     assert len(data.val) == 10
     assert len(data.test) == 10
@@ -671,9 +678,10 @@ def test_importing_dnr_data_does_not_import_sklearn() -> None:
 
 
 def test_builtin_datasets_are_registered() -> None:
-    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "npz", "tiny-imagenet"]
+    names = ["cifar10", "cifar100", "digits", "folder", "npz", "svhn", "tiny-imagenet"]
+    assert DATASETS.names() == names
     assert DATASETS.get("digits") is digits.read_digits
-    with pytest.raises(UnknownNameError, match="cifar10, cifar100, digits, npz, tiny-imagenet"):
+    with pytest.raises(UnknownNameError, match=", ".join(names)):
         read_source(DataConfig(name="mnist"))
 
 

@@ -29,6 +29,7 @@ from dnr.distributed import Distributed
 from dnr.fileio import atomic_write_json
 from dnr.foreign import ForeignModel, foreign_kind, load_foreign
 from dnr.modelfile import load_model, load_plain_weights, read_model_meta
+from dnr.registry import DATASETS
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
 from dnr.rundir import RunDir, write_eval
@@ -126,6 +127,14 @@ def evaluate_loaded(
 def data_config_from_meta(meta: dict[str, Any], overrides: list[str]) -> DataConfig:
     """The test data a saved model was trained for, with ``data.*`` overrides applied."""
     dataset = {k: v for k, v in meta.get("dataset", {}).items() if v not in (None, [])}
+    if dataset.get("name", "digits") not in DATASETS:
+        if not any(o.startswith("data.name=") for o in overrides):
+            raise ConfigError(
+                f"the model was trained on a dataset given from Python ({dataset['name']}), "
+                "which no reader can find again: name its test data, e.g. data.name=npz "
+                "data.test=test.npz"
+            )
+        dataset = {}
     cfg = from_dict({"data": dataset})
     return apply_overrides(cfg, overrides, sections=("data",)).data
 
@@ -177,21 +186,33 @@ def run_eval(
             out_dir = target.path
     else:
         raise ConfigError("nothing to evaluate: give a run directory, a model file or --weights")
-    data = load_dataset(replace(data_cfg, subset=None))
+    data = load_dataset(replace(data_cfg, subset=None), test_only=True)  # no train files
     if isinstance(model, ForeignModel):
         model.describe(data.test.x[:2])
-    num_outputs = getattr(model, "arch_config", {}).get("num_classes")
-    if data.meta.num_classes != num_outputs:
-        raise ConfigError(
-            f"the model has {num_outputs} outputs but dataset "
-            f"{data_cfg.name} has {data.meta.num_classes} classes"
-        )
+    _fit_classes(data, getattr(model, "arch_config", {}).get("num_classes"), data_cfg.name)
     report = evaluate_loaded(
         model, data, options, device=device, out_dir=out_dir, progress=progress
     )
     if out_dir is not None and RunDir(Path(out_dir)).model_meta.exists():
         write_report(out_dir)
     return report
+
+
+def _fit_classes(data: DatasetSplits, num_outputs: Any, name: str) -> None:
+    """The model's outputs must be the dataset's classes; a test set whose classes were
+    only inferred from its labels (max + 1) may lack the top ones, so a model with more
+    outputs fits it, and is evaluated over all of them."""
+    meta = data.meta
+    if meta.num_classes == num_outputs:
+        return
+    if meta.classes_inferred and isinstance(num_outputs, int) and meta.num_classes < num_outputs:
+        data.meta = replace(
+            meta, num_classes=num_outputs, classes=[str(i) for i in range(num_outputs)]
+        )
+        return
+    raise ConfigError(
+        f"the model has {num_outputs} outputs but dataset {name} has {meta.num_classes} classes"
+    )
 
 
 #: The demo's rows: the dense upper reference, the control, the method.

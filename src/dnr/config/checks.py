@@ -100,6 +100,21 @@ def _npz_needs_test_files(cfg: Config) -> None:
         check(bool(d.test), "data.test: the npz dataset needs at least one test file")
 
 
+def _data_stats_are_rgb(cfg: Config) -> None:
+    """data.mean / data.std: three values (R, G, B) in pixel units [0, 1], std above 0."""
+    d = cfg.data
+    for key, values, low in (("data.mean", d.mean, 0.0), ("data.std", d.std, None)):
+        if not isinstance(values, list):
+            continue
+        check(
+            len(values) == 3,
+            f"{key}: give 3 values (R, G, B) in [0, 1] or compute, got {len(values)}",
+        )
+        ok = all((0 <= v <= 1) if low is not None else (0 < v <= 1) for v in values)
+        rule = "in [0, 1]" if low is not None else "in (0, 1]"
+        check(ok, f"{key}: values must be {rule} (pixel scale, not 0..255), got {values}")
+
+
 def _milestones_fit_the_run(cfg: Config) -> None:
     """Milestones are positive; under multistep each is a fraction or an epoch of the run."""
     t = cfg.train
@@ -195,6 +210,7 @@ def _optimizer_accepts_the_settings(cfg: Config) -> None:
 #: The rules that join several fields, in the order they are checked.
 CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     _npz_needs_test_files,
+    _data_stats_are_rgb,
     _milestones_fit_the_run,
     _warmup_within_the_run,
     _init_masks_need_a_run,

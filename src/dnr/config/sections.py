@@ -31,6 +31,7 @@ __all__ = [
     "ChannelBudget",
     "Config",
     "DataConfig",
+    "Compute",
     "DistBackend",
     "EvalConfig",
     "GrowMomentum",
@@ -59,6 +60,9 @@ DistBackend = Literal["auto", "nccl", "gloo"]
 #: ``attack.train_mode``'s values (the modes themselves: ``dnr.training.step.TrainMode``).
 TrainModeName = Literal["pgd", "fgsm_rs", "free"]
 
+#: ``data.mean``/``data.std``: computed from the training split.
+Compute = Literal["compute"]
+
 #: A seed numpy and torch both accept.
 _SEED = "[0, 2**63)"
 
@@ -77,6 +81,18 @@ class DataConfig:
     subset: int | None = checked(None, "> 0", null=True)
     seed: int = checked(0, _SEED)  # seeds the validation split and subsets
     augment: bool = True  # random crop (4-px pad) + horizontal flip
+    # folder: resize (shorter side) + center-crop every image to this square size; null: the
+    # images' own size, which must then be one square size for all of them
+    image_size: int | None = checked(None, ">= 8", null=True)
+    # per-channel statistics the model normalises with, [0, 1] units, 3 values (R, G, B);
+    # null: the dataset's own (cifar*, tiny-imagenet, digits), else computed; compute: from
+    # the training split after the validation hold-out
+    mean: list[float] | Compute | None = None
+    std: list[float] | Compute | None = None
+    # the uint8 training set on the device (true: fastest) or in host memory, each batch
+    # moved (false: data larger than the device); auto: on the device when it takes at most
+    # half of the device's free memory
+    resident: bool | Literal["auto"] = "auto"
 
 
 @dataclass

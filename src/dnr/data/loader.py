@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dnr.config import DataConfig
-from dnr.data.source import DatasetMeta, read_source
+from dnr.data.source import DatasetMeta, SourceData, read_source
+from dnr.data.statistics import resolve_stats
 from dnr.seeding import derive_seed
 
 
@@ -74,9 +76,18 @@ def split_indices(
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def load_dataset(cfg: DataConfig) -> DatasetSplits:
-    """Read the dataset named by ``cfg`` and split it (see :func:`split_indices`)."""
-    source = read_source(cfg)
+def load_dataset(cfg: DataConfig, *, test_only: bool = False) -> DatasetSplits:
+    """Read the dataset named by ``cfg`` and split it (see :func:`split_dataset`).
+
+    ``test_only`` (``dnr eval``): readers that can skip the training files do (see
+    :func:`dnr.data.source.read_source`), so a test set alone is enough.
+    """
+    return split_dataset(read_source(cfg, test_only=test_only), cfg)
+
+
+def split_dataset(source: SourceData, cfg: DataConfig) -> DatasetSplits:
+    """Hold out validation rows and take subsets (:func:`split_indices`); then settle the
+    mean/std the model normalises with (:func:`dnr.data.statistics.resolve_stats`)."""
     idx = split_indices(
         len(source.y_train),
         len(source.y_test),
@@ -89,13 +100,24 @@ def load_dataset(cfg: DataConfig) -> DatasetSplits:
         t = torch.from_numpy(rows)
         return Split(x[t].contiguous(), y[t].contiguous())
 
+    train = take(source.x_train, source.y_train, idx["train"])
     return DatasetSplits(
-        train=take(source.x_train, source.y_train, idx["train"]),
+        train=train,
         val=take(source.x_train, source.y_train, idx["val"]),
         test=take(source.x_test, source.y_test, idx["test"]),
-        meta=source.meta,
+        meta=resolve_stats(source.meta, train.x, cfg),
         indices={name: rows.tolist() for name, rows in idx.items()},
     )
+
+
+def as_splits(data: DatasetSplits | SourceData | None, cfg: DataConfig) -> DatasetSplits:
+    """What ``dnr.training.train(data=...)`` accepts: nothing (read ``cfg``), a whole dataset
+    (e.g. :func:`dnr.data.from_datasets`; split per ``cfg``), or ready splits (as they are)."""
+    if data is None:
+        return load_dataset(cfg)
+    if isinstance(data, SourceData):
+        return split_dataset(data, cfg)
+    return data
 
 
 def random_crop_flip(
@@ -160,8 +182,7 @@ class BatchLoader:
                 f"{world} ranks (rank {rank})"
             )
         self.device = torch.device(device)
-        self.x = split.x.to(self.device)
-        self.y = split.y.to(self.device)
+        self.x, self.y = self._store(split)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
@@ -170,6 +191,14 @@ class BatchLoader:
         self.padding = padding
         self.rank = rank
         self.world = world
+
+    def _store(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the whole set lives: on the device."""
+        return split.x.to(self.device), split.y.to(self.device)
+
+    def _gather(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch's uint8 images and labels, on the device."""
+        return self.x[rows], self.y[rows]
 
     @property
     def num_samples(self) -> int:
@@ -189,7 +218,8 @@ class BatchLoader:
         """
         n = self.num_samples
         gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-        order = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
+        # the order indexes the stored set where it lives (the device, or host memory)
+        order = torch.randperm(n, generator=gen).to(self.x.device) if self.shuffle else None
         if self.augment:
             shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=gen)
             flips = torch.rand(n, generator=gen) < 0.5
@@ -200,11 +230,57 @@ class BatchLoader:
                 per = (hi - lo) // self.world
                 lo += self.rank * per
                 hi = lo + per
-            if order is None:
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                xb, yb = self.x[idx], self.y[idx]
+            xb, yb = self._gather(slice(lo, hi) if order is None else order[lo:hi])
             if self.augment:
                 xb = random_crop_flip(xb, shifts[lo:hi], flips[lo:hi], self.padding)
             yield xb.float().div_(255), yb
+
+
+class HostBatchLoader(BatchLoader):
+    """:class:`BatchLoader`'s batches for a set too large for the device.
+
+    The uint8 set stays in host memory, where it is (no copy); each batch is gathered there,
+    pinned when the device is CUDA (so its copy can overlap the GPU's work), moved, then
+    cropped and flipped on the device. Order and augmentation come from the same seeded
+    generator, so on one device both loaders yield the same batches, bit for bit.
+    """
+
+    def _store(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        return split.x, split.y
+
+    def _gather(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = self.x[rows], self.y[rows]
+        if self.device.type == "cuda":
+            xb, yb = xb.pin_memory(), yb.pin_memory()
+        return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+#: ``data.resident=auto`` keeps a set on a CUDA device when it takes at most this fraction of
+#: the device's free memory: the rest is for the model, its activations and the attack.
+RESIDENT_FRACTION = 0.5
+
+
+def fits_on_device(split: Split, device: torch.device | str, resident: bool | str) -> bool:
+    """``data.resident``: true / false as given; auto: always off CUDA (host memory is the
+    device's), on CUDA when the set takes at most :data:`RESIDENT_FRACTION` of free memory."""
+    if isinstance(resident, bool):
+        return resident
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return split.x.nbytes + split.y.nbytes <= RESIDENT_FRACTION * free
+
+
+def make_loader(
+    split: Split,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    resident: bool | str = True,
+    **options: Any,
+) -> BatchLoader:
+    """A :class:`BatchLoader`, or a :class:`HostBatchLoader` when the set stays in host
+    memory (:func:`fits_on_device`); ``options`` are the loaders' keywords."""
+    cls = BatchLoader if fits_on_device(split, device, resident) else HostBatchLoader
+    return cls(split, batch_size, device, **options)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from dnr.config import DataConfig
-from dnr.constants import CIFAR_MEAN, CIFAR_STD
 from dnr.data.source import (
+    UNKNOWN_STATS,
     DataError,
     DatasetMeta,
     SourceData,
@@ -24,13 +24,16 @@ from dnr.registry import DATASETS
 
 
 @DATASETS.register(name="npz")
-def read_npz(cfg: DataConfig) -> SourceData:
+def read_npz(cfg: DataConfig, *, test_only: bool = False) -> SourceData:
     """Your own .npz files (data.train, data.test): x uint8 NxHxWx3, y labels.
 
     The files of each split are concatenated; classes come from a ``classes`` array or are
-    max label + 1.
+    max label + 1. Mean and std are computed from the training split (unless data.mean /
+    data.std give them). ``test_only``: data.train is not read (and may be empty).
     """
-    return _read_npz(cfg.train, cfg.test, root=Path(cfg.root))
+    if not cfg.test or not (cfg.train or test_only):
+        raise DataError("npz: data.train and data.test must each name at least one .npz file")
+    return _read_npz([] if test_only else cfg.train, cfg.test, root=Path(cfg.root))
 
 
 def _resolve(path: str, root: Path) -> Path:
@@ -72,8 +75,6 @@ def _read_npz_file(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None
 
 def _read_npz(train: list[str], test: list[str], *, root: Path) -> SourceData:
     """Concatenate the files of each split; classes from a ``classes`` array or max label + 1."""
-    if not train or not test:
-        raise DataError("npz: data.train and data.test must each name at least one .npz file")
     splits: dict[str, list[tuple[Path, np.ndarray, np.ndarray]]] = {"train": [], "test": []}
     classes: list[str] | None = None
     classes_from: Path | None = None
@@ -109,19 +110,24 @@ def _read_npz(train: list[str], test: list[str], *, root: Path) -> SourceData:
             )
         classes = [str(i) for i in range(num_classes)]
 
+    assert size is not None
+    hw = (int(size[0]), int(size[1]))
+
     def stack(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         parts = splits[split]
+        if not parts:  # the test set alone (dnr eval)
+            return torch.zeros(0, 3, *hw, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
         x = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
         y = parts[0][2] if len(parts) == 1 else np.concatenate([p[2] for p in parts])
         return nchw(x), torch.from_numpy(y)
 
-    assert size is not None
     meta = DatasetMeta(
         name="npz",
         classes=classes,
         num_classes=num_classes,
-        image_size=int(size[0]),
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
+        image_size=hw[0],
+        mean=UNKNOWN_STATS,
+        std=UNKNOWN_STATS,
+        classes_inferred=classes_from is None,
     )
     return SourceData(*stack("train"), *stack("test"), meta)

@@ -135,23 +135,30 @@ def safe_extract(archive: Path, dest: Path) -> None:
         raise DataError(f"{archive}: not a valid archive ({err})") from None
 
 
+def download_file(url: str, md5: str, root: Path) -> Path:
+    """Fetch ``url`` into ``root`` unless a file with that md5 is there; verify its md5."""
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / url.rsplit("/", 1)[1]
+    if target.is_file() and md5sum(target) == md5:
+        return target
+    part = target.with_name(target.name + ".part")
+    log.warning("downloading %s to %s", url, target)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except OSError as err:  # URLError and timeouts are OSErrors
+        part.unlink(missing_ok=True)
+        raise DataError(f"{url}: download failed ({err})") from None
+    digest = md5sum(part)
+    if digest != md5:
+        part.unlink(missing_ok=True)
+        raise DataError(f"{url}: md5 {digest} does not match the expected {md5}; retry")
+    os.replace(part, target)
+    return target
+
+
 def download_and_extract(url: str, md5: str, root: Path) -> None:
     """Fetch ``url`` into ``root``, verify its md5, extract it there, delete the archive."""
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / url.rsplit("/", 1)[1]
-    if not (archive.is_file() and md5sum(archive) == md5):
-        part = archive.with_name(archive.name + ".part")
-        log.warning("downloading %s to %s", url, archive)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
-        except OSError as err:  # URLError and timeouts are OSErrors
-            part.unlink(missing_ok=True)
-            raise DataError(f"{url}: download failed ({err})") from None
-        digest = md5sum(part)
-        if digest != md5:
-            part.unlink(missing_ok=True)
-            raise DataError(f"{url}: md5 {digest} does not match the expected {md5}; retry")
-        os.replace(part, archive)
+    archive = download_file(url, md5, root)
     safe_extract(archive, root)
     archive.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ starts. Splitting (validation hold-out, subsets) happens in :mod:`dnr.data.loade
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "DataError",
     "DatasetMeta",
     "SourceData",
+    "UNKNOWN_STATS",
     "check_images_nhwc",
     "check_labels",
     "decode_str",
@@ -41,6 +44,11 @@ class DataError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+#: ``mean``/``std`` of a reader that does not know its data's statistics: ``load_dataset``
+#: computes them from the training split (NaN, so that they can never pass unnoticed).
+UNKNOWN_STATS: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+
 @dataclass
 class DatasetMeta:
     """What a model and a report need to know about a dataset."""
@@ -48,9 +56,17 @@ class DatasetMeta:
     name: str
     classes: list[str]
     num_classes: int
-    image_size: int  # 32 or 64
-    mean: tuple[float, float, float]  # in [0, 1] units
+    image_size: int  # the side of the square images
+    mean: tuple[float, float, float]  # in [0, 1] units; UNKNOWN_STATS: computed on loading
     std: tuple[float, float, float]
+    # the classes were inferred as max label + 1 (no names given): a test set alone may then
+    # lack the top classes, so a model with more outputs still fits it
+    classes_inferred: bool = False
+
+    @property
+    def has_stats(self) -> bool:
+        """Whether ``mean``/``std`` are known (else the training split supplies them)."""
+        return not any(math.isnan(v) for v in (*self.mean, *self.std))
 
 
 @dataclass
@@ -77,12 +93,24 @@ class SourceData:
         return cls(t(x_train), t(y_train), t(x_test), t(y_test), meta)
 
 
-def read_source(cfg: DataConfig) -> SourceData:
+def read_source(cfg: DataConfig, *, test_only: bool = False) -> SourceData:
     """Read the dataset named by ``cfg.name`` (downloading only if ``cfg.download``).
 
+    ``test_only`` (``dnr eval``): a reader that takes a ``test_only`` keyword then skips the
+    training files (its train set comes back empty); other readers read everything.
     An unknown name raises :class:`dnr.registry.UnknownNameError` listing the known ones.
     """
-    return DATASETS.get(cfg.name)(cfg)
+    reader = DATASETS.get(cfg.name)
+    if test_only and _takes_test_only(reader):
+        return reader(cfg, test_only=True)
+    return reader(cfg)
+
+
+def _takes_test_only(reader: Any) -> bool:
+    try:
+        return "test_only" in inspect.signature(reader).parameters
+    except (TypeError, ValueError):  # a callable without a signature: read everything
+        return False
 
 
 def check_labels(raw: Any, n: int, num_classes: int | None, where: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from dnr.attacks import start_noise
 from dnr.config import Config, normalize_names, validate
-from dnr.data import DatasetSplits
+from dnr.data import DatasetSplits, SourceData
 from dnr.distributed import Distributed
 from dnr.plots import write_training_curves
 from dnr.robustness import clean_accuracy, pgd_accuracy
@@ -76,7 +76,7 @@ def train(
     resume: bool = False,
     show_progress: bool | None = None,
     log: Callable[[Event], None] = print,
-    data: DatasetSplits | None = None,
+    data: DatasetSplits | SourceData | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` into ``out_dir``; writes every artifact listed in ``dnr.rundir``.
 
@@ -86,6 +86,8 @@ def train(
 
     ``show_progress``: a progress bar per epoch (default: when stderr is a terminal); not to
     be confused with the :class:`~dnr.sparsity.Progress` the method's hooks receive.
+    ``data``: a dataset built in Python (:func:`dnr.data.from_datasets`), split per
+    ``cfg.data``, or ready splits; by default the one ``cfg.data`` names is read.
     """
     # a Config built in Python has not been through load_config's normalisation and checks
     normalize_names(cfg)
@@ -105,7 +107,7 @@ def _train(
     resume: bool,
     show_progress: bool | None,
     log: Callable[[Event], None],
-    data: DatasetSplits | None,
+    data: DatasetSplits | SourceData | None,
 ) -> TrainResult:
     """Open the run, count progress where it stands, run the epochs, deploy the best one."""
     show = (sys.stderr.isatty() if show_progress is None else show_progress) and dist.is_main

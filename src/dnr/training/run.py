@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dnr.config import Config, ConfigError
-from dnr.data import BatchLoader, DatasetSplits, load_dataset
+from dnr.data import BatchLoader, DatasetSplits, SourceData, as_splits, make_loader
 from dnr.devices import cpu_fallback_warning, describe_device
 from dnr.distributed import Distributed, tensor_checksum
 from dnr.seeding import derive_seed
@@ -98,7 +98,7 @@ def open_run(
     dist: Distributed,
     device: torch.device,
     resume: bool,
-    data: DatasetSplits | None,
+    data: DatasetSplits | SourceData | None,
     log: Callable[[str], None],
 ) -> TrainingRun:
     """Model, optimizer, method and state: fresh, from ``train.init_from``, or resumed."""
@@ -114,7 +114,7 @@ def open_run(
     if source:
         check_init_from(source)  # before loading data: a typo fails in a second
     torch.manual_seed(derive_seed(t.seed, "init"))
-    data = data if data is not None else load_dataset(cfg.data)
+    data = as_splits(data, cfg.data)  # read per cfg.data, or split the dataset given
     if len(data.train.y) == 0:
         raise ConfigError(f"data: no training images in {cfg.data.name} (data.train is empty?)")
     parts = build_training_parts(cfg, model_for(cfg, data), device, init_from=source)
@@ -127,10 +127,11 @@ def open_run(
         for line in (schedule_warning(cfg), _no_validation_note(data)):
             if line:
                 log(line)
-    loader = BatchLoader(
+    loader = make_loader(
         data.train,
         t.batch_size,
         device,
+        resident=cfg.data.resident,
         shuffle=True,
         augment=cfg.data.augment,
         seed=t.seed,

@@ -19,6 +19,7 @@ from dnr.config import Config, ConfigError
 from dnr.data import DatasetSplits
 from dnr.modelfile import read_model_meta, read_model_state
 from dnr.models import create_model, init_weights
+from dnr.registry import DATASETS
 from dnr.rundir import ArtifactError, RunDir
 from dnr.seeding import derive_seed
 from dnr.sparsity import SparsityMethod, build_sparsity
@@ -159,10 +160,13 @@ def model_meta(
     return {
         "classes": data.meta.classes,
         "dataset": {
-            "name": cfg.data.name,
+            # a dataset handed over from Python (dnr.data.from_datasets) has no reader:
+            # its own name, so that `dnr eval RUN` asks for data.* instead of reading another
+            "name": cfg.data.name if data.meta.name in DATASETS else data.meta.name,
             "root": cfg.data.root,
             "train": cfg.data.train,
             "test": cfg.data.test,
+            "image_size": cfg.data.image_size,  # folder: dnr eval RUN resizes the same way
         },
         "sparsity": {"method": method.name, "mode": method.granularity, **method.stats()},
         "training": {
