@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -307,7 +308,7 @@ def _train(tmp_path, name: str, *extra: str, **overrides: object) -> dict:
         eval__subset=32,
         eval__sanity=False,
     )
-    argv += tiny_overrides(model__name=name, **small, **overrides)
+    argv += tiny_overrides(model__name=name, **{**small, **overrides})
     assert main([*argv, *extra]) == 0
     return json.loads((run / "model.json").read_text())
 
@@ -326,6 +327,45 @@ def test_cli_trains_dnr_on_a_factory_model_at_exact_budget(tmp_path, name) -> No
     assert sum(p.numel() for p in prunable.values()) == sparsity["num_prunable"]
     assert sum(int((p != 0).sum()) for p in prunable.values()) <= sparsity["num_active"]
     assert all(key.startswith("net.") for key in prunable)
+
+
+def _image_folder(root, per_class: int = 24, test_per_class: int = 6) -> None:
+    """CIFAR-shaped 32x32 PNGs in four class folders, each class its own colour plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for label, name in enumerate(("airplane", "bird", "cat", "ship")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                base = np.array([60 * label, 255 - 60 * label, 120], dtype=np.int64)
+                noise = rng.integers(-40, 40, (32, 32, 3))
+                pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [TINY, TV_RESNET18])
+def test_cli_trains_dnr_on_a_factory_model_from_an_image_folder(tmp_path, name) -> None:
+    """The issue's done-when: a torchvision network on an ImageFolder, exact budget."""
+    _needs(name)
+    _image_folder(tmp_path / "pets")
+    meta = _train(
+        tmp_path,
+        name,
+        sparsity__method="dnr",
+        sparsity__density=0.1,
+        data__name="folder",
+        data__root=str(tmp_path / "pets"),
+        data__subset="null",
+    )
+    assert meta["dataset"]["name"] == "folder"
+    assert meta["classes"] == ["airplane", "bird", "cat", "ship"]
+    assert meta["architecture"]["num_classes"] == 4
+    assert meta["sparsity"]["num_active"] == round(0.1 * meta["sparsity"]["num_prunable"])
+    model = load_model(tmp_path / "run")
+    prunable = prunable_parameters(model)
+    assert sum(int((p != 0).sum()) for p in prunable.values()) <= meta["sparsity"]["num_active"]
 
 
 @pytest.mark.slow
