@@ -14,8 +14,9 @@ import statistics
 from pathlib import Path
 
 from dnr.config import load_config
+from dnr.demo import DEMO_METHODS
 from dnr.markdown import markdown_table
-from dnr.runner import DEMO_METHODS, run_train
+from dnr.runner import run_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dnr.constants import CIFAR_MEAN, CIFAR_STD
 from experiments.pack import read_manifest
 
 __all__ = [
@@ -62,7 +63,11 @@ class Scale:
         train, test = packed if packed is not None else (self.data[0], [self.data[1]])
         files = ",".join(str(data_dir / f) for f in train)
         tests = ",".join(str(data_dir / f) for f in test)
-        return ["data.name=npz", f"data.train=[{files}]", f"data.test=[{tests}]"]
+        # CIFAR's published statistics, as every committed run was normalised (before
+        # data.mean/std existed npz data always used them; now npz computes its own)
+        stats = [f"data.mean=[{', '.join(map(repr, CIFAR_MEAN))}]"]
+        stats.append(f"data.std=[{', '.join(map(repr, CIFAR_STD))}]")
+        return ["data.name=npz", f"data.train=[{files}]", f"data.test=[{tests}]", *stats]
 
 
 _CIFAR10 = (("cifar10_train_part0.npz", "cifar10_train_part1.npz"), "cifar10_test.npz")

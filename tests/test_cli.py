@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -446,31 +448,45 @@ def test_artifacts_have_normal_permissions(trained_run) -> None:
     assert mode == 0o666 & ~umask
 
 
+def _clean(run: Path) -> float:
+    return json.loads((run / "eval.json").read_text())["results"][0]["accuracy"]
+
+
 @pytest.mark.slow
-def test_demo_compares_dense_static_and_dnr_and_can_be_rerun(tmp_path, capsys) -> None:
+def test_demo_averages_seeds_and_sets_dnr_against_each_row_with_intervals(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     argv = [
         "demo",
         "--out",
         str(out),
         "--quiet",
+        "--seeds",
+        "0,1",
         *tiny_overrides(train__epochs=1, data__subset=96, eval__subset=32),
     ]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
     rows = {
         line.split()[0]: line
-        for line in printed.splitlines()
+        for line in printed
         if line.split() and line.split()[0] in ("dense", "static", "dnr")
     }
     assert list(rows) == ["dense", "static", "dnr"]
     assert rows["dense"].rstrip().endswith("1.0x")
     assert rows["dnr"].rstrip().endswith("20.0x")
     assert rows["static"].rstrip().endswith("20.0x")
-    summary = json.loads((out / "demo.json").read_text())
-    assert summary["runs"]["dnr"]["density"] == pytest.approx(0.05, abs=1e-4)
-    assert summary["runs"]["static"]["density"] == summary["runs"]["dnr"]["density"]
-    assert set(summary["runs"]["dense"]["accuracy"]) >= {"clean", "fgsm", "pgd7"}
+    # each cell: the mean ± s.d. over the seeds of the runs' own evaluations
+    dnr = [_clean(out / "dnr" / f"seed{k}") for k in (0, 1)]
+    static = [_clean(out / "static" / f"seed{k}") for k in (0, 1)]
+    mean_sd = f"{100 * statistics.mean(dnr):.1f} ± {100 * statistics.stdev(dnr):.1f}"
+    assert rows["dnr"].split()[1:4] == mean_sd.split()
+    # DNR against the control: the paired difference over seeds, with its interval
+    versus = next(line for line in printed if line.strip().startswith("dnr - static"))
+    paired = statistics.mean(a - b for a, b in zip(dnr, static, strict=True))
+    assert f"clean {100 * paired:+.1f} [" in versus
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["methods"] == ["dense", "static", "dnr"]
+    assert summary["seeds"] == [0, 1]
     assert main(argv) == 0  # a previous demo is replaced, not refused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("keep me")

@@ -69,8 +69,9 @@ def _torchrun(tmp_path: Path, out: Path, kills: str) -> subprocess.CompletedProc
         "3",
         "--monitor-interval",
         "0.5",
-        # a c10d rendezvous on a free port: with the default static one (--master_port),
-        # the restarted workers hang in init_process_group (torch 2.13 and 2.14)
+        # a c10d rendezvous on a free port (docs/reliability.md: with the static one, or
+        # with the rendezvous store shared, a restarted worker may read its dead peer's
+        # address and wait for it)
         "--standalone",
         str(worker),
         "train",
@@ -87,6 +88,7 @@ def _torchrun(tmp_path: Path, out: Path, kills: str) -> subprocess.CompletedProc
         "OMP_NUM_THREADS": "1",
         "DNR_TEST_KILLS": kills,
         "DNR_TEST_MARKS": str(tmp_path),
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # the recipe's: a fresh store per attempt
     }
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 

@@ -41,6 +41,13 @@ DECLARED = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _trust_model_code(monkeypatch) -> None:
+    """These tests rebuild their own factory-named runs from model.json (the trust opt-in);
+    test_a_factory_named_in_a_model_json_is_not_imported_without_trust unsets it."""
+    monkeypatch.setenv("DNR_TRUST_MODEL_CODE", "1")
+
+
 def _needs(name: str) -> None:
     """Skip a test on a torchvision/timm model where that extra does not import."""
     if name.startswith("torchvision"):
@@ -393,3 +400,27 @@ def test_cli_channel_dnr_on_any_model_exports_compact_with_equal_logits(tmp_path
     with torch.no_grad():
         torch.testing.assert_close(narrow(x), full(x), rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+@pytest.mark.slow
+def test_a_factory_named_in_a_model_json_is_not_imported_without_trust(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A model.json from elsewhere must not run code: its factory is imported only when the
+    command itself named it (dnr train) or DNR_TRUST_MODEL_CODE=1 says the file is trusted."""
+    _train(tmp_path, TINY, sparsity__method="dnr", sparsity__density=0.3)  # the command names it
+    monkeypatch.delenv("DNR_TRUST_MODEL_CODE")
+    sys.modules.pop("factories", None)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--subset", "8", "--no-sanity"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "imports and runs that code" in err
+    assert "DNR_TRUST_MODEL_CODE=1" in err
+    assert "factories" not in sys.modules  # refused before anything was imported
+    assert (
+        main(["export", str(tmp_path / "run"), "--format", "sparse", "--out", str(tmp_path / "x")])
+        == 2
+    )
+    monkeypatch.setenv("DNR_TRUST_MODEL_CODE", "1")
+    assert isinstance(load_model(tmp_path / "run"), nn.Module)

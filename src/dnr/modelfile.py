@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from dnr.checkpoints import load_checkpoint
 from dnr.fileio import atomic_write, atomic_write_json
 from dnr.foreign import foreign_kind
 from dnr.models import create_model
+from dnr.registry import MODELS
 from dnr.rundir import ArtifactError, RunDir
 from dnr.statedict import canonical_name
 from dnr.storage import StorageError, decode_state, encode_state
@@ -133,8 +137,43 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+#: Set to 1 to rebuild, from a model.json, a model whose name imports code
+#: (``package.module:callable``, ``timm:<name>``): only for files you trust.
+TRUST_ENV = "DNR_TRUST_MODEL_CODE"
+_trusted: ContextVar[bool] = ContextVar("dnr_trusted_model_code", default=False)
+
+
+@contextmanager
+def trusted_model_code() -> Iterator[None]:
+    """Rebuild factory-named models inside this block: the command itself named the model
+    (``dnr train model.name=...``), so the run it writes is the user's own."""
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
+def check_model_name_trusted(name: str) -> None:
+    """Refuse to import code a model.json names, unless it is trusted.
+
+    A registered architecture is built by this package's own code; any other name
+    (``package.module:callable``, ``timm:``) imports a module and calls it with the file's
+    arguments, which is code execution from a file: allowed inside :func:`trusted_model_code`
+    or with ``DNR_TRUST_MODEL_CODE=1``, never by default.
+    """
+    if str(name).lower() in MODELS.names() or _trusted.get() or os.environ.get(TRUST_ENV) == "1":
+        return
+    raise ArtifactError(
+        f"model.json names the model {name!r}, which imports and runs that code; rebuild it "
+        f"only from a file you trust, with {TRUST_ENV}=1 (e.g. `{TRUST_ENV}=1 dnr eval RUN`)"
+    )
+
+
 def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
-    """Construct an (untrained) model from an ``architecture`` description."""
+    """Construct an (untrained) model from an ``architecture`` description (a name that
+    imports code must be trusted: :func:`check_model_name_trusted`)."""
+    check_model_name_trusted(str(arch.get("name", "")))
     stats = {key: tuple(arch[key]) for key in ("mean", "std") if key in arch}
     known = {"name", "num_classes", "input_size", "width", "mean", "std"}
     extra = {key: value for key, value in arch.items() if key not in known}  # model.kwargs

@@ -5,7 +5,6 @@ Each job is a plain function a library user can call; the CLI only parses argume
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,14 +20,12 @@ from dnr.config import (
     EvalConfig,
     apply_overrides,
     from_dict,
-    load_config,
 )
 from dnr.data import DataError, DatasetSplits, load_dataset
 from dnr.devices import resolve_device
 from dnr.distributed import Distributed
-from dnr.fileio import atomic_write_json
 from dnr.foreign import ForeignModel, foreign_kind, load_foreign
-from dnr.modelfile import load_model, load_plain_weights, read_model_meta
+from dnr.modelfile import load_model, load_plain_weights, read_model_meta, trusted_model_code
 from dnr.registry import DATASETS
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
@@ -45,24 +42,29 @@ def run_train(
     evaluate: bool = True,
     log: Callable[[Any], None] = print,  # training's records (dnr.training.loggers.Event)
 ) -> tuple[TrainResult, EvalReport | None]:
-    """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report."""
-    data = _load_for_training(cfg.data)
-    result = train(cfg, out_dir, resume=resume, show_progress=progress, log=log, data=data)
-    if not result.is_main:  # torchrun: rank 0 evaluates and writes the report
-        return result, None
-    report = None
-    if evaluate:
-        report = evaluate_loaded(
-            result.model,
-            data,
-            cfg.eval,
-            device=cfg.train.device,
-            out_dir=result.run_dir,
-            progress=progress,
-        )
-    plot_layer_density(result.run_dir)
-    write_report(result.run_dir)
-    return result, report
+    """Train, then evaluate on the test set under ``cfg.eval``, plot and write the report.
+
+    The command named the model, so a factory-named one may be rebuilt from the run it
+    writes (the report does) without ``DNR_TRUST_MODEL_CODE``.
+    """
+    with trusted_model_code():
+        data = _load_for_training(cfg.data)
+        result = train(cfg, out_dir, resume=resume, show_progress=progress, log=log, data=data)
+        if not result.is_main:  # torchrun: rank 0 evaluates and writes the report
+            return result, None
+        report = None
+        if evaluate:
+            report = evaluate_loaded(
+                result.model,
+                data,
+                cfg.eval,
+                device=cfg.train.device,
+                out_dir=result.run_dir,
+                progress=progress,
+            )
+        plot_layer_density(result.run_dir)
+        write_report(result.run_dir)
+        return result, report
 
 
 def _load_for_training(cfg: DataConfig) -> DatasetSplits:
@@ -213,58 +215,3 @@ def _fit_classes(data: DatasetSplits, num_outputs: Any, name: str) -> None:
     raise ConfigError(
         f"the model has {num_outputs} outputs but dataset {name} has {meta.num_classes} classes"
     )
-
-
-#: The demo's rows: the dense upper reference, the control, the method.
-DEMO_METHODS = ("dense", "static", "dnr")
-
-
-def run_demo(
-    out_dir: str | Path,
-    *,
-    progress: bool | None = None,
-    overrides: list[str] | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Dense, the fixed random mask (static) and DNR at 20x on the embedded digits data.
-
-    One recipe for all three (the demo preset: same warm-up, schedule and attack), so the
-    table shows what rewiring buys over the mask it starts from. Returns the comparison.
-    """
-    out = Path(out_dir)
-    marker = out / "demo.json"
-    if out.exists() and any(out.iterdir()):
-        if not marker.exists():
-            raise ConfigError(f"{out} exists and is not a demo directory; choose another --out")
-        shutil.rmtree(out)  # a previous (possibly interrupted) demo: replace it
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"runs": {}})  # first, so an interrupted demo is replaced too
-    summary: dict[str, Any] = {"runs": {}}
-    for method in DEMO_METHODS:
-        cfg = load_config("demo", [*(overrides or []), f"sparsity.method={method}"])
-        log(f"== {method}: {cfg.model.name} width {cfg.model.width} on {cfg.data.name} ==")
-        result, report = run_train(cfg, out / method, progress=progress, log=log)
-        assert report is not None
-        accuracies = {r.name: r.accuracy for r in report.results}
-        density = result.sparsity.density()
-        summary["runs"][method] = {"accuracy": accuracies, "density": density}
-    atomic_write_json(marker, summary)
-    return summary
-
-
-def format_demo(summary: dict[str, Any], out_dir: str | Path) -> str:
-    """The demo's table for the terminal, with where its runs and report are."""
-    runs = summary["runs"]
-    names = list(next(iter(runs.values()))["accuracy"])
-    header = (
-        f"{'method':<8}"
-        + "".join(f"{n:>10}" for n in names)
-        + f"{'density':>10}{'compression':>13}"
-    )
-    lines = [header]
-    for method, info in runs.items():
-        cells = "".join(f"{100 * info['accuracy'][n]:>9.1f}%" for n in names)
-        lines.append(f"{method:<8}{cells}{info['density']:>10.4f}{1 / info['density']:>12.1f}x")
-    lines.append("artifacts: " + ", ".join(str(Path(out_dir) / m) for m in runs))
-    lines.append(f"summary:   dnr report {Path(out_dir) / 'dnr'}")
-    return "\n".join(lines)

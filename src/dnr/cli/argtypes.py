@@ -19,9 +19,9 @@ def registered(registry_name: str) -> Callable[[str], str]:
         reg = getattr(registry, registry_name)
         if text not in reg:
             raise argparse.ArgumentTypeError(
-                f"invalid choice: {text!r} (choose from {', '.join(reg.names())})"
+                f"invalid choice: {text!r} (choose from {reg.choices()})"
             )
-        return text.lower()
+        return str(reg.canonical(text))  # a factory name (package.module:callable) keeps its case
 
     return parse
 

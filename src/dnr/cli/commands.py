@@ -157,10 +157,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dnr.runner import format_demo, run_demo
+    from dnr.compare import parse_seeds
+    from dnr.demo import format_demo, run_demo
 
     summary = run_demo(
         args.out,
+        seeds=parse_seeds(args.seeds),
         progress=False if args.quiet else None,
         overrides=args.overrides,
         log=_log_for(args.quiet),

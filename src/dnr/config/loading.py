@@ -15,6 +15,7 @@ import yaml
 from dnr.coerce import coerce
 from dnr.config.checks import validate
 from dnr.config.sections import Config, config_keys, config_keys_of, name_fields, section_fields
+from dnr.constants import CIFAR_MEAN, CIFAR_STD
 from dnr.errors import ConfigError, did_you_mean
 from dnr.fileio import atomic_write_text
 
@@ -113,7 +114,16 @@ def from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Confi
 #: config without one reads as holding its default, so such a run still resumes and is still
 #: reused. Any other key missing from a saved config is a difference (its default may not be
 #: what the older version did).
-NEUTRAL_NEW_KEYS: tuple[str, ...] = ("sparsity.budget", "train.loggers")
+NEUTRAL_NEW_KEYS: tuple[str, ...] = (
+    "sparsity.budget",
+    "train.loggers",
+    "train.loss",
+    "train.optimizer",
+    "train.trades_beta",
+    "train.mart_beta",
+    "data.image_size",
+    "data.resident",
+)
 
 
 def as_current(tree: Any) -> Any:
@@ -126,6 +136,11 @@ def as_current(tree: Any) -> Any:
         section, key = dotted.split(".")
         if isinstance(out.get(section), dict) and key not in out[section]:
             out[section][key] = getattr(getattr(defaults, section), key)
+    data = out.get("data")
+    if isinstance(data, dict) and "mean" not in data:  # saved before per-dataset statistics:
+        cifar = data.get("name") == "npz"  # npz data was normalised with CIFAR's then
+        data["mean"] = list(CIFAR_MEAN) if cifar else None
+        data["std"] = list(CIFAR_STD) if cifar else None
     return out
 
 
