@@ -70,7 +70,8 @@ def test_onnx_operator_outside_the_set_is_one_line(tmp_path, capsys) -> None:
     assert "Softplus not supported" in _one_error_line(capsys)
 
 
-def test_foreign_kind_tells_torchscript_from_a_state_dict(tmp_path) -> None:
+def test_foreign_kind_tells_torchscript_from_a_state_dict(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DNR_TRUST_MODEL_CODE", "1")
     model = create_model("vgg16", num_classes=10, width=0.125).eval()
     torch.jit.trace(model, torch.rand(1, 3, 32, 32)).save(str(tmp_path / "ts.pt"))
     torch.save(model.state_dict(), tmp_path / "sd.pt")
@@ -83,6 +84,17 @@ def test_foreign_kind_tells_torchscript_from_a_state_dict(tmp_path) -> None:
     loaded.describe((x * 255).to(torch.uint8))
     assert loaded.arch_config["num_classes"] == 10
     assert loaded.arch_config["input_size"] == 32
+
+
+def test_torchscript_loads_only_when_trusted(tmp_path, monkeypatch, capsys) -> None:
+    """TorchScript and .pt2 loaders may unpickle: refused unless the user trusts the file."""
+    monkeypatch.delenv("DNR_TRUST_MODEL_CODE", raising=False)
+    model = create_model("vgg16", num_classes=10, width=0.125).eval()
+    torch.jit.trace(model, torch.rand(1, 3, 32, 32)).save(str(tmp_path / "ts.pt"))
+    assert main(["eval", str(tmp_path / "ts.pt"), "data.name=digits", "--subset", "8"]) == 2
+    err = _one_error_line(capsys)
+    assert "may unpickle Python objects" in err
+    assert "DNR_TRUST_MODEL_CODE=1" in err
 
 
 def test_state_mismatch_names_the_first_differing_key_and_shapes() -> None:
@@ -137,9 +149,10 @@ def _eval_json(target: Path | str, capsys: pytest.CaptureFixture[str], *extra: s
 
 @pytest.mark.slow
 def test_eval_of_the_runs_onnx_and_torchscript_equals_the_run(
-    reference_dnr_run, tmp_path, capsys, one_thread
+    reference_dnr_run, tmp_path, capsys, one_thread, monkeypatch
 ) -> None:
     """The same images, the same attacks: each foreign copy scores what the run scores."""
+    monkeypatch.setenv("DNR_TRUST_MODEL_CODE", "1")  # the test made the TorchScript/.pt2 files
     assert (
         main(
             [

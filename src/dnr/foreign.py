@@ -7,10 +7,11 @@ learns from one forward pass on the test data. Both are taken to map [0,1] image
 logits, as this project's models and exports do: a model that expects normalized inputs
 must have its normalization inside.
 
-``torch.export`` programs (``.pt2``, ``torch.export.save``; export them with a dynamic batch
-axis) and TorchScript archives (``torch.jit.save``) are read by torch's own loaders, which
-restore tensors and graphs only, never arbitrary Python objects; ONNX files are replayed by
-:mod:`dnr.onnxgraph` so that attacks get gradients.
+ONNX files hold a graph and tensors only; they are replayed by :mod:`dnr.onnxgraph` so that
+attacks get gradients. ``torch.export`` programs (``.pt2``, ``torch.export.save``; export
+them with a dynamic batch axis) and TorchScript archives (``torch.jit.save``) are read by
+torch's own loaders, which may unpickle Python objects: they load only from files the user
+trusts (``DNR_TRUST_MODEL_CODE=1``, :mod:`dnr.trust`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from dnr.onnxgraph import OnnxImportError, load_onnx
 from dnr.rundir import ArtifactError
+from dnr.trust import TRUST_ENV, code_trusted
 
 __all__ = ["ForeignModel", "foreign_kind", "load_foreign"]
 
@@ -90,6 +92,11 @@ def load_foreign(path: str | Path) -> ForeignModel:
     """Load a TorchScript archive or an ONNX file on the CPU, in eval mode."""
     path = Path(path)
     kind = foreign_kind(path)
+    if kind in ("export", "torchscript") and not code_trusted():
+        raise ArtifactError(
+            f"{path}: loading a {kind} file may unpickle Python objects, that is run code; "
+            f"load it only if you trust it, with {TRUST_ENV}=1 (ONNX files need no trust)"
+        )
     if kind == "onnx":
         try:
             inner: nn.Module = load_onnx(path)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from dnr.registry import MODELS
 from dnr.rundir import ArtifactError, RunDir
 from dnr.statedict import canonical_name
 from dnr.storage import StorageError, decode_state, encode_state
+from dnr.trust import TRUST_ENV, code_trusted
 
 MODEL_FORMAT_VERSION = 1
 
@@ -137,23 +135,6 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-#: Set to 1 to rebuild, from a model.json, a model whose name imports code
-#: (``package.module:callable``, ``timm:<name>``): only for files you trust.
-TRUST_ENV = "DNR_TRUST_MODEL_CODE"
-_trusted: ContextVar[bool] = ContextVar("dnr_trusted_model_code", default=False)
-
-
-@contextmanager
-def trusted_model_code() -> Iterator[None]:
-    """Rebuild factory-named models inside this block: the command itself named the model
-    (``dnr train model.name=...``), so the run it writes is the user's own."""
-    token = _trusted.set(True)
-    try:
-        yield
-    finally:
-        _trusted.reset(token)
-
-
 def check_model_name_trusted(name: str) -> None:
     """Refuse to import code a model.json names, unless it is trusted.
 
@@ -162,7 +143,7 @@ def check_model_name_trusted(name: str) -> None:
     arguments, which is code execution from a file: allowed inside :func:`trusted_model_code`
     or with ``DNR_TRUST_MODEL_CODE=1``, never by default.
     """
-    if str(name).lower() in MODELS.names() or _trusted.get() or os.environ.get(TRUST_ENV) == "1":
+    if str(name).lower() in MODELS.names() or code_trusted():
         return
     raise ArtifactError(
         f"model.json names the model {name!r}, which imports and runs that code; rebuild it "

@@ -25,12 +25,13 @@ from dnr.data import DataError, DatasetSplits, load_dataset
 from dnr.devices import resolve_device
 from dnr.distributed import Distributed
 from dnr.foreign import ForeignModel, foreign_kind, load_foreign
-from dnr.modelfile import load_model, load_plain_weights, read_model_meta, trusted_model_code
+from dnr.modelfile import load_model, load_plain_weights, read_model_meta
 from dnr.registry import DATASETS
 from dnr.report import plot_layer_density, write_report
 from dnr.robustness import EvalReport, EvaluationError, evaluate_model
 from dnr.rundir import RunDir, write_eval
 from dnr.training import TrainResult, train
+from dnr.trust import trusted_model_code
 
 
 def run_train(
