@@ -383,6 +383,7 @@ def replace_cfg(cfg: DataConfig, **changes: object) -> DataConfig:
         ("data.mean=average", "data.mean"),
         ("data.resident=sometimes", "data.resident"),
         ("data.image_size=4", "data.image_size: must be >= 8"),
+        ("data.image_size=64", "data.image_size: only data.name=folder resizes"),
     ],
 )
 def test_data_config_mistakes_are_one_line(override: str, message: str) -> None:

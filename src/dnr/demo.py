@@ -107,5 +107,6 @@ def format_demo(summary: dict[str, Any], out_dir: str | Path) -> str:
         cells = "  ".join(f"{m} {_against_dnr(entries[m])}" for m in metrics if m in entries)
         lines.append(f"  dnr - {other:<7} {cells}")
     lines.append(f"tables: {Path(out_dir) / COMPARISON_MD}")
-    lines.append(f"summary: dnr report {Path(out_dir) / 'dnr' / f'seed{seeds[0]}'}")
+    run = Path(out_dir) / "dnr" / (f"seed{seeds[0]}" if len(seeds) > 1 else "")  # compare's layout
+    lines.append(f"summary: dnr report {run}")
     return "\n".join(lines)

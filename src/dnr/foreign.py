@@ -2,7 +2,7 @@
 archives and ONNX files.
 
 Both carry their own architecture, so no model name is needed; what they lack is the
-project's description (``arch_config``: classes, input size), which :class:`ForeignModel`
+project's description (``arch_config``: classes, input size), which :class:`LoadedModel`
 learns from one forward pass on the test data. Both are taken to map [0,1] images to
 logits, as this project's models and exports do: a model that expects normalized inputs
 must have its normalization inside.
@@ -27,7 +27,7 @@ from dnr.onnxgraph import OnnxImportError, load_onnx
 from dnr.rundir import ArtifactError
 from dnr.trust import TRUST_ENV, code_trusted
 
-__all__ = ["ForeignModel", "foreign_kind", "load_foreign"]
+__all__ = ["LoadedModel", "foreign_kind", "load_foreign"]
 
 
 def foreign_kind(path: str | Path) -> str | None:
@@ -45,7 +45,7 @@ def foreign_kind(path: str | Path) -> str | None:
     return None
 
 
-class ForeignModel(nn.Module):
+class LoadedModel(nn.Module):
     """A foreign model behind the project's contract: [0,1] images in, logits out, and an
     ``arch_config`` filled in by :meth:`describe`."""
 
@@ -57,7 +57,7 @@ class ForeignModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.inner(x)
 
-    def train(self, mode: bool = True) -> ForeignModel:
+    def train(self, mode: bool = True) -> LoadedModel:
         """Keep the inner model as loaded (eval): it is only evaluated, and an exported
         program fixed its mode at export time (it refuses ``train()``)."""
         self.training = mode
@@ -88,7 +88,7 @@ class ForeignModel(nn.Module):
         self.arch_config.update(num_classes=int(logits.shape[1]), input_size=int(x.shape[-1]))
 
 
-def load_foreign(path: str | Path) -> ForeignModel:
+def load_foreign(path: str | Path) -> LoadedModel:
     """Load a TorchScript archive or an ONNX file on the CPU, in eval mode."""
     path = Path(path)
     kind = foreign_kind(path)
@@ -116,4 +116,4 @@ def load_foreign(path: str | Path) -> ForeignModel:
         raise ArtifactError(
             f"{path}: not a torch.export program (.pt2), TorchScript archive or .onnx file"
         )
-    return ForeignModel(inner, kind, path).eval()
+    return LoadedModel(inner, kind, path).eval()

@@ -77,6 +77,10 @@ def _max_pool(i: list[Tensor | None], a: Attrs) -> Tensor:
 
 
 def _avg_pool(i: list[Tensor | None], a: Attrs) -> Tensor:
+    begin, end = _pads(a)
+    if begin != end and not a.get("count_include_pad", 0):
+        # explicit zero padding would be counted in the averages the graph excludes it from
+        raise OnnxImportError("AveragePool with asymmetric pads and count_include_pad=0")
     x, pad = _padded(_first(i), a, 0.0)
     kernel = a["kernel_shape"]
     return F.avg_pool2d(

@@ -24,7 +24,7 @@ from dnr.config import (
 from dnr.data import DataError, DatasetSplits, load_dataset
 from dnr.devices import resolve_device
 from dnr.distributed import Distributed
-from dnr.foreign import ForeignModel, foreign_kind, load_foreign
+from dnr.foreign import LoadedModel, foreign_kind, load_foreign
 from dnr.modelfile import load_model, load_plain_weights, read_model_meta
 from dnr.registry import DATASETS
 from dnr.report import plot_layer_density, write_report
@@ -190,7 +190,7 @@ def run_eval(
     else:
         raise ConfigError("nothing to evaluate: give a run directory, a model file or --weights")
     data = load_dataset(replace(data_cfg, subset=None), test_only=True)  # no train files
-    if isinstance(model, ForeignModel):
+    if isinstance(model, LoadedModel):
         model.describe(data.test.x[:2])
     _fit_classes(data, getattr(model, "arch_config", {}).get("num_classes"), data_cfg.name)
     report = evaluate_loaded(

@@ -100,6 +100,15 @@ def _npz_needs_test_files(cfg: Config) -> None:
         check(bool(d.test), "data.test: the npz dataset needs at least one test file")
 
 
+def _image_size_only_for_folders(cfg: Config) -> None:
+    """Only the folder reader resizes; elsewhere the setting would be silently ignored."""
+    check(
+        cfg.data.image_size is None or cfg.data.name == "folder",
+        f"data.image_size: only data.name=folder resizes its images; {cfg.data.name} "
+        "images keep their own size (drop data.image_size)",
+    )
+
+
 def _data_stats_are_rgb(cfg: Config) -> None:
     """data.mean / data.std: three values (R, G, B) in pixel units [0, 1], std above 0."""
     d = cfg.data
@@ -210,6 +219,7 @@ def _optimizer_accepts_the_settings(cfg: Config) -> None:
 #: The rules that join several fields, in the order they are checked.
 CROSS_FIELD_RULES: tuple[Callable[[Config], None], ...] = (
     _npz_needs_test_files,
+    _image_size_only_for_folders,
     _data_stats_are_rgb,
     _milestones_fit_the_run,
     _warmup_within_the_run,

@@ -73,7 +73,8 @@ def decode_image(path: Path, size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+    # UnidentifiedImageError is an OSError; a decompression bomb is neither
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from None
     if size is not None and rgb.size != (size, size):
         w, h = rgb.size
