@@ -466,9 +466,10 @@ def test_demo_averages_seeds_and_sets_dnr_against_each_row_with_intervals(tmp_pa
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
+    table = printed[: next(i for i, line in enumerate(printed) if line.startswith("dnr minus"))]
     rows = {
         line.split()[0]: line
-        for line in printed
+        for line in table
         if line.split() and line.split()[0] in ("dense", "static", "dnr")
     }
     assert list(rows) == ["dense", "static", "dnr"]
@@ -483,7 +484,7 @@ def test_demo_averages_seeds_and_sets_dnr_against_each_row_with_intervals(tmp_pa
     # DNR against the control: the paired difference over seeds, with its interval
     versus = next(line for line in printed if line.strip().startswith("dnr - static"))
     paired = statistics.mean(a - b for a, b in zip(dnr, static, strict=True))
-    assert f"clean {100 * paired:+.1f} [" in versus
+    assert f"clean {100 * paired + 0.0:+.1f} [" in versus
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["methods"] == ["dense", "static", "dnr"]
     assert summary["seeds"] == [0, 1]

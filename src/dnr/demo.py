@@ -75,10 +75,13 @@ def _against_dnr(entry: dict[str, Any]) -> str:
     """``other - dnr`` turned around: dnr - other, with its 95 % interval."""
     if entry["mean"] is None:
         return "–"
-    mean = -100 * entry["mean"]
+
+    def flip(value: float) -> float:
+        return 0.0 - 100 * value + 0.0  # + 0.0: a zero difference prints +0.0, not -0.0
+
     if entry["lo"] is None:
-        return f"{mean:+.1f}"
-    return f"{mean:+.1f} [{-100 * entry['hi']:+.1f}, {-100 * entry['lo']:+.1f}]"
+        return f"{flip(entry['mean']):+.1f}"
+    return f"{flip(entry['mean']):+.1f} [{flip(entry['hi']):+.1f}, {flip(entry['lo']):+.1f}]"
 
 
 def format_demo(summary: dict[str, Any], out_dir: str | Path) -> str:
