@@ -371,7 +371,7 @@ def _add_list(sub: Subcommands) -> None:
     p = sub.add_parser(
         "list",
         help="list registered models, presets, sparsity methods, protocols, datasets, "
-        "granularities, export formats, training objectives and optimizers",
+        "granularities, export formats, training objectives, optimizers and loggers",
         description="Without KIND: every kind, one section each, with descriptions. "
         "With KIND: its names only, one per line (for scripts).",
     )
